@@ -1,0 +1,1 @@
+"""The `pyoverlay` command: `plugin` runs the driver, the rest inspect it."""

@@ -1,0 +1,177 @@
+"""An in-memory kernel for unit and contract tests.
+
+It models just what pyoverlay uses: namespaces, links (bridge, vxlan, veth
+pairs) with master/mtu/up/alias/addresses, and the rule that one VNI can
+exist only once per host namespace.  `fail_on` injects a failure into the
+first op whose text contains a given string, to test roll-back.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+from pyoverlay.state.errors import KernelError
+
+from .kernel import Kernel, KernelSnapshot, LinkView, NamespaceView, UnderlayInfo
+from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
+from .ops import (
+    CreateNamespace,
+    DeleteLink,
+    DeleteNamespace,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+    Op,
+)
+
+HOST = ""
+
+
+class FakeKernel:
+    def __init__(
+        self, underlay: UnderlayInfo | None = None, other_namespaces: tuple[str, ...] = ()
+    ) -> None:
+        self.namespaces: dict[str, dict[str, LinkView]] = {HOST: {}}
+        for name in other_namespaces:
+            self.namespaces[name] = {}
+        self.peers: dict[tuple[str, str], tuple[str, str]] = {}  # veth (ns, name) -> peer
+        self._underlay = underlay or UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
+        self.fail_on: str | None = None
+        self.applied: list[Op] = []
+
+    # -- helpers ---------------------------------------------------------
+
+    def links(self, ns: str | None) -> dict[str, LinkView]:
+        key = ns or HOST
+        if key not in self.namespaces:
+            raise KernelError("open namespace", key, errno.ENOENT, "No such file or directory")
+        return self.namespaces[key]
+
+    def _maybe_fail(self, op: Op) -> None:
+        if self.fail_on and self.fail_on in str(op):
+            self.fail_on = None
+            raise KernelError("injected", str(op), errno.EIO, "injected failure")
+
+    def _vni_in_use(self, vni: int, except_name: str) -> bool:
+        return any(
+            link.kind == "vxlan" and link.vni == vni and name != except_name
+            for links in self.namespaces.values()
+            for name, link in links.items()
+        )
+
+    def _drop(self, ns: str, name: str) -> bool:
+        links = self.namespaces.get(ns)
+        if links is None or name not in links:
+            return False
+        del links[name]
+        peer = self.peers.pop((ns, name), None)
+        if peer is not None:
+            self.peers.pop(peer, None)
+            self.namespaces.get(peer[0], {}).pop(peer[1], None)
+        return True
+
+    # -- Kernel ----------------------------------------------------------
+
+    async def apply(self, op: Op) -> bool:
+        self._maybe_fail(op)
+        self.applied.append(op)
+        match op:
+            case CreateNamespace(name=name):
+                if name in self.namespaces:
+                    return False
+                self.namespaces[name] = {}
+                return True
+            case DeleteNamespace(name=name):
+                if name not in self.namespaces:
+                    return False
+                for link in list(self.namespaces[name]):
+                    self._drop(name, link)
+                del self.namespaces[name]
+                return True
+            case EnsureBridge():
+                links = self.links(op.ns)
+                old = links.get(op.name)
+                addrs = old.addresses if old else ()
+                if op.address is not None and op.address not in addrs:
+                    addrs = (*addrs, op.address)
+                links[op.name] = LinkView(
+                    op.name, "bridge", op.mtu, True, alias=op.alias, addresses=addrs
+                )
+                return old is None
+            case EnsureVxlan():
+                links = self.links(op.ns)
+                old = links.get(op.name)
+                if old is not None and (old.vni, old.vxlan_port) != (op.vni, op.port):
+                    del links[op.name]
+                    old = None
+                if old is None and self._vni_in_use(op.vni, op.name):
+                    raise KernelError(
+                        "create vxlan",
+                        f"{op.name} (vni {op.vni})",
+                        errno.EEXIST,
+                        "A VXLAN device with the specified VNI already exists",
+                    )
+                if op.bridge not in links:
+                    raise KernelError("enslave vxlan", op.name, errno.ENODEV, "no bridge")
+                links[op.name] = LinkView(
+                    op.name,
+                    "vxlan",
+                    op.mtu,
+                    True,
+                    master=op.bridge,
+                    vni=op.vni,
+                    vxlan_port=op.port,
+                    vxlan_local=op.local,
+                )
+                return old is None
+            case EnsureVeth():
+                links = self.links(op.ns)
+                host = self.namespaces[HOST]
+                if op.overlay_name in links:
+                    links[op.overlay_name] = replace(
+                        links[op.overlay_name], master=op.bridge, mtu=op.mtu, up=True
+                    )
+                    return False
+                if op.bridge not in links:
+                    raise KernelError("enslave veth", op.overlay_name, errno.ENODEV, "no bridge")
+                self._drop(HOST, op.container_name)
+                host[op.container_name] = LinkView(
+                    op.container_name, "veth", op.mtu, False, mac=op.mac
+                )
+                links[op.overlay_name] = LinkView(
+                    op.overlay_name, "veth", op.mtu, True, master=op.bridge
+                )
+                self.peers[(HOST, op.container_name)] = (op.ns, op.overlay_name)
+                self.peers[(op.ns, op.overlay_name)] = (HOST, op.container_name)
+                return True
+            case DeleteLink(ns=ns, name=name):
+                return self._drop(ns or HOST, name)
+        raise AssertionError(f"unknown op {op!r}")
+
+    async def snapshot(self) -> KernelSnapshot:
+        from .plan import NAMESPACE_PATTERN
+
+        namespaces = {
+            name: NamespaceView(name, dict(links))
+            for name, links in self.namespaces.items()
+            if name != HOST and NAMESPACE_PATTERN.match(name)
+        }
+        host = {
+            n: link
+            for n, link in self.namespaces[HOST].items()
+            if n.startswith((VXLAN_PREFIX, VETH_CONTAINER_PREFIX))
+        }
+        return KernelSnapshot(namespaces, host)
+
+    async def underlay(self, address: IPv4Address | None) -> UnderlayInfo:
+        if address is not None and address != self._underlay.address:
+            return UnderlayInfo(address, self._underlay.ifname, self._underlay.mtu)
+        return self._underlay
+
+    async def close(self) -> None:
+        return None
+
+
+_: Kernel = FakeKernel()

@@ -1,0 +1,71 @@
+"""The seam between the driver and the kernel.
+
+`Kernel` is what the driver needs from netlink; `pyroute.PyrouteKernel` is the
+real one and `fake.FakeKernel` an in-memory one for the unit and contract
+tests (mypy checks that both satisfy the Protocol).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Protocol
+
+from .ops import Op
+
+
+@dataclass(frozen=True)
+class LinkView:
+    name: str
+    kind: str  # "bridge", "vxlan", "veth", ...
+    mtu: int
+    up: bool
+    master: str | None = None
+    vni: int | None = None
+    vxlan_port: int | None = None
+    vxlan_local: IPv4Address | None = None
+    mac: str | None = None
+    alias: str | None = None
+    addresses: tuple[IPv4Interface, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamespaceView:
+    name: str
+    links: dict[str, LinkView] = field(default_factory=dict)
+
+    @property
+    def marker(self) -> str | None:
+        br = self.links.get("br0")
+        return br.alias if br else None
+
+
+@dataclass(frozen=True)
+class KernelSnapshot:
+    """What pyoverlay-looking objects exist right now."""
+
+    namespaces: dict[str, NamespaceView]
+    host_links: dict[str, LinkView]
+
+
+@dataclass(frozen=True)
+class UnderlayInfo:
+    address: IPv4Address
+    ifname: str
+    mtu: int
+
+
+class Kernel(Protocol):
+    async def apply(self, op: Op) -> bool:
+        """Carry out one op idempotently; True if the kernel changed."""
+        ...
+
+    async def snapshot(self) -> KernelSnapshot:
+        """Namespaces named like ours (with their links) and our links in the host ns."""
+        ...
+
+    async def underlay(self, address: IPv4Address | None) -> UnderlayInfo:
+        """The local VTEP address (given, or derived from the routes) and its link's MTU."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,105 @@
+"""Turn what `docker network create` sent into a NetworkSpec, or say exactly what to fix.
+
+Docker passes `-o key=value` as strings in Options["com.docker.network.generic"].
+pyoverlay accepts:
+
+    vni=N                             1..16777215; default: derived from --subnet
+    com.docker.network.driver.mtu=N   576..(underlay MTU - 50); default: underlay MTU - 50
+
+Anything else is refused, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+
+from pyoverlay.state.errors import InvalidOption
+
+from .model import MIN_MTU, VNI_MAX, VNI_MIN, NetworkSpec, Underlay, derive_vni
+
+OPT_VNI = "vni"
+OPT_MTU = "com.docker.network.driver.mtu"
+KNOWN_OPTIONS = (OPT_VNI, OPT_MTU)
+
+
+@dataclass(frozen=True)
+class PoolData:
+    """One entry of IPv4Data/IPv6Data as Docker sends it (CIDR strings)."""
+
+    pool: str
+    gateway: str = ""
+
+
+def _int_option(key: str, value: str, low: int, high: int, what: str) -> int:
+    try:
+        n = int(value.strip(), 10)
+    except ValueError:
+        raise InvalidOption(
+            f"-o {key}={value}: {what} must be a whole number from {low} to {high}"
+        ) from None
+    if not low <= n <= high:
+        raise InvalidOption(f"-o {key}={value}: {what} must be from {low} to {high}")
+    return n
+
+
+def parse_network(
+    network_id: str,
+    generic: Mapping[str, object],
+    ipv4: Sequence[PoolData],
+    ipv6: Sequence[PoolData],
+    enable_ipv6: bool,
+    internal: bool,
+    underlay: Underlay,
+) -> NetworkSpec:
+    unknown = sorted(k for k in generic if k not in KNOWN_OPTIONS)
+    if unknown:
+        shown = ", ".join(f"-o {k}={generic[k]}" for k in unknown)
+        raise InvalidOption(
+            f"unknown network option{'s' if len(unknown) > 1 else ''} {shown}; "
+            f"pyoverlay accepts -o vni=N and -o com.docker.network.driver.mtu=N"
+        )
+    if enable_ipv6 or ipv6:
+        raise InvalidOption(
+            "IPv6 is not supported by pyoverlay yet: remove --ipv6 and any IPv6 --subnet"
+        )
+    if len(ipv4) != 1:
+        subnets = ", ".join(p.pool for p in ipv4) or "none"
+        raise InvalidOption(
+            f"a pyoverlay network has exactly one IPv4 subnet, got {len(ipv4)} ({subnets}); "
+            "create one network per --subnet"
+        )
+    try:
+        subnet = IPv4Network(ipv4[0].pool, strict=True)
+    except ValueError as exc:
+        raise InvalidOption(f"--subnet {ipv4[0].pool}: {exc}") from None
+    gateway = IPv4Interface(ipv4[0].gateway) if ipv4[0].gateway else None
+
+    opts = {k: str(v) for k, v in generic.items()}
+    if OPT_VNI in opts:
+        vni = _int_option(OPT_VNI, opts[OPT_VNI], VNI_MIN, VNI_MAX, "the VXLAN network id")
+    else:
+        vni = derive_vni(subnet)
+    max_mtu = underlay.overlay_mtu
+    if OPT_MTU in opts:
+        if max_mtu < MIN_MTU:
+            raise InvalidOption(f"the underlay MTU {underlay.mtu} is too small for VXLAN")
+        mtu = _int_option(
+            OPT_MTU,
+            opts[OPT_MTU],
+            MIN_MTU,
+            max_mtu,
+            f"the MTU (at most the underlay's {underlay.mtu} minus 50 bytes of VXLAN header)",
+        )
+    else:
+        mtu = max_mtu
+    return NetworkSpec(
+        network_id=network_id,
+        vni=vni,
+        subnet=subnet,
+        gateway=gateway,
+        mtu=mtu,
+        internal=internal,
+        options=opts,
+    )

@@ -1,0 +1,424 @@
+"""The only module that imports pyroute2: carries out Ops with netlink.
+
+Rules this adapter keeps (see docs/design.md, "kernel adapter"):
+* one long-lived AsyncIPRoute per namespace (a netns socket is made by a
+  forked child, ~8 ms); closed before the namespace is removed, because the
+  socket itself pins the namespace;
+* one dump at a time per socket (pyroute2 answers EBUSY otherwise), and
+  every dump is consumed to the end inside the lock;
+* `flags=0` everywhere, so a missing namespace is an error and never created
+  by accident; namespaces are created only by CreateNamespace;
+* every op is idempotent: EEXIST/ENODEV/ENOENT are handled, not raised;
+* netlink errors become KernelError(op, object, errno, kernel text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from ipaddress import IPv4Address, IPv4Interface, ip_address
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from pyroute2 import AsyncIPRoute, NetlinkError, netns
+
+from pyoverlay.state.errors import InvalidOption, KernelError
+
+from .kernel import KernelSnapshot, LinkView, NamespaceView, UnderlayInfo
+from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
+from .ops import (
+    CreateNamespace,
+    DeleteLink,
+    DeleteNamespace,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+    Op,
+)
+from .plan import NAMESPACE_PATTERN
+
+log = structlog.get_logger("pyoverlay.kernel")
+T = TypeVar("T")
+NETNS_DIR = Path(netns.NETNS_RUN_DIR)
+GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
+
+
+def _is_mountpoint(path: Path) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == str(path) for line in f)
+    except OSError:
+        return False
+
+
+def _kernel_error(op: str, obj: str, exc: NetlinkError) -> KernelError:
+    text = str(exc.args[1]) if len(exc.args) > 1 else os.strerror(exc.code)
+    return KernelError(op, obj, exc.code, text)
+
+
+class PyrouteKernel:
+    def __init__(self, netns_dir: Path = NETNS_DIR) -> None:
+        self.netns_dir = netns_dir
+        self._host: AsyncIPRoute | None = None
+        self._sockets: dict[str, AsyncIPRoute] = {}
+        # Serialises dumps per socket (pitfall: concurrent dumps -> EBUSY).
+        self._dump_locks: dict[str, asyncio.Lock] = {}
+
+    # -- sockets ---------------------------------------------------------
+
+    async def _ipr(self, ns: str | None) -> AsyncIPRoute:
+        if ns is None:
+            if self._host is None:
+                self._host = AsyncIPRoute(ext_ack=True)
+                await self._host.setup_endpoint()
+            return self._host
+        sock = self._sockets.get(ns)
+        if sock is None:
+            path = self.netns_dir / ns
+            if not path.exists():
+                raise FileNotFoundError(path)
+            sock = AsyncIPRoute(netns=str(path), flags=0, ext_ack=True)
+            await sock.setup_endpoint()
+            self._sockets[ns] = sock
+        return sock
+
+    def _forget(self, ns: str) -> None:
+        sock = self._sockets.pop(ns, None)
+        if sock is not None:
+            sock.close()
+
+    async def close(self) -> None:
+        for ns in list(self._sockets):
+            self._forget(ns)
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+
+    @asynccontextmanager
+    async def _dump_lock(self, ns: str | None) -> AsyncIterator[None]:
+        key = ns or ""
+        lock = self._dump_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def _dump(self, ns: str | None, kind: str, **kw: Any) -> list[Any]:
+        ipr = await self._ipr(ns)
+        async with self._dump_lock(ns):
+            method = getattr(ipr, kind)
+            return [m async for m in await method("dump", **kw)]
+
+    async def _call(self, what: str, obj: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except NetlinkError as exc:
+            raise _kernel_error(what, obj, exc) from exc
+
+    async def _get_link(self, ns: str | None, name: str) -> Any | None:
+        ipr = await self._ipr(ns)
+        try:
+            return (await ipr.link("get", ifname=name))[0]
+        except NetlinkError as exc:
+            if exc.code in GONE:
+                return None
+            raise _kernel_error("get link", f"{ns or 'host'}/{name}", exc) from exc
+
+    # -- ops -------------------------------------------------------------
+
+    async def apply(self, op: Op) -> bool:
+        match op:
+            case CreateNamespace():
+                return self._create_namespace(op)
+            case DeleteNamespace():
+                return self._delete_namespace(op)
+            case EnsureBridge():
+                return await self._ensure_bridge(op)
+            case EnsureVxlan():
+                return await self._ensure_vxlan(op)
+            case EnsureVeth():
+                return await self._ensure_veth(op)
+            case DeleteLink():
+                return await self._delete_link(op.ns, op.name)
+        raise AssertionError(f"unknown op {op!r}")
+
+    def _create_namespace(self, op: CreateNamespace) -> bool:
+        path = self.netns_dir / op.name
+        if path.exists():
+            if _is_mountpoint(path):
+                return False
+            path.unlink()  # a leftover file from a create that died half-way
+        try:
+            netns.create(str(path))
+        except OSError as exc:
+            raise KernelError("create namespace", op.name, exc.errno or 0, str(exc)) from exc
+        return True
+
+    def _delete_namespace(self, op: DeleteNamespace) -> bool:
+        self._forget(op.name)
+        path = self.netns_dir / op.name
+        if not path.exists():
+            return False
+        try:
+            netns.remove(str(path))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise KernelError("delete namespace", op.name, exc.errno or 0, str(exc)) from exc
+        return True
+
+    async def _ensure_bridge(self, op: EnsureBridge) -> bool:
+        ipr = await self._ipr(op.ns)
+        obj = f"{op.ns}/{op.name}"
+        created = False
+        link = await self._get_link(op.ns, op.name)
+        if link is None:
+            await self._call(
+                "create bridge",
+                obj,
+                lambda: ipr.link("add", ifname=op.name, kind="bridge", mtu=op.mtu),
+            )
+            created = True
+            link = await self._get_link(op.ns, op.name)
+            assert link is not None
+        idx = link["index"]
+        await self._call(
+            "set bridge",
+            obj,
+            lambda: ipr.link("set", index=idx, mtu=op.mtu, ifalias=op.alias, state="up"),
+        )
+        if op.address is not None:
+            address = op.address
+            try:
+                await ipr.addr(
+                    "add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen
+                )
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise _kernel_error("add address", f"{obj} {address}", exc) from exc
+        return created
+
+    async def _ensure_vxlan(self, op: EnsureVxlan) -> bool:
+        obj = f"{op.ns}/{op.name}"
+        ns_ipr = await self._ipr(op.ns)
+        link = await self._get_link(op.ns, op.name)
+        if link is not None and not _vxlan_matches(link, op):
+            log.warning("vxlan has the wrong settings; recreating", ns=op.ns, ifname=op.name)
+            await self._delete_link(op.ns, op.name)
+            link = None
+        created = False
+        if link is None:
+            host = await self._ipr(None)
+            await self._delete_link(None, op.name)  # leftover of a create that died mid-move
+            await self._call(
+                "create vxlan",
+                f"{op.name} (vni {op.vni})",
+                lambda: host.link(
+                    "add",
+                    ifname=op.name,
+                    kind="vxlan",
+                    vxlan_id=op.vni,
+                    vxlan_local=str(op.local),
+                    vxlan_port=op.port,
+                    vxlan_learning=0,
+                    vxlan_proxy=1,
+                    mtu=op.mtu,
+                ),
+            )
+            created = True
+            try:
+                host_link = await self._get_link(None, op.name)
+                assert host_link is not None
+                path = str(self.netns_dir / op.ns)
+                await self._call(
+                    "move vxlan",
+                    f"{op.name} to {op.ns}",
+                    lambda: host.link("set", index=host_link["index"], net_ns_fd=path),
+                )
+            except BaseException:
+                # An orphaned VTEP would block this VNI for the next try.
+                await self._delete_link(None, op.name)
+                raise
+            link = await self._get_link(op.ns, op.name)
+            assert link is not None
+        bridge = await self._get_link(op.ns, op.bridge)
+        if bridge is None:
+            raise KernelError("enslave vxlan", obj, errno.ENODEV, f"bridge {op.bridge} is missing")
+        idx = link["index"]
+        await self._call(
+            "set vxlan",
+            obj,
+            lambda: ns_ipr.link("set", index=idx, master=bridge["index"], mtu=op.mtu, state="up"),
+        )
+        return created
+
+    async def _ensure_veth(self, op: EnsureVeth) -> bool:
+        obj = f"{op.container_name}/{op.ns}/{op.overlay_name}"
+        host = await self._ipr(None)
+        ns_ipr = await self._ipr(op.ns)
+        overlay_end = await self._get_link(op.ns, op.overlay_name)
+        created = False
+        if overlay_end is None:
+            await self._delete_link(None, op.container_name)
+            path = str(self.netns_dir / op.ns)
+            await self._call(
+                "create veth",
+                obj,
+                lambda: host.link(
+                    "add",
+                    ifname=op.container_name,
+                    kind="veth",
+                    address=op.mac,
+                    mtu=op.mtu,
+                    peer={"ifname": op.overlay_name, "net_ns_fd": path, "mtu": op.mtu},
+                ),
+            )
+            created = True
+            overlay_end = await self._get_link(op.ns, op.overlay_name)
+            assert overlay_end is not None
+        bridge = await self._get_link(op.ns, op.bridge)
+        if bridge is None:
+            raise KernelError("enslave veth", obj, errno.ENODEV, f"bridge {op.bridge} is missing")
+        idx = overlay_end["index"]
+        await self._call(
+            "set veth",
+            obj,
+            lambda: ns_ipr.link("set", index=idx, master=bridge["index"], mtu=op.mtu, state="up"),
+        )
+        return created
+
+    async def _delete_link(self, ns: str | None, name: str) -> bool:
+        if ns is not None and not (self.netns_dir / ns).exists():
+            return False
+        ipr = await self._ipr(ns)
+        try:
+            await ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code in GONE:
+                return False
+            raise _kernel_error("delete link", f"{ns or 'host'}/{name}", exc) from exc
+        return True
+
+    # -- reading ---------------------------------------------------------
+
+    async def _links(self, ns: str | None) -> dict[str, LinkView]:
+        raw = await self._dump(ns, "link")
+        addrs = await self._dump(ns, "addr", family=2)
+        by_index: dict[int, list[IPv4Interface]] = {}
+        for a in addrs:
+            by_index.setdefault(a["index"], []).append(
+                IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+            )
+        names = {m["index"]: m.get("IFLA_IFNAME") for m in raw}
+        out: dict[str, LinkView] = {}
+        for m in raw:
+            name = m.get("IFLA_IFNAME")
+            kind = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""
+            vni = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_ID")
+            port = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_PORT")
+            local = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_LOCAL")
+            master = m.get("IFLA_MASTER")
+            out[name] = LinkView(
+                name=name,
+                kind=kind,
+                mtu=m.get("IFLA_MTU"),
+                up=bool(m["flags"] & 1),
+                master=names.get(master) if master else None,
+                vni=vni,
+                vxlan_port=port,
+                vxlan_local=IPv4Address(local) if local else None,
+                mac=m.get("IFLA_ADDRESS"),
+                alias=m.get("IFLA_IFALIAS"),
+                addresses=tuple(by_index.get(m["index"], ())),
+            )
+        return out
+
+    async def namespace_links(self, ns: str) -> dict[str, LinkView]:
+        return await self._links(ns)
+
+    async def snapshot(self) -> KernelSnapshot:
+        namespaces: dict[str, NamespaceView] = {}
+        names = sorted(os.listdir(self.netns_dir)) if self.netns_dir.is_dir() else []
+        for name in names:
+            if not NAMESPACE_PATTERN.match(name):
+                continue
+            known = name in self._sockets
+            try:
+                links = await self._links(name)
+            except (OSError, NetlinkError) as exc:
+                log.warning("cannot read namespace", ns=name, error=str(exc))
+                continue
+            namespaces[name] = NamespaceView(name, links)
+            if not known:
+                self._forget(name)  # maybe another node's: do not keep it pinned
+        host = {
+            n: link
+            for n, link in (await self._links(None)).items()
+            if n.startswith((VXLAN_PREFIX, VETH_CONTAINER_PREFIX))
+        }
+        return KernelSnapshot(namespaces, host)
+
+    async def underlay(self, address: IPv4Address | None) -> UnderlayInfo:
+        addrs = await self._dump(None, "addr", family=2)
+        links = {m["index"]: m for m in await self._dump(None, "link")}
+
+        def info(a: Any) -> UnderlayInfo:
+            link = links[a["index"]]
+            return UnderlayInfo(
+                IPv4Address(a.get("IFA_ADDRESS")), link.get("IFLA_IFNAME"), link.get("IFLA_MTU")
+            )
+
+        if address is not None:
+            for a in addrs:
+                if a.get("IFA_ADDRESS") == str(address):
+                    return info(a)
+            raise InvalidOption(
+                f"--advertise-addr {address} is not an address of any interface in this "
+                "network namespace; give one of: "
+                + (", ".join(sorted(_global_addresses(addrs))) or "(none)")
+            )
+        routes = await self._dump(None, "route", family=2, table=254)
+        for r in routes:
+            if r["dst_len"] == 0 and r.get("RTA_OIF"):
+                src = r.get("RTA_PREFSRC")
+                for a in addrs:
+                    if a["index"] == r.get("RTA_OIF") and (
+                        src is None or a.get("IFA_ADDRESS") == src
+                    ):
+                        return info(a)
+        candidates = [
+            a for a in addrs if a["scope"] == 0 and not _is_loopback(a.get("IFA_ADDRESS"))
+        ]
+        if len(candidates) == 1:
+            return info(candidates[0])
+        found = ", ".join(sorted(_global_addresses(addrs))) or "none"
+        raise InvalidOption(
+            "cannot derive the underlay (VTEP) address: no default route and "
+            f"{'several' if candidates else 'no'} global IPv4 addresses ({found}); "
+            "pass --advertise-addr ADDR or set PYOVERLAY_ADVERTISE_ADDR"
+        )
+
+
+def _is_loopback(a: str | None) -> bool:
+    return a is None or ip_address(a).is_loopback
+
+
+def _global_addresses(addrs: list[Any]) -> set[str]:
+    return {
+        str(a.get("IFA_ADDRESS"))
+        for a in addrs
+        if a["scope"] == 0 and not _is_loopback(a.get("IFA_ADDRESS"))
+    }
+
+
+def _vxlan_matches(link: Any, op: EnsureVxlan) -> bool:
+    data = ("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    local = link.get_nested(*data, "IFLA_VXLAN_LOCAL")
+    return bool(
+        link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "vxlan"
+        and link.get_nested(*data, "IFLA_VXLAN_ID") == op.vni
+        and link.get_nested(*data, "IFLA_VXLAN_PORT") == op.port
+        and local == str(op.local)
+    )

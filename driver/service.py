@@ -1,0 +1,274 @@
+"""OverlayDriver: Docker's NetworkDriver calls, decided by plan.py, done by a Kernel.
+
+Concurrency: one asyncio.Lock per network (`_lock(nid)`); the state document
+is written while that lock is held, and writes are synchronous (no await
+between mutating the in-memory maps and saving), so two calls can never
+interleave half-way.  Lock order: a network lock is never taken while
+holding another.
+
+Failure rule: a call that fails leaves nothing behind.  Ops are applied in
+order; on the first error every op that created something is undone in
+reverse, then the error is raised with "; rolled back".  State is saved only
+after the kernel work succeeded; if saving fails the kernel work is undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pyoverlay.state.errors import Conflict, InvalidOption, NotFound, PyoverlayError
+from pyoverlay.state.store import JsonDocument
+
+from . import plan
+from .kernel import Kernel
+from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
+from .ops import Op, undo
+from .options import PoolData, parse_network
+
+log = structlog.get_logger("pyoverlay.driver")
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    src_name: str
+    dst_prefix: str = "eth"
+
+
+async def apply_all(kernel: Kernel, ops: Sequence[Op]) -> None:
+    """Apply ops in order; on failure undo what was created, in reverse, and re-raise."""
+    done: list[Op] = []
+    for op in ops:
+        try:
+            if await kernel.apply(op):
+                done.append(op)
+        except PyoverlayError as exc:
+            failed = await rollback(kernel, done)
+            suffix = "; rolled back" if not failed else f"; roll-back failed: {failed}"
+            raise PyoverlayError(f"{exc}{suffix}") from exc
+
+
+async def rollback(kernel: Kernel, done: Sequence[Op]) -> str:
+    problems = []
+    for op in reversed(done):
+        for inverse in undo(op):
+            try:
+                await kernel.apply(inverse)
+            except PyoverlayError as exc:
+                problems.append(str(exc))
+    return "; ".join(problems)
+
+
+def _short(id_: str) -> str:
+    return id_[:12]
+
+
+class OverlayDriver:
+    def __init__(self, kernel: Kernel, state_file: Path, node_id: str, underlay: Underlay) -> None:
+        self.kernel = kernel
+        self.doc = JsonDocument(state_file)
+        self.node_id = node_id
+        self.underlay = underlay
+        self.networks: dict[str, NetworkSpec] = {}
+        self.endpoints: dict[str, EndpointSpec] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- state -------------------------------------------------------------
+
+    def load(self) -> None:
+        d = self.doc.load()
+        self.networks = {k: NetworkSpec.from_json(v) for k, v in (d.get("networks") or {}).items()}
+        self.endpoints = {
+            k: EndpointSpec.from_json(v) for k, v in (d.get("endpoints") or {}).items()
+        }
+
+    def save(self) -> None:
+        self.doc.save(
+            {
+                "networks": {k: v.to_json() for k, v in self.networks.items()},
+                "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
+            }
+        )
+
+    def _lock(self, nid: str) -> asyncio.Lock:
+        return self._locks.setdefault(nid, asyncio.Lock())
+
+    def network(self, nid: str) -> NetworkSpec:
+        net = self.networks.get(nid)
+        if net is None:
+            raise NotFound(
+                f"network {_short(nid)} is not known to pyoverlay on this host; "
+                "if its state was lost, remove and re-create the network"
+            )
+        return net
+
+    def endpoint(self, nid: str, eid: str) -> EndpointSpec:
+        ep = self.endpoints.get(eid)
+        if ep is None or ep.network_id != nid:
+            raise NotFound(
+                f"endpoint {_short(eid)} is not known to pyoverlay on network {_short(nid)}"
+            )
+        return ep
+
+    # -- NetworkDriver.CreateNetwork / DeleteNetwork -----------------------
+
+    async def create_network(
+        self,
+        nid: str,
+        generic: Mapping[str, object],
+        ipv4: Sequence[PoolData],
+        ipv6: Sequence[PoolData],
+        enable_ipv6: bool,
+        internal: bool,
+    ) -> NetworkSpec:
+        async with self._lock(nid):
+            if nid in self.networks:
+                return self.networks[nid]
+            spec = parse_network(nid, generic, ipv4, ipv6, enable_ipv6, internal, self.underlay)
+            for other in self.networks.values():
+                if other.vni == spec.vni:
+                    how = "-o vni=N" if "vni" in spec.options else "another --subnet or -o vni=N"
+                    raise Conflict(
+                        f"VNI {spec.vni} is already used by network {_short(other.network_id)} "
+                        f"(subnet {other.subnet}) on this host; pick {how}"
+                    )
+            ops = plan.create_network(spec, self.node_id, self.underlay)
+            await apply_all(self.kernel, ops)
+            self.networks[nid] = spec
+            try:
+                self.save()
+            except PyoverlayError:
+                del self.networks[nid]
+                await rollback(self.kernel, ops)
+                raise
+            log.info(
+                "network created", nid=_short(nid), vni=spec.vni, ns=spec.namespace, mtu=spec.mtu
+            )
+            return spec
+
+    async def delete_network(self, nid: str) -> None:
+        async with self._lock(nid):
+            net = self.network(nid)
+            for ep in [e for e in self.endpoints.values() if e.network_id == nid]:
+                await apply_all(self.kernel, plan.delete_endpoint(None, ep))
+                del self.endpoints[ep.endpoint_id]
+            await apply_all(self.kernel, plan.delete_network(net))
+            del self.networks[nid]
+            self.save()
+            log.info("network deleted", nid=_short(nid), ns=net.namespace)
+
+    # -- endpoints -----------------------------------------------------------
+
+    async def create_endpoint(
+        self, nid: str, eid: str, address: str, address_v6: str, mac: str
+    ) -> str | None:
+        """Record the endpoint; returns the MAC if pyoverlay chose it (Docker sent none)."""
+        async with self._lock(nid):
+            net = self.network(nid)
+            if eid in self.endpoints:
+                return None
+            if address_v6:
+                raise InvalidOption("IPv6 endpoint addresses are not supported by pyoverlay yet")
+            if not address:
+                raise InvalidOption(
+                    f"endpoint {_short(eid)} has no IPv4 address; pyoverlay needs one from IPAM"
+                )
+            try:
+                iface = IPv4Interface(address)
+            except ValueError as exc:
+                raise InvalidOption(f"endpoint address {address!r}: {exc}") from None
+            if iface.ip not in net.subnet:
+                raise InvalidOption(
+                    f"address {iface.ip} is outside the network's subnet {net.subnet}"
+                )
+            chosen = None
+            if mac:
+                mac = normalise_mac(mac)
+            else:
+                mac = chosen = mac_from_ip(iface.ip)
+            ep = EndpointSpec(nid, eid, iface, mac)
+            self.endpoints[eid] = ep
+            try:
+                self.save()
+            except PyoverlayError:
+                del self.endpoints[eid]
+                raise
+            log.info("endpoint created", nid=_short(nid), eid=_short(eid), mac=mac)
+            return chosen
+
+    async def delete_endpoint(self, nid: str, eid: str) -> None:
+        async with self._lock(nid):
+            ep = self.endpoint(nid, eid)
+            net = self.networks.get(nid)
+            await apply_all(self.kernel, plan.delete_endpoint(net.namespace if net else None, ep))
+            del self.endpoints[eid]
+            self.save()
+            log.info("endpoint deleted", nid=_short(nid), eid=_short(eid))
+
+    async def join(self, nid: str, eid: str, sandbox_key: str) -> JoinResult:
+        async with self._lock(nid):
+            net = self.network(nid)
+            ep = self.endpoint(nid, eid)
+            ops = plan.join(net, ep)
+            await apply_all(self.kernel, ops)
+            self.endpoints[eid] = replace(ep, joined=True)
+            try:
+                self.save()
+            except PyoverlayError:
+                self.endpoints[eid] = ep
+                await rollback(self.kernel, ops)
+                raise
+            log.info(
+                "joined",
+                nid=_short(nid),
+                eid=_short(eid),
+                ifname=ep.container_ifname,
+                sandbox=sandbox_key,
+            )
+            return JoinResult(ep.container_ifname)
+
+    async def leave(self, nid: str, eid: str) -> None:
+        async with self._lock(nid):
+            ep = self.endpoint(nid, eid)
+            self.endpoints[eid] = replace(ep, joined=False)
+            self.save()
+            log.info("left", nid=_short(nid), eid=_short(eid))
+
+    def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
+        ep = self.endpoint(nid, eid)
+        net = self.network(nid)
+        return {
+            "pyoverlay.vni": net.vni,
+            "pyoverlay.namespace": net.namespace,
+            "pyoverlay.overlay_if": ep.overlay_ifname,
+            "com.docker.network.endpoint.macaddress": ep.mac,
+        }
+
+    # -- reconcile -----------------------------------------------------------
+
+    async def plan_reconcile(self) -> list[Op]:
+        snap = await self.kernel.snapshot()
+        return plan.reconcile(
+            snap, self.node_id, self.underlay, self.networks.values(), self.endpoints.values()
+        )
+
+    async def reconcile(self, dry_run: bool = False) -> tuple[list[Op], list[str]]:
+        """Make the kernel match the state; returns (ops, errors). Never raises for one op."""
+        ops = await self.plan_reconcile()
+        errors: list[str] = []
+        if dry_run:
+            return ops, errors
+        for op in ops:
+            try:
+                await self.kernel.apply(op)
+                log.info("reconciled", op=str(op))
+            except PyoverlayError as exc:
+                errors.append(str(exc))
+                log.error("reconcile op failed", op=str(op), error=str(exc))
+        return ops, errors

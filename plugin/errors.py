@@ -1,0 +1,66 @@
+"""One place that turns exceptions into what Docker expects.
+
+* NetworkDriver.* answers {"Err": "..."} and IpamDriver.* answers
+  {"Error": "..."} (the wrong key is silently read as success by Docker).
+* Operation failures (PyoverlayError) are HTTP 200 with that body, so the
+  docker CLI shows `Error response from daemon: remote: <text>`.
+* A body that is not valid JSON or misses a required field is HTTP 400 with
+  the same shape, naming the field.
+* Unknown paths stay 404: Docker reads that as "not implemented".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from pyoverlay.state.errors import PyoverlayError
+
+log = structlog.get_logger("pyoverlay.plugin")
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_key(path: str) -> str:
+    return "Error" if path.startswith("/IpamDriver.") else "Err"
+
+
+def describe_validation(method: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "json_invalid":
+            parts.append(f"body is not valid JSON ({err['msg']})")
+        else:
+            parts.append(f"field {where}: {err['msg']}")
+    return f"malformed {method} request: " + "; ".join(parts)
+
+
+def reply(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, content_type=CONTENT_TYPE)
+
+
+@web.middleware
+async def docker_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    method = request.path.lstrip("/")
+    key = error_key(request.path)
+    started = time.monotonic()
+    structlog.contextvars.bind_contextvars(method=method)
+    try:
+        response = await handler(request)
+        log.debug("call", ms=round((time.monotonic() - started) * 1000, 1))
+        return response
+    except ValidationError as exc:
+        text = describe_validation(method, exc)
+        log.warning("malformed request", error=text)
+        return reply({key: text}, status=400)
+    except PyoverlayError as exc:
+        log.warning("call failed", error=str(exc))
+        return reply({key: str(exc)})
+    finally:
+        structlog.contextvars.unbind_contextvars("method")

@@ -1,0 +1,195 @@
+"""Thin handlers: parse the body, call the driver or IPAM service, render.
+
+Each handler implements one call of moby's docs/remote.md (NetworkDriver)
+or docs/ipam.md (IpamDriver); none holds logic of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from pyoverlay.driver.options import PoolData
+from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE, IpamService
+from pyoverlay.state.errors import InvalidOption
+
+from . import protocol as p
+from .errors import reply
+
+M = TypeVar("M", bound=BaseModel)
+DRIVER: web.AppKey[OverlayDriver] = web.AppKey("driver", OverlayDriver)
+IPAM: web.AppKey[IpamService] = web.AppKey("ipam", IpamService)
+
+GENERIC = "com.docker.network.generic"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    return model.model_validate_json(raw if raw.strip() else b"{}")
+
+
+# -- Plugin ----------------------------------------------------------------------
+
+
+async def activate(request: web.Request) -> web.Response:
+    return reply({"Implements": ["NetworkDriver", "IpamDriver"]})
+
+
+# -- NetworkDriver ---------------------------------------------------------------
+
+
+async def get_capabilities(request: web.Request) -> web.Response:
+    return reply({"Scope": "local"})
+
+
+async def create_network(request: web.Request) -> web.Response:
+    req = await parse(request, p.CreateNetworkRequest)
+    opts = req.options or {}
+    generic = opts.get(GENERIC) or {}
+    if not isinstance(generic, dict):
+        raise InvalidOption(f"Options.{GENERIC} must be an object of strings")
+    await request.app[DRIVER].create_network(
+        req.network_id,
+        generic,
+        [PoolData(d.pool, d.gateway) for d in req.ipv4_data or []],
+        [PoolData(d.pool, d.gateway) for d in req.ipv6_data or []],
+        bool(opts.get(ENABLE_IPV6, False)),
+        bool(opts.get(INTERNAL, False)),
+    )
+    return reply({})
+
+
+async def delete_network(request: web.Request) -> web.Response:
+    req = await parse(request, p.NetworkRequest)
+    await request.app[DRIVER].delete_network(req.network_id)
+    return reply({})
+
+
+async def create_endpoint(request: web.Request) -> web.Response:
+    req = await parse(request, p.CreateEndpointRequest)
+    iface = req.interface or p.EndpointInterface()
+    mac = await request.app[DRIVER].create_endpoint(
+        req.network_id, req.endpoint_id, iface.address, iface.address_ipv6, iface.mac_address
+    )
+    # Only what Docker did not send may be returned ("driver modified interface ...").
+    return reply({"Interface": {"MacAddress": mac} if mac else {}})
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    req = await parse(request, p.EndpointRequest)
+    await request.app[DRIVER].delete_endpoint(req.network_id, req.endpoint_id)
+    return reply({})
+
+
+async def endpoint_oper_info(request: web.Request) -> web.Response:
+    req = await parse(request, p.EndpointRequest)
+    return reply({"Value": request.app[DRIVER].endpoint_info(req.network_id, req.endpoint_id)})
+
+
+async def join(request: web.Request) -> web.Response:
+    req = await parse(request, p.JoinRequest)
+    res = await request.app[DRIVER].join(req.network_id, req.endpoint_id, req.sandbox_key)
+    # No Gateway: Docker then adds the docker_gwbridge leg (eth1, default route),
+    # as for Swarm's overlay; --internal networks get none.
+    return reply({"InterfaceName": {"SrcName": res.src_name, "DstPrefix": res.dst_prefix}})
+
+
+async def leave(request: web.Request) -> web.Response:
+    req = await parse(request, p.EndpointRequest)
+    await request.app[DRIVER].leave(req.network_id, req.endpoint_id)
+    return reply({})
+
+
+async def external_connectivity(request: web.Request) -> web.Response:
+    # Only sent to the endpoint that provides the default gateway; pyoverlay
+    # never does (docker_gwbridge does), so there is nothing to program.
+    await parse(request, p.ExternalConnectivityRequest)
+    return reply({})
+
+
+async def discover(request: web.Request) -> web.Response:
+    await parse(request, p.DiscoveryRequest)
+    return reply({})
+
+
+async def allocate_network(request: web.Request) -> web.Response:
+    await parse(request, p.AllocateNetworkRequest)
+    raise InvalidOption(
+        "pyoverlay does not run swarm-scoped networks: create the network on each host "
+        "without --scope swarm (the same --subnet gives the same overlay)"
+    )
+
+
+async def free_network(request: web.Request) -> web.Response:
+    await parse(request, p.NetworkRequest)
+    return reply({})
+
+
+# -- IpamDriver ------------------------------------------------------------------
+
+
+async def ipam_capabilities(request: web.Request) -> web.Response:
+    return reply({"RequiresMACAddress": False, "RequiresRequestReplay": False})
+
+
+async def default_address_spaces(request: web.Request) -> web.Response:
+    return reply(
+        {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+    )
+
+
+async def request_pool(request: web.Request) -> web.Response:
+    req = await parse(request, p.RequestPoolRequest)
+    pool = request.app[IPAM].request_pool(
+        req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
+    )
+    return reply({"PoolID": pool.pool_id, "Pool": str(pool.subnet), "Data": {}})
+
+
+async def release_pool(request: web.Request) -> web.Response:
+    req = await parse(request, p.ReleasePoolRequest)
+    request.app[IPAM].release_pool(req.pool_id)
+    return reply({})
+
+
+async def request_address(request: web.Request) -> web.Response:
+    req = await parse(request, p.RequestAddressRequest)
+    ip, prefix = request.app[IPAM].request_address(req.pool_id, req.address, req.options)
+    data: dict[str, Any] = {}
+    return reply({"Address": f"{ip}/{prefix}", "Data": data})
+
+
+async def release_address(request: web.Request) -> web.Response:
+    req = await parse(request, p.ReleaseAddressRequest)
+    request.app[IPAM].release_address(req.pool_id, req.address)
+    return reply({})
+
+
+ROUTES: dict[str, Any] = {
+    "/Plugin.Activate": activate,
+    "/NetworkDriver.GetCapabilities": get_capabilities,
+    "/NetworkDriver.CreateNetwork": create_network,
+    "/NetworkDriver.DeleteNetwork": delete_network,
+    "/NetworkDriver.CreateEndpoint": create_endpoint,
+    "/NetworkDriver.DeleteEndpoint": delete_endpoint,
+    "/NetworkDriver.EndpointOperInfo": endpoint_oper_info,
+    "/NetworkDriver.Join": join,
+    "/NetworkDriver.Leave": leave,
+    "/NetworkDriver.ProgramExternalConnectivity": external_connectivity,
+    "/NetworkDriver.RevokeExternalConnectivity": external_connectivity,
+    "/NetworkDriver.DiscoverNew": discover,
+    "/NetworkDriver.DiscoverDelete": discover,
+    "/NetworkDriver.AllocateNetwork": allocate_network,
+    "/NetworkDriver.FreeNetwork": free_network,
+    "/IpamDriver.GetCapabilities": ipam_capabilities,
+    "/IpamDriver.GetDefaultAddressSpaces": default_address_spaces,
+    "/IpamDriver.RequestPool": request_pool,
+    "/IpamDriver.ReleasePool": release_pool,
+    "/IpamDriver.RequestAddress": request_address,
+    "/IpamDriver.ReleaseAddress": release_address,
+}

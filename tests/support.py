@@ -1,0 +1,47 @@
+"""Helpers shared by the test tiers (importable as `support`, see pyproject pythonpath)."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from pyoverlay.driver.fake import FakeKernel
+from pyoverlay.driver.kernel import UnderlayInfo
+from pyoverlay.driver.model import Underlay
+from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.ipam.service import IpamService
+
+UNDERLAY = UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
+
+
+def require_root() -> None:
+    """Skip when not root, but fail in CI (CI=true), where the tier must run."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test tier needs root, and CI must run it")
+        pytest.skip("needs root")
+
+
+
+class Services:
+    def __init__(self, state_dir: Path, kernel: FakeKernel | None = None) -> None:
+        self.state_dir = state_dir
+        self.kernel = kernel or FakeKernel(UNDERLAY)
+        self.driver = OverlayDriver(
+            self.kernel,
+            state_dir / "driver.json",
+            "node1",
+            Underlay(UNDERLAY.address, 4789, UNDERLAY.mtu),
+        )
+        self.ipam = IpamService(state_dir / "ipam.json")
+        self.driver.load()
+        self.ipam.load()
+
+    def restarted(self) -> Services:
+        """A new plugin process on the same state dir and the same kernel."""
+        return Services(self.state_dir, self.kernel)
+
+
