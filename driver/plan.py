@@ -78,9 +78,16 @@ def create_network(net: NetworkSpec, node_id: str, underlay: Underlay) -> list[O
 
 
 def delete_network(net: NetworkSpec) -> list[Op]:
-    # Deleting the namespace destroys br0, the VTEP and the overlay veth ends
-    # in it; the host-side vxlan delete covers a create that died mid-move.
-    return [DeleteNamespace(net.namespace), DeleteLink(None, net.vxlan)]
+    # The VTEP is deleted first and explicitly: a namespace is destroyed
+    # asynchronously by the kernel, and until then its VNI stays taken, so a
+    # `network rm` + `network create` of the same subnet would fail with EEXIST.
+    # Deleting the namespace then takes br0 and the overlay veth ends with it;
+    # the host-side delete covers a create that died mid-move.
+    return [
+        DeleteLink(net.namespace, net.vxlan),
+        DeleteNamespace(net.namespace),
+        DeleteLink(None, net.vxlan),
+    ]
 
 
 def join(net: NetworkSpec, ep: EndpointSpec) -> list[Op]:
@@ -181,6 +188,7 @@ def reconcile(
         if owner is None or owner[0] != node_id:
             continue
         if owner[1] not in nets or nets[owner[1]].namespace != name:
+            ops += [DeleteLink(name, n) for n in sorted(ns.links) if n.startswith(VXLAN_PREFIX)]
             ops.append(DeleteNamespace(name))
 
     wanted_host = {e.container_ifname for e in eps}

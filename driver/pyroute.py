@@ -48,9 +48,10 @@ GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
 
 
 def _is_mountpoint(path: Path) -> bool:
+    target = os.path.realpath(path)  # /var/run is a symlink to /run
     try:
         with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == str(path) for line in f)
+            return any(line.split()[4] == target for line in f)
     except OSError:
         return False
 
@@ -80,7 +81,7 @@ class PyrouteKernel:
         if sock is None:
             path = self.netns_dir / ns
             if not path.exists():
-                raise FileNotFoundError(path)
+                raise KernelError("open namespace", ns, errno.ENOENT, f"{path} does not exist")
             sock = AsyncIPRoute(netns=str(path), flags=0, ext_ack=True)
             await sock.setup_endpoint()
             self._sockets[ns] = sock
@@ -131,7 +132,10 @@ class PyrouteKernel:
     async def apply(self, op: Op) -> bool:
         match op:
             case CreateNamespace():
-                return self._create_namespace(op)
+                created = self._create_namespace(op)
+                ipr = await self._ipr(op.name)
+                await self._call("set lo up", op.name, lambda: ipr.link("set", index=1, state="up"))
+                return created
             case DeleteNamespace():
                 return self._delete_namespace(op)
             case EnsureBridge():
@@ -276,17 +280,24 @@ class PyrouteKernel:
                 ),
             )
             created = True
+        try:
             overlay_end = await self._get_link(op.ns, op.overlay_name)
             assert overlay_end is not None
-        bridge = await self._get_link(op.ns, op.bridge)
-        if bridge is None:
-            raise KernelError("enslave veth", obj, errno.ENODEV, f"bridge {op.bridge} is missing")
-        idx = overlay_end["index"]
-        await self._call(
-            "set veth",
-            obj,
-            lambda: ns_ipr.link("set", index=idx, master=bridge["index"], mtu=op.mtu, state="up"),
-        )
+            bridge = await self._get_link(op.ns, op.bridge)
+            if bridge is None:
+                raise KernelError(
+                    "enslave veth", obj, errno.ENODEV, f"bridge {op.bridge} is missing"
+                )
+            idx, br_idx = overlay_end["index"], bridge["index"]
+            await self._call(
+                "set veth",
+                obj,
+                lambda: ns_ipr.link("set", index=idx, master=br_idx, mtu=op.mtu, state="up"),
+            )
+        except BaseException:
+            if created:  # the caller cannot undo what it does not know was made
+                await self._delete_link(None, op.container_name)
+            raise
         return created
 
     async def _delete_link(self, ns: str | None, name: str) -> bool:

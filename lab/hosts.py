@@ -1,0 +1,447 @@
+"""Several Docker hosts on one Linux machine, for the demo, the integration tests and benchmarks.
+
+A "host" is a network namespace plus a persisted mount namespace (its own
+/sys for that netns, cgroups kept, a private /run/docker/plugins), one
+dockerd with its own data-root/exec-root/socket, and optionally one
+pyoverlay plugin, both running inside both namespaces.  Hosts are joined by
+an underlay: a bridge in its own namespace, one veth per host, addresses
+192.168.<net>.<i>/24 that exist only inside these namespaces.
+
+Every name starts with the lab's prefix, every process is recorded by pid,
+and Lab.down() removes everything it made, also after a failed test:
+containers, networks, plugin and dockerd (SIGTERM, then SIGKILL by pid),
+containerd and shims left in the lab's cgroups, mounts, namespaces, files.
+
+Unix socket paths must stay under 108 bytes, hence the short /run/pyo/...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_ROOT = Path("/run/pyo")
+LIB_ROOT = Path("/var/lib/pyo")
+DOCKER = os.environ.get("PYOVERLAY_DOCKER_CLI", "/usr/bin/docker")
+DOCKERD = os.environ.get("PYOVERLAY_DOCKERD", "/usr/sbin/dockerd")
+IMAGE = "bb:latest"
+BUSYBOX = "/bin/busybox"
+APPLETS = (
+    "sh ip ping nc httpd sleep cat ifconfig ls echo hostname route ps grep arp netstat awk "
+    "sed env true false cut head tail wc seq printf date tr kill sort uniq".split()
+)
+
+
+def sh(
+    *cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, check=check, capture_output=True, text=True, timeout=timeout, input=input
+    )
+
+
+def wait_for(what: str, cond: object, timeout: float = 30.0, interval: float = 0.05) -> None:
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (not reaped by PID 1 here) counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_pid(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM, wait, then SIGKILL: only for pids this lab started or owns."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(f"pid {pid} to die", lambda: not pid_alive(pid), timeout=10)
+
+
+def busybox_tarball() -> Path:
+    """A tiny image: busybox-static plus applet links and a web root (built once)."""
+    out = LIB_ROOT / "bb.tar"
+    if out.exists() and out.stat().st_size > 0:
+        return out
+    LIB_ROOT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        for sub in ("bin", "etc", "tmp", "root", "var/www"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(BUSYBOX, root / "bin/busybox")
+        for applet in APPLETS:
+            (root / "bin" / applet).symlink_to("busybox")
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc/group").write_text("root:x:0:\n")
+        (root / "var/www/index.html").write_text("hello from pyoverlay\n")
+        tmp = out.with_suffix(".tmp")
+        sh("tar", "-C", str(root), "-cf", str(tmp), ".")
+        tmp.replace(out)
+    return out
+
+
+@dataclass
+class Host:
+    lab: Lab
+    index: int  # 1-based
+    dockerd_pid: int | None = None
+    plugin_pid: int | None = None
+    plugin_args: list[str] = field(default_factory=list)
+
+    # -- names and paths ------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"h{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return f"{self.lab.prefix}-{self.name}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.lab.subnet_base}.{self.index}"
+
+    @property
+    def run_dir(self) -> Path:
+        return RUN_ROOT / self.lab.prefix / self.name
+
+    @property
+    def lib_dir(self) -> Path:
+        return LIB_ROOT / self.lab.prefix / self.name
+
+    @property
+    def mnt(self) -> Path:
+        return RUN_ROOT / self.lab.prefix / f"{self.name}.mnt"
+
+    @property
+    def docker_sock(self) -> Path:
+        return self.run_dir / "docker.sock"
+
+    @property
+    def plugins_dir(self) -> Path:
+        """What this host sees as /run/docker/plugins."""
+        return self.lib_dir / "plugins"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.lib_dir / "state"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/pyo-{self.lab.prefix}-{self.name}"
+
+    # -- running things inside -------------------------------------------------
+
+    def nsenter(self) -> list[str]:
+        return ["nsenter", f"--mount={self.mnt}", f"--net=/run/netns/{self.netns}"]
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return sh(*self.nsenter(), *cmd, check=check, timeout=timeout)
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return sh(DOCKER, "-H", f"unix://{self.docker_sock}", *args, check=check, timeout=timeout)
+
+    def container_pid(self, container: str) -> int:
+        return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip())
+
+    def in_container_netns(self, container: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a host tool (iperf3, ip) in a container's network namespace."""
+        pid = self.container_pid(container)
+        return sh("nsenter", f"--net=/proc/{pid}/ns/net", *cmd, timeout=timeout)
+
+    # -- life cycle ------------------------------------------------------------
+
+    def ns_up(self) -> None:
+        for d in (self.run_dir, self.plugins_dir, self.lib_dir / "data", self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        cg_aside = RUN_ROOT / self.lab.prefix / f".cg-{self.name}"
+        cg_aside.mkdir(parents=True, exist_ok=True)
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "-n", self.netns, "link", "set", "lo", "up")
+        self.mnt.touch()
+        script = (
+            f"mount --rbind /sys/fs/cgroup {cg_aside}; "
+            "mount -t sysfs sysfs /sys; "
+            f"mount --move {cg_aside} /sys/fs/cgroup; "
+            "mkdir -p /run/docker/plugins; "
+            f"mount --bind {self.plugins_dir} /run/docker/plugins"
+        )
+        sh(
+            "unshare",
+            f"--mount={self.mnt}",
+            "--propagation",
+            "slave",
+            "nsenter",
+            f"--net=/run/netns/{self.netns}",
+            "sh",
+            "-ec",
+            script,
+        )
+
+    def start_dockerd(self, *extra: str) -> None:
+        log = open(self.lib_dir / "dockerd.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [
+                *self.nsenter(),
+                DOCKERD,
+                "--data-root", str(self.lib_dir / "data"),
+                "--exec-root", str(self.run_dir / "exec"),
+                "-H", f"unix://{self.docker_sock}",
+                "--pidfile", str(self.run_dir / "docker.pid"),
+                "--cgroup-parent", self.cgroup_parent,
+                *extra,
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.dockerd_pid = proc.pid  # nsenter execs dockerd: same pid
+        wait_for(
+            f"dockerd on {self.name}",
+            lambda: self.docker("version", check=False, timeout=10).returncode == 0,
+            timeout=60,
+        )
+
+    def stop_dockerd(self, sig: int = signal.SIGTERM) -> None:
+        if self.dockerd_pid is None:
+            return
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.dockerd_pid, signal.SIGKILL)
+            wait_for("dockerd to die", lambda: not pid_alive(self.dockerd_pid or 0), timeout=10)
+        else:
+            kill_pid(self.dockerd_pid, timeout=60)
+        self.dockerd_pid = None
+
+    def start_plugin(self, *args: str) -> None:
+        if args:
+            self.plugin_args = list(args)
+        self.plugins_dir.mkdir(parents=True, exist_ok=True)
+        sock = self.plugins_dir / "pyoverlay.sock"
+        sock.unlink(missing_ok=True)
+        log = open(self.lib_dir / "plugin.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                *self.nsenter(),
+                self.lab.pyoverlay,
+                "plugin",
+                "--socket", "/run/docker/plugins/pyoverlay.sock",
+                "--state-dir", str(self.state_dir),
+                "--log-format", "json",
+                *self.plugin_args,
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.plugin_pid = proc.pid
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"pyoverlay plugin on {self.name} exited ({proc.returncode}):\n"
+                    + self.plugin_log()[-3000:]
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pyoverlay plugin on {self.name} did not create its socket")
+            time.sleep(0.02)
+
+    def plugin_log(self) -> str:
+        try:
+            return (self.lib_dir / "plugin.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def stop_plugin(self, sig: int = signal.SIGTERM) -> None:
+        pid = self.plugin_pid
+        if pid is None:
+            return
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for("plugin to die", lambda: not pid_alive(pid), timeout=10)
+        else:
+            kill_pid(pid, timeout=15)
+        self.plugin_pid = None
+
+    def import_image(self) -> None:
+        if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:
+            return
+        self.docker("import", str(busybox_tarball()), IMAGE)
+
+    def overlay_namespaces(self) -> list[str]:
+        """pyoverlay namespaces as this host sees them (`ip netns` inside the host)."""
+        out = self.run("ip", "netns", "list").stdout
+        return sorted(line.split()[0] for line in out.splitlines() if line.startswith("1-"))
+
+    def ns_exec(self, ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return self.run("ip", "netns", "exec", ns, *cmd)
+
+    # -- teardown --------------------------------------------------------------
+
+    def _cgroup_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for procs in Path("/sys/fs/cgroup").glob(f"*{self.cgroup_parent}/**/cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids |= {int(x) for x in procs.read_text().split()}
+        return pids
+
+    def down(self) -> list[str]:
+        problems: list[str] = []
+        if self.dockerd_pid and pid_alive(self.dockerd_pid):
+            try:
+                ids = self.docker("ps", "-aq", timeout=30).stdout.split()
+                if ids:
+                    self.docker("rm", "-f", *ids, check=False, timeout=120)
+                if self.plugin_pid and pid_alive(self.plugin_pid):
+                    nets = self.docker(
+                        "network", "ls", "-q", "--filter", "driver=pyoverlay", timeout=30
+                    ).stdout.split()
+                    if nets:
+                        self.docker("network", "rm", *nets, check=False, timeout=60)
+            except (subprocess.SubprocessError, OSError) as exc:
+                problems.append(f"{self.name}: docker cleanup: {exc}")
+        for stop in (self.stop_plugin, self.stop_dockerd):
+            try:
+                stop()
+            except (TimeoutError, OSError) as exc:
+                problems.append(f"{self.name}: {exc}")
+        # containerd (child of dockerd) and shims may outlive a killed dockerd
+        pidfile = self.run_dir / "exec" / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            kill_pid(int(pidfile.read_text().strip()), timeout=10)
+        for pid in self._cgroup_pids():
+            with contextlib.suppress(OSError, TimeoutError):
+                kill_pid(pid, timeout=5)
+        for m in self._mounts_under(self.run_dir):
+            sh("umount", "-l", m, check=False)
+        if self.mnt.exists():
+            sh("umount", "-l", str(self.mnt), check=False)
+            self.mnt.unlink(missing_ok=True)
+        sh("ip", "netns", "del", self.netns, check=False)
+        for cg in sorted(Path("/sys/fs/cgroup").glob(f"*{self.cgroup_parent}"), reverse=True):
+            for d in sorted(cg.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return problems
+
+    @staticmethod
+    def _mounts_under(path: Path) -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        return sorted((p for p in points if p.startswith(str(path))), reverse=True)
+
+
+class Lab:
+    """N Docker hosts on one underlay bridge, all named with `prefix`."""
+
+    def __init__(
+        self,
+        prefix: str,
+        hosts: int = 2,
+        subnet_base: str = "192.168.99",
+        pyoverlay: str | None = None,
+        keep_data: bool = False,
+    ) -> None:
+        self.prefix = prefix
+        self.subnet_base = subnet_base
+        self.pyoverlay = pyoverlay or str(Path(sys.executable).with_name("pyoverlay"))
+        self.hosts = [Host(self, i + 1) for i in range(hosts)]
+        self.keep_data = keep_data
+        self._up = False
+
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.prefix}-ul"
+
+    def host(self, i: int) -> Host:
+        return self.hosts[i - 1]
+
+    def up(self, plugin: bool = True, dockerd_args: Sequence[str] = ()) -> Lab:
+        self._up = True
+        ul = self.underlay_ns
+        sh("ip", "netns", "add", ul)
+        sh("ip", "-n", ul, "link", "set", "lo", "up")
+        sh("ip", "-n", ul, "link", "add", "br-ul", "type", "bridge")
+        sh("ip", "-n", ul, "addr", "add", f"{self.subnet_base}.254/24", "dev", "br-ul")
+        sh("ip", "-n", ul, "link", "set", "br-ul", "up")
+        for h in self.hosts:
+            h.ns_up()
+            a, b = f"{self.prefix}{h.name}p", f"{self.prefix}{h.name}e"
+            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            sh("ip", "link", "set", a, "netns", ul)
+            sh("ip", "link", "set", b, "netns", h.netns)
+            sh("ip", "-n", h.netns, "link", "set", b, "name", "eth0")
+            sh("ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", "eth0")
+            sh("ip", "-n", h.netns, "link", "set", "eth0", "up")
+            sh("ip", "-n", h.netns, "route", "add", "default", "via", f"{self.subnet_base}.254")
+            sh("ip", "-n", ul, "link", "set", a, "master", "br-ul", "up")
+        for h in self.hosts:
+            h.start_dockerd(*dockerd_args)
+            h.import_image()
+            if plugin:
+                h.start_plugin()
+        return self
+
+    def down(self) -> list[str]:
+        problems: list[str] = []
+        for h in self.hosts:
+            problems += h.down()
+        sh("ip", "netns", "del", self.underlay_ns, check=False)
+        shutil.rmtree(RUN_ROOT / self.prefix, ignore_errors=True)
+        if not self.keep_data:
+            shutil.rmtree(LIB_ROOT / self.prefix, ignore_errors=True)
+        self._up = False
+        return problems
+
+    @contextlib.contextmanager
+    def running(self, plugin: bool = True) -> Iterator[Lab]:
+        try:
+            yield self.up(plugin=plugin)
+        finally:
+            problems = self.down()
+            if problems:
+                print("lab teardown problems:", json.dumps(problems), file=sys.stderr)
+
+    def underlay(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.underlay_ns, *cmd, timeout=timeout)

@@ -1,0 +1,217 @@
+"""The real kernel adapter, in a throwaway network + mount namespace.
+
+scripts/test-kernel runs this file under `unshare --net --mount` with a
+private tmpfs on /run/netns, so the "host namespace" here is a fresh one and
+nothing touches the machine's network.  Each test builds what a user would
+look at with `ip` and checks it: links, masters, MTUs, VXLAN settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+from support import require_root
+
+from pyoverlay.driver import plan
+from pyoverlay.driver.model import EndpointSpec, NetworkSpec, Underlay
+from pyoverlay.driver.ops import (
+    CreateNamespace,
+    DeleteNamespace,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+)
+from pyoverlay.driver.pyroute import PyrouteKernel
+from pyoverlay.driver.service import OverlayDriver, apply_all
+from pyoverlay.state.errors import KernelError, PyoverlayError
+
+pytestmark = pytest.mark.kernel
+UNDERLAY_IP = "192.0.2.1"
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def ipj(*args: str) -> list[dict[str, object]]:
+    return json.loads(ip("-j", *args) or "[]")
+
+
+def our_veths() -> list[str]:
+    return [str(e["ifname"]) for e in ipj("link") if str(e["ifname"]).startswith(("pyc", "pyv"))]
+
+
+@pytest.fixture(autouse=True)
+def throwaway_namespace() -> None:
+    require_root()
+    if os.environ.get("PYOVERLAY_KERNEL_TIER") != "1":
+        pytest.skip("run through scripts/test-kernel (needs a private netns and /run/netns)")
+
+
+@pytest.fixture
+def underlay(prefix: str):
+    """A veth in the throwaway host namespace carrying the underlay address."""
+    ip("link", "add", f"{prefix}u0", "mtu", "1500", "type", "veth", "peer", "name", f"{prefix}u1")
+    ip("addr", "add", f"{UNDERLAY_IP}/24", "dev", f"{prefix}u0")
+    ip("link", "set", f"{prefix}u0", "up")
+    ip("link", "set", f"{prefix}u1", "up")
+    yield Underlay(IPv4Address(UNDERLAY_IP), 4789, 1500)
+    subprocess.run(["ip", "link", "del", f"{prefix}u0"], check=False)
+
+
+@pytest.fixture
+async def kernel():
+    k = PyrouteKernel()
+    yield k
+    await k.close()
+    for name in Path("/run/netns").iterdir():
+        if name.name.startswith("1-"):
+            # VTEPs first: namespace destruction is asynchronous and would keep the VNI busy
+            for link in ipj("-n", name.name, "link"):
+                if str(link["ifname"]).startswith("pvx"):
+                    ip("-n", name.name, "link", "del", str(link["ifname"]))
+            ip("netns", "del", name.name)
+
+
+def spec(nid: str, vni: int = 4242, subnet: str = "10.50.0.0/24") -> NetworkSpec:
+    net = IPv4Network(subnet)
+    return NetworkSpec(nid, vni, net, IPv4Interface(f"{net.network_address + 1}/24"), 1450)
+
+
+NID = "a1b2c3d4e5f6" + "0" * 52
+EID = "e1e2e3e4e5e6" + "0" * 52
+
+
+async def test_network_sandbox_matches_the_seed(kernel: PyrouteKernel, underlay: Underlay) -> None:
+    net = spec(NID)
+    await apply_all(kernel, plan.create_network(net, "node1", underlay))
+    assert "1-a1b2c3d4e5" in ip("netns", "list")
+    links = {entry["ifname"]: entry for entry in ipj("-n", net.namespace, "-d", "link")}
+    br, vx = links["br0"], links[net.vxlan]
+    assert br["mtu"] == 1450 and "UP" in br["flags"]
+    assert br["ifalias"] == f"pyoverlay:node1:{NID}"
+    info = vx["linkinfo"]["info_data"]
+    assert (info["id"], info["port"], info["local"]) == (4242, 4789, UNDERLAY_IP)
+    assert info["learning"] is False and info["proxy"] is True
+    assert vx["master"] == "br0" and vx["mtu"] == 1450
+    addrs = ipj("-n", net.namespace, "-4", "addr", "show", "br0")[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in addrs] == [("10.50.0.1", 24)]
+    # the VTEP's UDP socket stays in the host namespace (on the underlay)
+    assert ":4789" in subprocess.run(["ss", "-uln"], capture_output=True, text=True).stdout
+    assert "lo" in {e["ifname"] for e in ipj("-n", net.namespace, "link") if "UP" in e["flags"]}
+
+
+async def test_every_op_is_idempotent(kernel: PyrouteKernel, underlay: Underlay) -> None:
+    net = spec(NID)
+    ep = EndpointSpec(NID, EID, IPv4Interface("10.50.0.2/24"), "02:42:0a:32:00:02", joined=True)
+    ops = plan.create_network(net, "node1", underlay) + plan.join(net, ep)
+    assert [await kernel.apply(op) for op in ops] == [True, True, True, True]
+    assert [await kernel.apply(op) for op in ops] == [False, False, False, False]
+    host_end = ipj("link", "show", ep.container_ifname)[0]
+    assert host_end["address"] == "02:42:0a:32:00:02" and host_end["mtu"] == 1450
+    overlay_end = ipj("-n", net.namespace, "link", "show", ep.overlay_ifname)[0]
+    assert overlay_end["master"] == "br0" and overlay_end["mtu"] == 1450
+    for op in plan.delete_endpoint(net.namespace, ep):
+        await kernel.apply(op)
+    for op in plan.delete_endpoint(net.namespace, ep):
+        assert await kernel.apply(op) is False
+    assert not our_veths()
+    await apply_all(kernel, plan.delete_network(net))
+    assert await kernel.apply(DeleteNamespace(net.namespace)) is False
+    assert "1-a1b2c3d4e5" not in ip("netns", "list")
+
+
+async def test_vni_clash_is_refused_with_the_kernel_text_and_rolled_back(
+    kernel: PyrouteKernel, underlay: Underlay
+) -> None:
+    first = spec(NID, vni=77)
+    second = spec("b" * 64, vni=77, subnet="10.51.0.0/24")
+    await apply_all(kernel, plan.create_network(first, "node1", underlay))
+    with pytest.raises(PyoverlayError) as err:
+        await apply_all(kernel, plan.create_network(second, "node1", underlay))
+    assert "VNI" in str(err.value) and "rolled back" in str(err.value)
+    assert "1-bbbbbbbbbb" not in ip("netns", "list")
+    assert not [e for e in ipj("link") if e["ifname"].startswith("pvx")]
+
+
+async def test_failed_veth_leaves_nothing(kernel: PyrouteKernel, underlay: Underlay) -> None:
+    net = spec(NID)
+    await apply_all(kernel, [CreateNamespace(net.namespace)])
+    veth = EnsureVeth("pycx", net.namespace, "pyvx", 1450, "02:42:00:00:00:01", "br0")
+    with pytest.raises(PyoverlayError, match="bridge br0 is missing.*rolled back"):
+        await apply_all(kernel, [veth])
+    assert not our_veths()
+    assert not [e for e in ipj("-n", net.namespace, "link") if e["ifname"] == "pyvx"]
+
+
+async def test_vxlan_with_wrong_settings_is_recreated(
+    kernel: PyrouteKernel, underlay: Underlay
+) -> None:
+    net = spec(NID)
+    await apply_all(kernel, plan.create_network(net, "node1", underlay))
+    ip("-n", net.namespace, "link", "set", net.vxlan, "nomaster")
+    ip("-n", net.namespace, "link", "set", net.vxlan, "mtu", "1300")
+    ops = await OverlayDriverFor(kernel, underlay, net).plan_reconcile()
+    # a bridge without ports falls back to MTU 1500: both drifts are found
+    assert [type(o) for o in ops] == [EnsureBridge, EnsureVxlan]
+    for op in ops:
+        await kernel.apply(op)
+    vx = ipj("-n", net.namespace, "link", "show", net.vxlan)[0]
+    assert vx["master"] == "br0" and vx["mtu"] == 1450
+    assert ipj("-n", net.namespace, "link", "show", "br0")[0]["mtu"] == 1450
+    assert await OverlayDriverFor(kernel, underlay, net).plan_reconcile() == []
+
+
+async def test_reconcile_rebuilds_and_sweeps_only_its_own(
+    kernel: PyrouteKernel, underlay: Underlay, tmp_path: Path
+) -> None:
+    mine, gone, foreign = spec(NID), spec("c" * 64, 11, "10.52.0.0/24"), spec("d" * 64, 12, "10.53.0.0/24")
+    await apply_all(kernel, plan.create_network(gone, "node1", underlay))
+    await apply_all(kernel, plan.create_network(foreign, "node2", underlay))
+    driver = OverlayDriverFor(kernel, underlay, mine, state=tmp_path)
+    ops, errors = await driver.reconcile()
+    assert not errors
+    names = ip("netns", "list")
+    assert mine.namespace in names  # rebuilt: the kernel lacked it
+    assert gone.namespace not in names  # node1's, owned by no network: swept
+    assert foreign.namespace in names  # another node's: left alone
+    again, _ = await driver.reconcile()
+    assert again == []
+
+
+async def test_underlay_is_derived_from_the_default_route(
+    kernel: PyrouteKernel, underlay: Underlay, prefix: str
+) -> None:
+    ip("route", "add", "default", "via", "192.0.2.254")
+    info = await kernel.underlay(None)
+    assert (str(info.address), info.ifname, info.mtu) == (UNDERLAY_IP, f"{prefix}u0", 1500)
+    with pytest.raises(PyoverlayError, match="198.51.100.7 is not an address of any interface"):
+        await kernel.underlay(IPv4Address("198.51.100.7"))
+
+
+async def test_kernel_errors_carry_op_object_and_errno(
+    kernel: PyrouteKernel, underlay: Underlay
+) -> None:
+    with pytest.raises(KernelError) as err:
+        await kernel.apply(EnsureVeth("pycz", "1-nonexisten", "pyvz", 1450, "02:00:00:00:00:01", "br0"))
+    assert (err.value.op, err.value.obj, err.value.errno) == ("open namespace", "1-nonexisten", 2)
+    net = spec(NID)
+    await apply_all(kernel, [CreateNamespace(net.namespace)])
+    with pytest.raises(KernelError) as err:
+        await kernel.apply(EnsureVeth("pyc" + "z" * 20, net.namespace, "pyvz", 1450, "02:00:00:00:00:01", "br0"))
+    assert err.value.op == "enslave veth" or err.value.errno == 34  # ERANGE: name too long
+
+
+def OverlayDriverFor(
+    kernel: PyrouteKernel, underlay: Underlay, net: NetworkSpec, state: Path | None = None
+) -> OverlayDriver:
+    import tempfile
+
+    d = OverlayDriver(kernel, (state or Path(tempfile.mkdtemp())) / "driver.json", "node1", underlay)
+    d.networks = {net.network_id: net}
+    return d
