@@ -47,13 +47,16 @@ NETNS_DIR = Path(netns.NETNS_RUN_DIR)
 GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
 
 
-def _is_mountpoint(path: Path) -> bool:
-    target = os.path.realpath(path)  # /var/run is a symlink to /run
+def _mountpoints() -> set[str]:
     try:
         with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == target for line in f)
+            return {line.split()[4] for line in f}
     except OSError:
-        return False
+        return set()
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return os.path.realpath(path) in _mountpoints()  # /var/run is a symlink to /run
 
 
 def _kernel_error(op: str, obj: str, exc: NetlinkError) -> KernelError:
@@ -352,8 +355,14 @@ class PyrouteKernel:
     async def snapshot(self) -> KernelSnapshot:
         namespaces: dict[str, NamespaceView] = {}
         names = sorted(os.listdir(self.netns_dir)) if self.netns_dir.is_dir() else []
+        mounted = _mountpoints()
         for name in names:
-            if not NAMESPACE_PATTERN.match(name):
+            # a name whose file is not a mount here belongs to another mount
+            # namespace (another Docker host on this machine): not ours to read
+            if (
+                not NAMESPACE_PATTERN.match(name)
+                or str(self.netns_dir.resolve() / name) not in mounted
+            ):
                 continue
             known = name in self._sockets
             try:

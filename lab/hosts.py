@@ -42,12 +42,18 @@ APPLETS = (
 )
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"{' '.join(map(str, self.cmd))} -> exit {self.returncode}: {self.stderr.strip()}"
+
+
 def sh(
     *cmd: str, check: bool = True, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd, check=check, capture_output=True, text=True, timeout=timeout, input=input
-    )
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and r.returncode != 0:
+        raise CommandFailed(r.returncode, cmd, r.stdout, r.stderr)
+    return r
 
 
 def wait_for(what: str, cond: object, timeout: float = 30.0, interval: float = 0.05) -> None:
@@ -118,6 +124,8 @@ class Host:
     index: int  # 1-based
     dockerd_pid: int | None = None
     plugin_pid: int | None = None
+    # Popen handles of what we started, so exits are reaped (PID 1 here does not reap)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     plugin_args: list[str] = field(default_factory=list)
 
     # -- names and paths ------------------------------------------------------
@@ -168,7 +176,9 @@ class Host:
     def nsenter(self) -> list[str]:
         return ["nsenter", f"--mount={self.mnt}", f"--net=/run/netns/{self.netns}"]
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return sh(*self.nsenter(), *cmd, check=check, timeout=timeout)
 
     def docker(
@@ -179,7 +189,9 @@ class Host:
     def container_pid(self, container: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip())
 
-    def in_container_netns(self, container: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def in_container_netns(
+        self, container: str, *cmd: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run a host tool (iperf3, ip) in a container's network namespace."""
         pid = self.container_pid(container)
         return sh("nsenter", f"--net=/proc/{pid}/ns/net", *cmd, timeout=timeout)
@@ -199,7 +211,11 @@ class Host:
             "mount -t sysfs sysfs /sys; "
             f"mount --move {cg_aside} /sys/fs/cgroup; "
             "mkdir -p /run/docker/plugins; "
-            f"mount --bind {self.plugins_dir} /run/docker/plugins"
+            f"mount --bind {self.plugins_dir} /run/docker/plugins; "
+            # a private /run/netns: the plugin's per-network namespaces live
+            # and die with this host (the files under a shared /run/netns
+            # would outlive it and show up in every other host's `ip netns`)
+            "mount -t tmpfs -o mode=755 pyoverlay-lab-netns /run/netns"
         )
         sh(
             "unshare",
@@ -219,11 +235,16 @@ class Host:
             [
                 *self.nsenter(),
                 DOCKERD,
-                "--data-root", str(self.lib_dir / "data"),
-                "--exec-root", str(self.run_dir / "exec"),
-                "-H", f"unix://{self.docker_sock}",
-                "--pidfile", str(self.run_dir / "docker.pid"),
-                "--cgroup-parent", self.cgroup_parent,
+                "--data-root",
+                str(self.lib_dir / "data"),
+                "--exec-root",
+                str(self.run_dir / "exec"),
+                "-H",
+                f"unix://{self.docker_sock}",
+                "--pidfile",
+                str(self.run_dir / "docker.pid"),
+                "--cgroup-parent",
+                self.cgroup_parent,
                 *extra,
             ],
             stdout=log,
@@ -233,6 +254,7 @@ class Host:
         )
         log.close()
         self.dockerd_pid = proc.pid  # nsenter execs dockerd: same pid
+        self.procs[proc.pid] = proc
         wait_for(
             f"dockerd on {self.name}",
             lambda: self.docker("version", check=False, timeout=10).returncode == 0,
@@ -248,6 +270,7 @@ class Host:
             wait_for("dockerd to die", lambda: not pid_alive(self.dockerd_pid or 0), timeout=10)
         else:
             kill_pid(self.dockerd_pid, timeout=60)
+        self._reap(self.dockerd_pid)
         self.dockerd_pid = None
 
     def start_plugin(self, *args: str) -> None:
@@ -262,9 +285,12 @@ class Host:
                 *self.nsenter(),
                 self.lab.pyoverlay,
                 "plugin",
-                "--socket", "/run/docker/plugins/pyoverlay.sock",
-                "--state-dir", str(self.state_dir),
-                "--log-format", "json",
+                "--socket",
+                "/run/docker/plugins/pyoverlay.sock",
+                "--state-dir",
+                str(self.state_dir),
+                "--log-format",
+                "json",
                 *self.plugin_args,
             ],
             stdout=log,
@@ -274,6 +300,7 @@ class Host:
         )
         log.close()
         self.plugin_pid = proc.pid
+        self.procs[proc.pid] = proc
         deadline = time.monotonic() + 20
         while not sock.exists():
             if proc.poll() is not None:
@@ -301,7 +328,13 @@ class Host:
             wait_for("plugin to die", lambda: not pid_alive(pid), timeout=10)
         else:
             kill_pid(pid, timeout=15)
+        self._reap(pid)
         self.plugin_pid = None
+
+    def _reap(self, pid: int) -> None:
+        proc = self.procs.pop(pid, None)
+        if proc is not None:
+            proc.wait(timeout=10)
 
     def import_image(self) -> None:
         if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:

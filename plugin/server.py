@@ -50,6 +50,27 @@ def node_id(state_dir: Path) -> str:
     return text
 
 
+def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT stop the server - but only in this process.
+
+    pyroute2 forks short-lived children (to create namespaces and netns
+    sockets) and stops them with SIGTERM.  loop.add_signal_handler() would
+    make such a child's SIGTERM arrive in *our* loop (the wakeup fd is
+    inherited), and the plugin would shut down at its first `network create`.
+    A plain handler runs in the process that got the signal: a forked child
+    simply exits.
+    """
+    main_pid = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
 async def build(settings: PluginSettings, kernel: Kernel) -> tuple[OverlayDriver, IpamService]:
     info = await kernel.underlay(settings.advertise_addr)
     underlay = Underlay(info.address, settings.vxlan_port, info.mtu)
@@ -88,9 +109,7 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         await site.start()
         log.info("serving", socket=str(settings.socket), driver=settings.driver_name)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        install_stop_handlers(asyncio.get_running_loop(), stop)
         try:
             await stop.wait()
         finally:

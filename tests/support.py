@@ -13,6 +13,7 @@ from pyoverlay.driver.kernel import UnderlayInfo
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.ipam.service import IpamService
+from pyoverlay.lab.hosts import Host, Lab
 
 UNDERLAY = UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
 
@@ -23,7 +24,6 @@ def require_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("this test tier needs root, and CI must run it")
         pytest.skip("needs root")
-
 
 
 class Services:
@@ -45,3 +45,29 @@ class Services:
         return Services(self.state_dir, self.kernel)
 
 
+class Scratch:
+    """Networks and containers a test made, removed at its end."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.made: list[tuple[Host, str, str]] = []
+
+    def network(self, host: Host, name: str, *args: str) -> str:
+        nid = host.docker(
+            "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", *args, name
+        ).stdout.strip()
+        self.made.append((host, "network", name))
+        return nid
+
+    def run(self, host: Host, name: str, *args: str) -> str:
+        self.made.append((host, "container", name))
+        return host.docker("run", "-d", "--name", name, *args).stdout.strip()
+
+    def cleanup(self) -> None:
+        for host, kind, name in reversed(self.made):
+            if host.dockerd_pid is None:
+                continue
+            if kind == "container":
+                host.docker("rm", "-f", name, check=False)
+            else:
+                host.docker("network", "rm", name, check=False)

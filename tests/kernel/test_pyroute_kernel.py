@@ -170,7 +170,11 @@ async def test_vxlan_with_wrong_settings_is_recreated(
 async def test_reconcile_rebuilds_and_sweeps_only_its_own(
     kernel: PyrouteKernel, underlay: Underlay, tmp_path: Path
 ) -> None:
-    mine, gone, foreign = spec(NID), spec("c" * 64, 11, "10.52.0.0/24"), spec("d" * 64, 12, "10.53.0.0/24")
+    mine, gone, foreign = (
+        spec(NID),
+        spec("c" * 64, 11, "10.52.0.0/24"),
+        spec("d" * 64, 12, "10.53.0.0/24"),
+    )
     await apply_all(kernel, plan.create_network(gone, "node1", underlay))
     await apply_all(kernel, plan.create_network(foreign, "node2", underlay))
     driver = OverlayDriverFor(kernel, underlay, mine, state=tmp_path)
@@ -198,12 +202,16 @@ async def test_kernel_errors_carry_op_object_and_errno(
     kernel: PyrouteKernel, underlay: Underlay
 ) -> None:
     with pytest.raises(KernelError) as err:
-        await kernel.apply(EnsureVeth("pycz", "1-nonexisten", "pyvz", 1450, "02:00:00:00:00:01", "br0"))
+        await kernel.apply(
+            EnsureVeth("pycz", "1-nonexisten", "pyvz", 1450, "02:00:00:00:00:01", "br0")
+        )
     assert (err.value.op, err.value.obj, err.value.errno) == ("open namespace", "1-nonexisten", 2)
     net = spec(NID)
     await apply_all(kernel, [CreateNamespace(net.namespace)])
     with pytest.raises(KernelError) as err:
-        await kernel.apply(EnsureVeth("pyc" + "z" * 20, net.namespace, "pyvz", 1450, "02:00:00:00:00:01", "br0"))
+        await kernel.apply(
+            EnsureVeth("pyc" + "z" * 20, net.namespace, "pyvz", 1450, "02:00:00:00:00:01", "br0")
+        )
     assert err.value.op == "enslave veth" or err.value.errno == 34  # ERANGE: name too long
 
 
@@ -212,6 +220,8 @@ def OverlayDriverFor(
 ) -> OverlayDriver:
     import tempfile
 
-    d = OverlayDriver(kernel, (state or Path(tempfile.mkdtemp())) / "driver.json", "node1", underlay)
+    d = OverlayDriver(
+        kernel, (state or Path(tempfile.mkdtemp())) / "driver.json", "node1", underlay
+    )
     d.networks = {net.network_id: net}
     return d

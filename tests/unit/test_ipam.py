@@ -53,9 +53,17 @@ def test_taken_address_is_refused_clearly(ipam: IpamService) -> None:
 @pytest.mark.parametrize(
     ("args", "exc", "message"),
     [
-        (("", "10.1.0.5/24", "", {}, False), InvalidOption, "has host bits set; did you mean 10.1.0.0/24"),
+        (
+            ("", "10.1.0.5/24", "", {}, False),
+            InvalidOption,
+            "has host bits set; did you mean 10.1.0.0/24",
+        ),
         (("", "10.1.0.0/33", "", {}, False), InvalidOption, "--subnet 10.1.0.0/33"),
-        (("", "10.1.0.0/24", "10.2.0.0/25", {}, False), InvalidOption, "--ip-range 10.2.0.0/25 is not inside"),
+        (
+            ("", "10.1.0.0/24", "10.2.0.0/25", {}, False),
+            InvalidOption,
+            "--ip-range 10.2.0.0/25 is not inside",
+        ),
         (("", "", "", {"color": "red"}, False), InvalidOption, "--ipam-opt color=red"),
         (("", "", "", {}, True), InvalidOption, "remove --ipv6"),
     ],

@@ -84,7 +84,11 @@ def test_explicit_vni_and_mtu() -> None:
 @pytest.mark.parametrize(
     ("generic", "kw", "message"),
     [
-        ({"vni": "abc"}, {}, "-o vni=abc: the VXLAN network id must be a whole number from 1 to 16777215"),
+        (
+            {"vni": "abc"},
+            {},
+            "-o vni=abc: the VXLAN network id must be a whole number from 1 to 16777215",
+        ),
         ({"vni": "0"}, {}, "-o vni=0: the VXLAN network id must be from 1 to 16777215"),
         ({"vni": "16777216"}, {}, "-o vni=16777216"),
         ({"com.docker.network.driver.mtu": "9000"}, {}, "must be from 576 to 1450"),
