@@ -35,6 +35,29 @@ LIB_ROOT = Path("/var/lib/pyo")
 DOCKER = os.environ.get("PYOVERLAY_DOCKER_CLI", "/usr/bin/docker")
 DOCKERD = os.environ.get("PYOVERLAY_DOCKERD", "/usr/sbin/dockerd")
 IMAGE = "bb:latest"
+IMAGE_VERSION = 2  # bump when the image's contents change (the tarball is cached)
+# The seed's three-tier application, in busybox: a redis-like counter on
+# 6379, a web app (httpd + CGI) that asks it over TCP by IP, and a front end
+# that forwards its port 80 to the web app.
+APP_FILES = {
+    "app/kv.sh": (
+        "#!/bin/sh\n"
+        "# one connection: read a command, bump the counter, answer like redis\n"
+        "read -r cmd\n"
+        "n=$(cat /tmp/hits 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/hits\n"
+        "echo \":$n\"\n"
+    ),
+    "www/cgi-bin/app": (
+        "#!/bin/sh\n"
+        "kv=$(cat /etc/kv-addr)\n"
+        "hits=$(echo INCR hits | nc -w 2 $kv 6379)\n"
+        "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+        "echo \"web app on $(hostname) ($(ip -4 -o addr show eth0 | awk '{print $4}')): kv at $kv says hits=$hits\"\n"
+    ),
+    "app/kv-server": "#!/bin/sh\nexec nc -ll -p 6379 -e /app/kv.sh\n",
+    "app/web-server": "#!/bin/sh\necho \"$1\" > /etc/kv-addr\nexec httpd -f -p 8888 -h /www\n",
+    "app/front-server": "#!/bin/sh\nexec nc -ll -p 80 -e nc \"$1\" 8888\n",
+}
 BUSYBOX = "/bin/busybox"
 APPLETS = (
     "sh ip ping nc httpd sleep cat ifconfig ls echo hostname route ps grep arp netstat awk "
@@ -98,7 +121,7 @@ def kill_pid(pid: int, timeout: float = 30.0) -> None:
 
 def busybox_tarball() -> Path:
     """A tiny image: busybox-static plus applet links and a web root (built once)."""
-    out = LIB_ROOT / "bb.tar"
+    out = LIB_ROOT / f"bb-{IMAGE_VERSION}.tar"
     if out.exists() and out.stat().st_size > 0:
         return out
     LIB_ROOT.mkdir(parents=True, exist_ok=True)
@@ -112,6 +135,11 @@ def busybox_tarball() -> Path:
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
         (root / "var/www/index.html").write_text("hello from pyoverlay\n")
+        for path, text in APP_FILES.items():
+            f = root / path
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+            f.chmod(0o755)
         tmp = out.with_suffix(".tmp")
         sh("tar", "-C", str(root), "-cf", str(tmp), ".")
         tmp.replace(out)
