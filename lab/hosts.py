@@ -45,18 +45,19 @@ APP_FILES = {
         "# one connection: read a command, bump the counter, answer like redis\n"
         "read -r cmd\n"
         "n=$(cat /tmp/hits 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/hits\n"
-        "echo \":$n\"\n"
+        'echo ":$n"\n'
     ),
     "www/cgi-bin/app": (
         "#!/bin/sh\n"
         "kv=$(cat /etc/kv-addr)\n"
         "hits=$(echo INCR hits | nc -w 2 $kv 6379)\n"
         "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
-        "echo \"web app on $(hostname) ($(ip -4 -o addr show eth0 | awk '{print $4}')): kv at $kv says hits=$hits\"\n"
+        "me=$(ip -4 -o addr show eth0 | awk '{print $4}')\n"
+        "echo \"web app on $(hostname) ($me): kv at $kv says hits=$hits\"\n"
     ),
     "app/kv-server": "#!/bin/sh\nexec nc -ll -p 6379 -e /app/kv.sh\n",
-    "app/web-server": "#!/bin/sh\necho \"$1\" > /etc/kv-addr\nexec httpd -f -p 8888 -h /www\n",
-    "app/front-server": "#!/bin/sh\nexec nc -ll -p 80 -e nc \"$1\" 8888\n",
+    "app/web-server": '#!/bin/sh\necho "$1" > /etc/kv-addr\nexec httpd -f -p 8888 -h /www\n',
+    "app/front-server": '#!/bin/sh\nexec nc -ll -p 80 -e nc "$1" 8888\n',
 }
 BUSYBOX = "/bin/busybox"
 APPLETS = (

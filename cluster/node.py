@@ -1,0 +1,433 @@
+"""PURE gossip node: SWIM probes, piggybacked dissemination, push-pull anti-entropy.
+
+Inputs are method calls with the current time (`tick`, `on_packet`,
+`on_stream`, `on_stream_reply`, `publish`, ...); outputs are `Send`s in
+`outbox` and events in `events()`.  The asyncio runtime (runtime.py) and the
+simulator (sim.py) only move bytes and time; every decision is here.
+
+Probe cycle (SWIM + Lifeguard): every probe_interval x (1 + health) one
+member is pinged; without an ack within probe_timeout x (1 + health),
+`indirect_checks` others are asked to ping it (they answer ack or nack); at
+the end of the interval an unacked member is suspected.  The health score
+rises when we miss acks without getting nacks or must refute a suspicion of
+ourselves, so a slow node slows its own accusations.
+
+Dissemination: member and row updates wait in a queue and ride on every
+ping/ack/gossip packet (at most packet_budget bytes) until sent
+retransmit_mult x ceil(log10(n + 1)) times; a newer update for the same key
+replaces the queued one.  Every pushpull_interval, and on join, a full
+state exchange over a stream repairs anything lost.  Every
+reconnect_interval a dead member (or a seed, when alone) is tried, which
+heals partitions: the other side refutes our "dead" with a higher
+incarnation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import GossipConfig
+from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
+from .table import Row, RowEvent, Table
+
+Event = MemberEvent | RowEvent
+
+
+@dataclass(frozen=True)
+class Send:
+    addr: str
+    msg: dict[str, Any]
+    stream: bool = False  # a push-pull request: the runtime calls on_stream_reply with the answer
+
+
+@dataclass
+class Probe:
+    target: str
+    addr: str
+    seq: int
+    timeout_at: float
+    acked: bool = False
+    indirect: int = 0
+    nacks: int = 0
+
+
+@dataclass
+class Relay:
+    origin: str  # address of the member that asked us
+    seq: int  # its sequence number
+    deadline: float
+
+
+@dataclass
+class Item:
+    kind: str  # "m" member update, "r" row
+    payload: dict[str, Any]
+    size: int
+    left: int
+
+
+@dataclass
+class Stats:
+    packets_in: int = 0
+    packets_out: int = 0
+    streams_in: int = 0
+    streams_out: int = 0
+    malformed: int = 0
+    updates_sent: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class GossipNode:
+    def __init__(
+        self,
+        name: str,
+        addr: str,
+        config: GossipConfig,
+        rng: random.Random,
+        now: float,
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.rng = rng
+        self.members = Members(Member(name, addr, 0, ALIVE, now, dict(meta or {})), config)
+        self.table = Table(name, config.tombstone_ttl)
+        self.local: dict[tuple[str, str], dict[str, Any]] = {}
+        self.queue: dict[tuple[str, ...], Item] = {}
+        self.outbox: list[Send] = []
+        self.stats = Stats()
+        self.health = 0
+        self.seq = 0
+        self.seeds: list[str] = []
+        self.probe: Probe | None = None
+        self.probe_order: list[str] = []
+        self.relays: dict[int, Relay] = {}
+        self._events: list[Event] = []
+        self.next_probe = now + rng.random() * config.probe_interval
+        self.next_gossip = now + rng.random() * config.gossip_interval
+        self.next_pushpull = now + config.pushpull_interval * (0.5 + rng.random() / 2)
+        self.next_reconnect = now + config.reconnect_interval
+        self.next_reap = now + 5.0
+        self._enqueue_member(self.members.me)
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.members.me.name
+
+    @property
+    def addr(self) -> str:
+        return self.members.me.addr
+
+    # -- user API ------------------------------------------------------------
+
+    def start(self, now: float, seeds: Iterable[str]) -> None:
+        """Join: a full state exchange with every seed."""
+        self.seeds = [s for s in seeds if s != self.addr]
+        for s in self.seeds:
+            self._pushpull(s)
+
+    def publish(self, now: float, scope: str, key: str, value: dict[str, Any]) -> None:
+        self.local[(scope, key)] = value
+        self._enqueue_row(self.table.write(now, scope, key, value), now)
+        self._collect()
+
+    def withdraw(self, now: float, scope: str, key: str) -> None:
+        self.local.pop((scope, key), None)
+        cur = self.table.rows.get((scope, key))
+        if cur is not None and cur.value is None:
+            return
+        self._enqueue_row(self.table.write(now, scope, key, None), now)
+        self._collect()
+
+    def leave(self, now: float) -> None:
+        me = self.members.me
+        me.status = LEFT
+        self._enqueue_member(me)
+        for m in self.members.others(ALIVE, SUSPECT):
+            self.outbox.append(Send(m.addr, self._packet({"t": "gossip"})))
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def alive_members(self) -> list[Member]:
+        return [self.members.me, *self.members.others(ALIVE, SUSPECT)]
+
+    # -- time ----------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        times = [
+            self.next_probe,
+            self.next_gossip,
+            self.next_pushpull,
+            self.next_reconnect,
+            self.next_reap,
+        ]
+        if self.probe and not self.probe.acked and not self.probe.indirect:
+            times.append(self.probe.timeout_at)
+        times += [r.deadline for r in self.relays.values()]
+        exp = self.members.next_expiry()
+        if exp is not None:
+            times.append(exp)
+        return min(times)
+
+    def tick(self, now: float) -> None:
+        p = self.probe
+        if p and not p.acked and not p.indirect and now >= p.timeout_at:
+            self._indirect_probe(p)
+        if now >= self.next_probe:
+            self._finish_probe(now)
+            self._start_probe(now)
+        for seq, r in list(self.relays.items()):
+            if now >= r.deadline:
+                del self.relays[seq]
+                self.outbox.append(Send(r.origin, {"t": "nack", "seq": r.seq, "from": self.name}))
+        for u in self.members.expire(now):
+            self._enqueue(("m", u["n"]), "m", u)
+        if now >= self.next_gossip:
+            self.next_gossip = now + self.config.gossip_interval
+            self._gossip(now)
+        if now >= self.next_pushpull:
+            self.next_pushpull = now + self.config.pushpull_interval * (
+                0.75 + self.rng.random() / 2
+            )
+            live = self.members.others(ALIVE)
+            if live:
+                self._pushpull(self.rng.choice(live).addr)
+        if now >= self.next_reconnect:
+            self.next_reconnect = now + self.config.reconnect_interval
+            self._reconnect()
+        if now >= self.next_reap:
+            self.next_reap = now + 5.0
+            self._reap(now)
+        self._collect()
+
+    # -- probing ---------------------------------------------------------------
+
+    def _start_probe(self, now: float) -> None:
+        interval = self.config.probe_interval * (1 + self.health)
+        self.next_probe = now + interval
+        candidates = {m.name: m for m in self.members.others(ALIVE, SUSPECT)}
+        if not candidates:
+            self.probe = None
+            return
+        self.probe_order = [n for n in self.probe_order if n in candidates]
+        if not self.probe_order:
+            self.probe_order = list(candidates)
+            self.rng.shuffle(self.probe_order)
+        target = candidates[self.probe_order.pop()]
+        self.seq += 1
+        self.probe = Probe(
+            target.name,
+            target.addr,
+            self.seq,
+            now + self.config.probe_timeout * (1 + self.health),
+        )
+        msg = {"t": "ping", "seq": self.seq, "from": self.name, "to": target.name}
+        self.outbox.append(Send(target.addr, self._packet(msg, buddy=target)))
+
+    def _indirect_probe(self, p: Probe) -> None:
+        relays = [m for m in self.members.others(ALIVE) if m.name != p.target]
+        self.rng.shuffle(relays)
+        for m in relays[: self.config.indirect_checks]:
+            msg = {"t": "preq", "seq": p.seq, "from": self.name, "to": p.target, "ta": p.addr}
+            self.outbox.append(Send(m.addr, msg))
+            p.indirect += 1
+        if not p.indirect:
+            p.indirect = -1  # nobody to ask: do not retry every tick
+
+    def _finish_probe(self, now: float) -> None:
+        p, self.probe = self.probe, None
+        if p is None:
+            return
+        if p.acked:
+            self.health = max(0, self.health - 1)
+            return
+        # Lifeguard: relays that answered nack prove our own network works;
+        # silence from them too suggests the problem is here.
+        if p.indirect <= 0 or p.nacks < p.indirect:
+            self.health = min(self.config.awareness_max, self.health + 1)
+        u = self.members.suspect(now, p.target)
+        if u is not None:
+            self._enqueue(("m", p.target), "m", u)
+
+    # -- packets ---------------------------------------------------------------
+
+    def on_packet(self, now: float, src: str, msg: dict[str, Any]) -> None:
+        self.stats.packets_in += 1
+        try:
+            self._merge_piggyback(now, msg)
+            t = msg["t"]
+            if t == "ping":
+                if msg.get("to") == self.name:
+                    reply = {"t": "ack", "seq": int(msg["seq"]), "from": self.name}
+                    self.outbox.append(Send(src, self._packet(reply)))
+            elif t == "ack":
+                seq = int(msg["seq"])
+                if self.probe and self.probe.seq == seq:
+                    self.probe.acked = True
+                relay = self.relays.pop(seq, None)
+                if relay is not None:
+                    self.outbox.append(
+                        Send(relay.origin, {"t": "ack", "seq": relay.seq, "from": self.name})
+                    )
+            elif t == "nack":
+                if self.probe and self.probe.seq == int(msg["seq"]):
+                    self.probe.nacks += 1
+            elif t == "preq":
+                self.seq += 1
+                self.relays[self.seq] = Relay(src, int(msg["seq"]), now + self.config.probe_timeout)
+                ping = {"t": "ping", "seq": self.seq, "from": self.name, "to": str(msg["to"])}
+                self.outbox.append(Send(str(msg["ta"]), ping))
+        except (KeyError, TypeError, ValueError):
+            self.stats.malformed += 1
+        self._collect()
+
+    def _merge_piggyback(self, now: float, msg: dict[str, Any]) -> None:
+        for u in msg.get("mu") or ():
+            if isinstance(u, dict) and self.members.apply(now, u):
+                self._after_member_update(u)
+        for r in msg.get("ru") or ():
+            if isinstance(r, dict):
+                row = self.table.merge(now, r)
+                if row is not None:
+                    self._enqueue_row(row, now)
+                    self._check_own(now, row)
+
+    def _after_member_update(self, u: dict[str, Any]) -> None:
+        if u.get("n") == self.name:
+            self.health = min(self.config.awareness_max, self.health + 1)
+            self._enqueue_member(self.members.me)
+        else:
+            self._enqueue(("m", str(u["n"])), "m", u)
+
+    def _check_own(self, now: float, row: Row) -> None:
+        """A row under our name that we did not write in this life: reassert or delete it."""
+        if row.owner != self.name:
+            return
+        want = self.local.get((row.scope, row.key))
+        if want == row.value:
+            return
+        self._enqueue_row(self.table.write(now, row.scope, row.key, want), now)
+
+    # -- dissemination -----------------------------------------------------------
+
+    def _enqueue(self, key: tuple[str, ...], kind: str, payload: dict[str, Any]) -> None:
+        size = len(json.dumps(payload, separators=(",", ":"))) + 1
+        left = self.config.retransmits(self.members.live_count())
+        self.queue[key] = Item(kind, payload, size, left)
+
+    def _enqueue_member(self, m: Member) -> None:
+        self._enqueue(("m", m.name), "m", m.update())
+
+    def _enqueue_row(self, row: Row, now: float) -> None:
+        self._enqueue(("r", row.scope, row.key), "r", row.wire(now))
+
+    def _packet(self, msg: dict[str, Any], buddy: Member | None = None) -> dict[str, Any]:
+        """Fill `msg` with queued updates up to the packet budget (suspicion of `buddy` first)."""
+        budget = self.config.packet_budget - 120
+        items = sorted(self.queue.items(), key=lambda kv: -kv[1].left)
+        if buddy is not None and buddy.status == SUSPECT:
+            items.sort(key=lambda kv: kv[0] != ("m", buddy.name))
+        mu: list[dict[str, Any]] = []
+        ru: list[dict[str, Any]] = []
+        for key, item in items:
+            if item.size > budget:
+                continue
+            budget -= item.size
+            (mu if item.kind == "m" else ru).append(item.payload)
+            item.left -= 1
+            self.stats.updates_sent += 1
+            if item.left <= 0:
+                del self.queue[key]
+        if mu:
+            msg["mu"] = mu
+        if ru:
+            msg["ru"] = ru
+        return msg
+
+    def _gossip(self, now: float) -> None:
+        if not self.queue:
+            return
+        targets = self.members.others(ALIVE, SUSPECT) + [
+            m for m in self.members.others(DEAD) if now - m.since < self.config.gossip_to_dead
+        ]
+        self.rng.shuffle(targets)
+        for m in targets[: self.config.gossip_nodes]:
+            if not self.queue:
+                break
+            self.outbox.append(Send(m.addr, self._packet({"t": "gossip", "from": self.name})))
+
+    # -- push-pull -----------------------------------------------------------------
+
+    def _state(self, now: float) -> dict[str, Any]:
+        return {
+            "members": [m.update() for m in self.members.by_name.values()],
+            "rows": self.table.dump(now),
+        }
+
+    def _pushpull(self, addr: str) -> None:
+        self.stats.streams_out += 1
+        self.outbox.append(Send(addr, {"t": "pp", "from": self.name, "state": {}}, stream=True))
+
+    def fill_stream(self, now: float, msg: dict[str, Any]) -> dict[str, Any]:
+        """Called by the runtime just before sending a push-pull, so the state is current."""
+        if msg.get("t") == "pp":
+            return {**msg, "state": self._state(now)}
+        return msg
+
+    def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Serve a push-pull: merge theirs, answer with ours."""
+        self.stats.streams_in += 1
+        self._merge_state(now, msg.get("state") or {})
+        self._collect()
+        return {"t": "ppr", "from": self.name, "state": self._state(now)}
+
+    def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
+        self._merge_state(now, msg.get("state") or {})
+        self._collect()
+
+    def _merge_state(self, now: float, state: dict[str, Any]) -> None:
+        try:
+            # what was news to us is gossiped on, so a join or a healed
+            # partition spreads in gossip rounds, not push-pull periods
+            for u in state.get("members") or ():
+                if isinstance(u, dict) and self.members.apply(now, u):
+                    self._after_member_update(u)
+            for r in state.get("rows") or ():
+                if isinstance(r, dict):
+                    row = self.table.merge(now, r)
+                    if row is not None:
+                        self._enqueue_row(row, now)
+                        self._check_own(now, row)
+        except (TypeError, AttributeError):
+            self.stats.malformed += 1
+
+    def _reconnect(self) -> None:
+        dead = [m.addr for m in self.members.others(DEAD)]
+        candidates = dead or (self.seeds if self.members.live_count() == 1 else [])
+        if candidates:
+            self._pushpull(self.rng.choice(candidates))
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    def _reap(self, now: float) -> None:
+        self.table.reap(now)
+        for m in list(self.members.by_name.values()):
+            if m.status in (DEAD, LEFT) and now - m.since > self.config.dead_rows_ttl:
+                self.table.drop_owner(m.name)
+        self.members.forget_dead(now)
+
+    def _collect(self) -> None:
+        """Move membership events into the table (hide/unhide rows) and the event list."""
+        for ev in self.members.events:
+            self.table.set_owner_dead(ev.name, ev.status in (DEAD, LEFT))
+            self._events.append(ev)
+        self.members.events.clear()
+        self._events.extend(self.table.events)
+        self.table.events.clear()

@@ -1,0 +1,156 @@
+"""Gossip on the simulated network (fake clock): membership, rows, failures, partitions.
+
+Times are virtual seconds; each test runs in well under a second of real
+time except the 200-node one.  Targets come from the issue: a crashed
+host's rows gone within 5 s, no false alarm for a 2 s stall, a healed
+partition converges, lost messages are repaired by push-pull.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.membership import ALIVE, DEAD, LEFT, MemberEvent
+from pyoverlay.cluster.node import GossipNode
+from pyoverlay.cluster.sim import SimNetwork
+from pyoverlay.cluster.table import RowEvent
+
+
+def cluster(n: int, loss: float = 0.0, seed: int = 1, config: GossipConfig | None = None):
+    net = SimNetwork(seed=seed, loss=loss, config=config or GossipConfig.lan())
+    nodes = [net.add_node(f"n{i}") for i in range(n)]
+    net.join_all()
+    net.run_while(lambda: any(len(x.alive_members()) < n for x in nodes), limit=30)
+    return net, nodes
+
+
+def status(observer: GossipNode, name: str) -> str:
+    return observer.members.by_name[name].status
+
+
+def sees(node: GossipNode, scope: str, key: str) -> bool:
+    return any(r.key == key for r in node.table.visible(scope))
+
+
+@pytest.mark.parametrize(("n", "loss"), [(10, 0.0), (50, 0.05)])
+def test_members_and_rows_converge(n: int, loss: float) -> None:
+    net, nodes = cluster(n, loss)
+    nodes[1].publish(net.now, "peer/4097", "ep1", {"ip": "10.0.0.2", "mac": "02:42:0a:00:00:02"})
+    took = net.run_while(lambda: not all(sees(x, "peer/4097", "ep1") for x in nodes), limit=5)
+    assert took < 1.5
+    nodes[1].withdraw(net.now, "peer/4097", "ep1")
+    net.run_while(lambda: any(sees(x, "peer/4097", "ep1") for x in nodes), limit=5)
+    assert all(x.table.rows[("peer/4097", "ep1")].value is None for x in nodes)  # tombstones
+
+
+def test_crashed_node_is_detected_within_5s_and_its_rows_vanish() -> None:
+    net, nodes = cluster(5)
+    victim = nodes[4]
+    victim.publish(net.now, "peer/1", "v", {"ip": "10.0.0.9"})
+    net.run_while(lambda: not all(sees(x, "peer/1", "v") for x in nodes), limit=5)
+    for x in nodes:
+        x.events()
+    net.crash(victim)
+    took = net.run_while(lambda: any(sees(x, "peer/1", "v") for x in net.live()), limit=20)
+    assert took <= 5.0, took
+    for x in net.live():
+        assert status(x, "n4") == DEAD
+        assert RowEvent("peer/1", "v", "n4", None) in x.events()
+
+
+def test_a_node_stalled_for_2s_is_not_declared_dead() -> None:
+    net, nodes = cluster(5)
+    for x in nodes:
+        x.events()
+    net.stall(nodes[2], 2.0)
+    net.run_for(15.0)
+    for x in nodes:
+        deaths = [e for e in x.events() if isinstance(e, MemberEvent) and e.status == DEAD]
+        assert deaths == [], (x.name, deaths)
+    assert all(status(x, "n2") == ALIVE for x in nodes if x is not nodes[2])
+
+
+def test_partition_heals_with_no_stale_or_missing_rows() -> None:
+    net, nodes = cluster(10, loss=0.02)
+    for i, x in enumerate(nodes):
+        x.publish(net.now, "peer/7", f"e{i}", {"ip": f"10.7.0.{i + 2}"})
+    left = {f"n{i}" for i in range(5)}
+    right = {f"n{i}" for i in range(5, 10)}
+    net.partition(left, right)
+    net.run_for(20.0)
+    assert status(nodes[0], "n7") == DEAD and status(nodes[7], "n0") == DEAD
+    assert {r.key for r in nodes[0].table.visible("peer/7")} == {f"e{i}" for i in range(5)}
+    # changes on both sides while cut off
+    nodes[1].withdraw(net.now, "peer/7", "e1")
+    nodes[8].publish(net.now, "peer/7", "e8", {"ip": "10.7.0.99"})
+    net.heal()
+    want = {f"e{i}" for i in range(10)} - {"e1"}
+
+    def converged() -> bool:
+        return all(
+            {r.key for r in x.table.visible("peer/7")} == want
+            and x.table.rows[("peer/7", "e8")].value == {"ip": "10.7.0.99"}
+            and all(m.status == ALIVE for m in x.members.by_name.values())
+            for x in nodes
+        )
+
+    took = net.run_while(lambda: not converged(), limit=30)
+    assert took < 10, took
+
+
+def test_graceful_leave_is_immediate() -> None:
+    net, nodes = cluster(5)
+    nodes[3].publish(net.now, "peer/1", "x", {"ip": "10.0.0.3"})
+    net.run_for(1.0)
+    nodes[3].leave(net.now)
+    net._flush(nodes[3])
+    took = net.run_while(lambda: any(status(x, "n3") != LEFT for x in nodes[:3]), limit=5)
+    assert took < 1.0
+    assert not any(sees(x, "peer/1", "x") for x in nodes[:3])
+
+
+def test_lost_gossip_is_repaired_by_push_pull() -> None:
+    config = replace(GossipConfig.lan(), pushpull_interval=5.0)
+    net, nodes = cluster(6, config=config)
+    net.loss = 1.0  # every UDP packet is lost while the update is gossiped
+    nodes[0].publish(net.now, "peer/2", "late", {"ip": "10.2.0.2"})
+    net.run_for(1.5)  # past its retransmit budget, too short for anyone to be suspected dead
+    net.loss = 0.0
+    assert not all(sees(x, "peer/2", "late") for x in nodes)
+    assert not nodes[0].queue  # gossip gave up on it: only anti-entropy can deliver it now
+    took = net.run_while(lambda: not all(sees(x, "peer/2", "late") for x in nodes), limit=30)
+    assert took <= 5.0 * 1.25
+
+
+def test_restarted_node_reclaims_its_name_and_drops_rows_it_no_longer_has() -> None:
+    net, nodes = cluster(4)
+    old = nodes[3]
+    old.publish(net.now, "peer/3", "gone", {"ip": "10.3.0.2"})
+    old.publish(net.now, "peer/3", "kept", {"ip": "10.3.0.3"})
+    net.run_for(2.0)
+    net.crash(old)
+    net.run_for(1.0)  # restarted before anyone noticed
+    del net.nodes[old.addr]
+    net.down.discard(old.addr)
+    new = net.add_node("n3")
+    new.publish(net.now, "peer/3", "kept", {"ip": "10.3.0.3"})
+    new.start(net.now, [nodes[0].addr])
+    net._flush(new)
+
+    def settled() -> bool:
+        return all(
+            not sees(x, "peer/3", "gone") and sees(x, "peer/3", "kept") for x in nodes[:3] + [new]
+        ) and all(status(x, "n3") == ALIVE for x in nodes[:3])
+
+    net.run_while(lambda: not settled(), limit=10)
+    assert new.members.me.inc > 0  # it refuted its previous life
+
+
+def test_200_nodes_with_5_percent_loss_converge() -> None:
+    net, nodes = cluster(200, loss=0.05, seed=7)
+    nodes[17].publish(net.now, "peer/9", "k", {"ip": "10.9.0.17"})
+    took = net.run_while(lambda: not all(sees(x, "peer/9", "k") for x in nodes), limit=10)
+    assert took < 2.0
