@@ -14,16 +14,20 @@ from ipaddress import IPv4Address
 
 from pyoverlay.state.errors import KernelError
 
-from .kernel import Kernel, KernelSnapshot, LinkView, NamespaceView, UnderlayInfo
+from .kernel import Kernel, KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
 from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
 from .ops import (
     CreateNamespace,
+    DeleteFdb,
     DeleteLink,
     DeleteNamespace,
+    DeleteNeigh,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
     Op,
+    ReplaceFdb,
+    ReplaceNeigh,
 )
 
 HOST = ""
@@ -39,6 +43,8 @@ class FakeKernel:
         self.peers: dict[tuple[str, str], tuple[str, str]] = {}  # veth (ns, name) -> peer
         self._underlay = underlay or UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
         self.fail_on: str | None = None
+        self.fdb: dict[tuple[str, str], dict[str, IPv4Address]] = {}  # (ns, dev) -> mac -> dst
+        self.neigh: dict[tuple[str, str], dict[IPv4Address, str]] = {}
         self.applied: list[Op] = []
 
     # -- helpers ---------------------------------------------------------
@@ -66,6 +72,8 @@ class FakeKernel:
         if links is None or name not in links:
             return False
         del links[name]
+        self.fdb.pop((ns, name), None)
+        self.neigh.pop((ns, name), None)
         peer = self.peers.pop((ns, name), None)
         if peer is not None:
             self.peers.pop(peer, None)
@@ -148,7 +156,36 @@ class FakeKernel:
                 return True
             case DeleteLink(ns=ns, name=name):
                 return self._drop(ns or HOST, name)
+            case ReplaceFdb(ns=ns, dev=dev, mac=mac, dst=dst):
+                self._require(ns, dev)
+                table = self.fdb.setdefault((ns, dev), {})
+                changed = table.get(mac) != dst
+                table[mac] = dst
+                return changed
+            case DeleteFdb(ns=ns, dev=dev, mac=mac, dst=dst):
+                table = self.fdb.get((ns, dev), {})
+                if table.get(mac) == dst:
+                    del table[mac]
+                    return True
+                return False
+            case ReplaceNeigh(ns=ns, dev=dev, ip=ip, mac=mac):
+                self._require(ns, dev)
+                ntable = self.neigh.setdefault((ns, dev), {})
+                changed = ntable.get(ip) != mac
+                ntable[ip] = mac
+                return changed
+            case DeleteNeigh(ns=ns, dev=dev, ip=ip):
+                return self.neigh.get((ns, dev), {}).pop(ip, None) is not None
         raise AssertionError(f"unknown op {op!r}")
+
+    def _require(self, ns: str, dev: str) -> None:
+        if dev not in self.namespaces.get(ns, {}):
+            raise KernelError("program peer", f"{ns}/{dev}", errno.ENODEV, "no such device")
+
+    async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
+        if dev not in self.namespaces.get(ns, {}):
+            return PeerEntries()
+        return PeerEntries(dict(self.fdb.get((ns, dev), {})), dict(self.neigh.get((ns, dev), {})))
 
     async def snapshot(self) -> KernelSnapshot:
         from .plan import NAMESPACE_PATTERN

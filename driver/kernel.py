@@ -41,6 +41,19 @@ class NamespaceView:
 
 
 @dataclass(frozen=True)
+class PeerEntries:
+    """What is programmed on one VTEP: remote MAC -> VTEP, remote IP -> MAC.
+
+    Only entries pyoverlay could have made are listed (FDB rows with a
+    destination, permanent IPv4 neighbours); the VTEP's own MAC and other
+    kernel-owned entries are left out, so a diff never "repairs" them.
+    """
+
+    fdb: dict[str, IPv4Address] = field(default_factory=dict)
+    neigh: dict[IPv4Address, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class KernelSnapshot:
     """What pyoverlay-looking objects exist right now."""
 
@@ -66,6 +79,10 @@ class Kernel(Protocol):
 
     async def underlay(self, address: IPv4Address | None) -> UnderlayInfo:
         """The local VTEP address (given, or derived from the routes) and its link's MTU."""
+        ...
+
+    async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
+        """FDB and neighbour entries pyoverlay-style on `dev` in `ns` (empty if it is missing)."""
         ...
 
     async def close(self) -> None: ...

@@ -91,7 +91,65 @@ class DeleteLink:
         return f"delete link {where}/{self.name}"
 
 
-Op = CreateNamespace | DeleteNamespace | EnsureBridge | EnsureVxlan | EnsureVeth | DeleteLink
+@dataclass(frozen=True)
+class ReplaceFdb:
+    """A remote MAC behind a remote VTEP: `bridge fdb replace MAC dev VX dst VTEP self permanent`."""
+
+    ns: str
+    dev: str
+    mac: str
+    dst: IPv4Address
+
+    def __str__(self) -> str:
+        return f"fdb replace {self.mac} dev {self.ns}/{self.dev} dst {self.dst}"
+
+
+@dataclass(frozen=True)
+class DeleteFdb:
+    ns: str
+    dev: str
+    mac: str
+    dst: IPv4Address
+
+    def __str__(self) -> str:
+        return f"fdb delete {self.mac} dev {self.ns}/{self.dev} dst {self.dst}"
+
+
+@dataclass(frozen=True)
+class ReplaceNeigh:
+    """A remote IP's MAC, answered by the VTEP's ARP proxy: `ip neigh replace ... nud permanent`."""
+
+    ns: str
+    dev: str
+    ip: IPv4Address
+    mac: str
+
+    def __str__(self) -> str:
+        return f"neigh replace {self.ip} lladdr {self.mac} dev {self.ns}/{self.dev}"
+
+
+@dataclass(frozen=True)
+class DeleteNeigh:
+    ns: str
+    dev: str
+    ip: IPv4Address
+
+    def __str__(self) -> str:
+        return f"neigh delete {self.ip} dev {self.ns}/{self.dev}"
+
+
+Op = (
+    CreateNamespace
+    | DeleteNamespace
+    | EnsureBridge
+    | EnsureVxlan
+    | EnsureVeth
+    | DeleteLink
+    | ReplaceFdb
+    | DeleteFdb
+    | ReplaceNeigh
+    | DeleteNeigh
+)
 
 
 def undo(op: Op) -> list[Op]:

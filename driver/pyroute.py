@@ -25,19 +25,24 @@ from typing import Any, TypeVar
 
 import structlog
 from pyroute2 import AsyncIPRoute, NetlinkError, netns
+from pyroute2.netlink.rtnl import ndmsg
 
 from pyoverlay.state.errors import InvalidOption, KernelError
 
-from .kernel import KernelSnapshot, LinkView, NamespaceView, UnderlayInfo
+from .kernel import KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
 from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
 from .ops import (
     CreateNamespace,
+    DeleteFdb,
     DeleteLink,
     DeleteNamespace,
+    DeleteNeigh,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
     Op,
+    ReplaceFdb,
+    ReplaceNeigh,
 )
 from .plan import NAMESPACE_PATTERN
 
@@ -45,6 +50,11 @@ log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")
 NETNS_DIR = Path(netns.NETNS_RUN_DIR)
 GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
+NUD_PERMANENT = ndmsg.states["permanent"]
+NUD_NOARP = ndmsg.states["noarp"]
+NTF_SELF = ndmsg.flags["self"]
+AF_INET = 2
+AF_BRIDGE = 7
 
 
 def _mountpoints() -> set[str]:
@@ -149,7 +159,62 @@ class PyrouteKernel:
                 return await self._ensure_veth(op)
             case DeleteLink():
                 return await self._delete_link(op.ns, op.name)
+            case ReplaceFdb() | DeleteFdb() | ReplaceNeigh() | DeleteNeigh():
+                return await self._peer_op(op)
         raise AssertionError(f"unknown op {op!r}")
+
+    async def _peer_op(self, op: ReplaceFdb | DeleteFdb | ReplaceNeigh | DeleteNeigh) -> bool:
+        ipr = await self._ipr(op.ns)
+        link = await self._get_link(op.ns, op.dev)
+        if link is None:
+            if isinstance(op, DeleteFdb | DeleteNeigh):
+                return False
+            raise KernelError(str(op), op.dev, errno.ENODEV, f"{op.ns}/{op.dev} is missing")
+        idx = link["index"]
+        try:
+            match op:
+                case ReplaceFdb():
+                    await ipr.fdb(
+                        "replace",
+                        ifindex=idx,
+                        lladdr=op.mac,
+                        dst=str(op.dst),
+                        state=NUD_PERMANENT | NUD_NOARP,
+                        flags=NTF_SELF,
+                    )
+                case DeleteFdb():
+                    await ipr.fdb("del", ifindex=idx, lladdr=op.mac, dst=str(op.dst))
+                case ReplaceNeigh():
+                    await ipr.neigh(
+                        "replace", ifindex=idx, dst=str(op.ip), lladdr=op.mac, state=NUD_PERMANENT
+                    )
+                case DeleteNeigh():
+                    await ipr.neigh("del", ifindex=idx, dst=str(op.ip))
+        except NetlinkError as exc:
+            if isinstance(op, DeleteFdb | DeleteNeigh) and exc.code in GONE:
+                return False
+            raise _kernel_error(str(op), op.dev, exc) from exc
+        return True
+
+    async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
+        if not (self.netns_dir / ns).exists():
+            return PeerEntries()
+        link = await self._get_link(ns, dev)
+        if link is None:
+            return PeerEntries()
+        idx = link["index"]
+        fdb: dict[str, IPv4Address] = {}
+        for m in await self._dump(ns, "neigh", family=AF_BRIDGE):
+            dst = m.get("NDA_DST")
+            if m["ifindex"] == idx and dst and m.get("NDA_LLADDR") and ":" not in dst:
+                mac = m.get("NDA_LLADDR").lower()
+                if mac != "00:00:00:00:00:00":
+                    fdb[mac] = IPv4Address(dst)
+        neigh: dict[IPv4Address, str] = {}
+        for m in await self._dump(ns, "neigh", family=AF_INET):
+            if m["ifindex"] == idx and m["state"] & NUD_PERMANENT and m.get("NDA_LLADDR"):
+                neigh[IPv4Address(m.get("NDA_DST"))] = m.get("NDA_LLADDR").lower()
+        return PeerEntries(fdb, neigh)
 
     def _create_namespace(self, op: CreateNamespace) -> bool:
         path = self.netns_dir / op.name

@@ -26,7 +26,8 @@ import structlog
 from pyoverlay.state.errors import Conflict, InvalidOption, NotFound, PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
-from . import plan
+from . import peers, plan
+from .directory import LocalDirectory, PeerDirectory
 from .kernel import Kernel
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
 from .ops import Op, undo
@@ -70,8 +71,16 @@ def _short(id_: str) -> str:
 
 
 class OverlayDriver:
-    def __init__(self, kernel: Kernel, state_file: Path, node_id: str, underlay: Underlay) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        state_file: Path,
+        node_id: str,
+        underlay: Underlay,
+        directory: PeerDirectory | None = None,
+    ) -> None:
         self.kernel = kernel
+        self.directory: PeerDirectory = directory or LocalDirectory(node_id)
         self.doc = JsonDocument(state_file)
         self.node_id = node_id
         self.underlay = underlay
@@ -150,6 +159,7 @@ class OverlayDriver:
             log.info(
                 "network created", nid=_short(nid), vni=spec.vni, ns=spec.namespace, mtu=spec.mtu
             )
+            await self._sync_peers(spec)  # replay what the cluster already knows of this VNI
             return spec
 
     async def delete_network(self, nid: str) -> None:
@@ -158,6 +168,7 @@ class OverlayDriver:
             for ep in [e for e in self.endpoints.values() if e.network_id == nid]:
                 await apply_all(self.kernel, plan.delete_endpoint(None, ep))
                 del self.endpoints[ep.endpoint_id]
+                self._withdraw(nid, ep.endpoint_id)
             await apply_all(self.kernel, plan.delete_network(net))
             del self.networks[nid]
             self.save()
@@ -209,6 +220,7 @@ class OverlayDriver:
             await apply_all(self.kernel, plan.delete_endpoint(net.namespace if net else None, ep))
             del self.endpoints[eid]
             self.save()
+            self._withdraw(nid, eid)
             log.info("endpoint deleted", nid=_short(nid), eid=_short(eid))
 
     async def join(self, nid: str, eid: str, sandbox_key: str) -> JoinResult:
@@ -224,6 +236,11 @@ class OverlayDriver:
                 self.endpoints[eid] = ep
                 await rollback(self.kernel, ops)
                 raise
+            self.directory.publish(
+                peers.scope(net.vni),
+                eid,
+                peers.row_value(ep.address.ip, ep.mac, self.underlay.address),
+            )
             log.info(
                 "joined",
                 nid=_short(nid),
@@ -238,6 +255,7 @@ class OverlayDriver:
             ep = self.endpoint(nid, eid)
             self.endpoints[eid] = replace(ep, joined=False)
             self.save()
+            self._withdraw(nid, eid)
             log.info("left", nid=_short(nid), eid=_short(eid))
 
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
@@ -250,6 +268,59 @@ class OverlayDriver:
             "com.docker.network.endpoint.macaddress": ep.mac,
         }
 
+    # -- peers ---------------------------------------------------------------
+
+    def _withdraw(self, nid: str, eid: str) -> None:
+        net = self.networks.get(nid)
+        if net is not None:
+            self.directory.withdraw(peers.scope(net.vni), eid)
+
+    def publish_joined(self) -> None:
+        """Re-announce every joined endpoint (after a restart the cluster may have lost them)."""
+        for ep in self.endpoints.values():
+            net = self.networks.get(ep.network_id)
+            if ep.joined and net is not None:
+                self.directory.publish(
+                    peers.scope(net.vni),
+                    ep.endpoint_id,
+                    peers.row_value(ep.address.ip, ep.mac, self.underlay.address),
+                )
+
+    def remote_endpoints(self, vni: int) -> list[peers.RemoteEndpoint]:
+        out = []
+        for key, value, version in self.directory.rows(peers.scope(vni)):
+            r = peers.RemoteEndpoint.from_row(key, value, version)
+            if r is not None:
+                out.append(r)
+        return out
+
+    async def plan_peers(self, net: NetworkSpec) -> list[Op]:
+        have = await self.kernel.peer_entries(net.namespace, net.vxlan)
+        want = peers.desired(self.remote_endpoints(net.vni), self.underlay.address)
+        return peers.diff(net.namespace, net.vxlan, have, want)
+
+    async def _sync_peers(self, net: NetworkSpec) -> list[Op]:
+        ops = await self.plan_peers(net)
+        for op in ops:
+            try:
+                await self.kernel.apply(op)
+            except PyoverlayError as exc:
+                log.error("peer programming failed", op=str(op), error=str(exc))
+        if ops:
+            log.info("peers programmed", vni=net.vni, ns=net.namespace, changes=len(ops))
+        return ops
+
+    async def sync_peers(self, vni: int | None = None) -> list[Op]:
+        """Make the FDB/ARP entries of the networks with `vni` (or all) match the table."""
+        done: list[Op] = []
+        for net in list(self.networks.values()):
+            if vni is not None and net.vni != vni:
+                continue
+            async with self._lock(net.network_id):
+                if net.network_id in self.networks:
+                    done += await self._sync_peers(net)
+        return done
+
     # -- reconcile -----------------------------------------------------------
 
     async def plan_reconcile(self) -> list[Op]:
@@ -259,10 +330,15 @@ class OverlayDriver:
         )
 
     async def reconcile(self, dry_run: bool = False) -> tuple[list[Op], list[str]]:
-        """Make the kernel match the state; returns (ops, errors). Never raises for one op."""
+        """Make the kernel match the state and the table; returns (ops, errors).
+
+        Links first, then every network's FDB/ARP entries.  Never raises for one op.
+        """
         ops = await self.plan_reconcile()
         errors: list[str] = []
         if dry_run:
+            for net in self.networks.values():
+                ops += await self.plan_peers(net)
             return ops, errors
         for op in ops:
             try:
@@ -271,4 +347,5 @@ class OverlayDriver:
             except PyoverlayError as exc:
                 errors.append(str(exc))
                 log.error("reconcile op failed", op=str(op), error=str(exc))
+        ops += await self.sync_peers()
         return ops, errors

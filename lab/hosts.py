@@ -53,7 +53,7 @@ APP_FILES = {
         "hits=$(echo INCR hits | nc -w 2 $kv 6379)\n"
         "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
         "me=$(ip -4 -o addr show eth0 | awk '{print $4}')\n"
-        "echo \"web app on $(hostname) ($me): kv at $kv says hits=$hits\"\n"
+        'echo "web app on $(hostname) ($me): kv at $kv says hits=$hits"\n'
     ),
     "app/kv-server": "#!/bin/sh\nexec nc -ll -p 6379 -e /app/kv.sh\n",
     "app/web-server": '#!/bin/sh\necho "$1" > /etc/kv-addr\nexec httpd -f -p 8888 -h /www\n',

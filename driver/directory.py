@@ -1,0 +1,47 @@
+"""Where the driver publishes its endpoints and reads everybody else's.
+
+`PeerDirectory` is the driver's whole view of the cluster: publish/withdraw
+rows it owns, read the visible rows of a scope.  The gossip runtime
+implements it cluster-wide (pyoverlay.cluster.runtime); `LocalDirectory`
+is the single-host stand-in (and the unit tests' fake).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class PeerDirectory(Protocol):
+    def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
+        """Announce a row this host owns (non-blocking)."""
+        ...
+
+    def withdraw(self, scope: str, key: str) -> None:
+        """Delete a row this host owns (non-blocking)."""
+        ...
+
+    def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
+        """Visible rows of a scope: (key, value, version)."""
+        ...
+
+
+class LocalDirectory:
+    """One host, no gossip: rows go nowhere, only this host's are visible."""
+
+    def __init__(self, node: str = "local") -> None:
+        self.node = node
+        self.clock = 0
+        self.data: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, str]]] = {}
+
+    def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
+        self.clock += 1
+        self.data[(scope, key)] = (value, (self.clock, self.node))
+
+    def withdraw(self, scope: str, key: str) -> None:
+        self.data.pop((scope, key), None)
+
+    def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
+        return [(k, v, ver) for (s, k), (v, ver) in self.data.items() if s == scope]
+
+
+_: PeerDirectory = LocalDirectory()

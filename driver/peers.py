@@ -1,0 +1,92 @@
+"""PURE: remote endpoints (from the gossip table) -> the FDB/ARP entries a VTEP needs.
+
+Every remote endpoint of a VNI becomes, on that network's VTEP:
+    bridge fdb replace <mac> dev <vtep> dst <remote host> self permanent
+    ip neigh replace <ip> lladdr <mac> dev <vtep> nud permanent
+(flannel's "program ahead, no miss upcalls" design; the VTEP's `proxy` flag
+answers containers' ARP from the neighbour table).
+
+This is state-based, not event-based: the wanted entries are recomputed from
+the table and diffed with what the kernel has, so any interleaving or
+duplication of add/delete events ends in the same kernel state, and drift
+(an entry deleted by hand, a lost event) is repaired the same way.
+
+Two rows claiming one IP (an address reused before the old owner's delete
+arrived, moby#33789) or one MAC are resolved by the newest row version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from .kernel import PeerEntries
+from .ops import DeleteFdb, DeleteNeigh, Op, ReplaceFdb, ReplaceNeigh
+
+PEER_TABLE = "peer"
+
+
+def scope(vni: int) -> str:
+    return f"{PEER_TABLE}/{vni}"
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    endpoint_id: str
+    ip: IPv4Address
+    mac: str
+    vtep: IPv4Address
+    version: tuple[int, str]
+
+    @classmethod
+    def from_row(
+        cls, key: str, value: dict[str, Any], version: tuple[int, str]
+    ) -> RemoteEndpoint | None:
+        try:
+            return cls(
+                key,
+                IPv4Address(str(value["ip"])),
+                str(value["mac"]).lower(),
+                IPv4Address(str(value["vtep"])),
+                version,
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def row_value(ip: IPv4Address, mac: str, vtep: IPv4Address) -> dict[str, Any]:
+    return {"ip": str(ip), "mac": mac, "vtep": str(vtep)}
+
+
+def desired(remotes: Iterable[RemoteEndpoint], local_vtep: IPv4Address) -> PeerEntries:
+    fdb: dict[str, tuple[tuple[int, str], IPv4Address]] = {}
+    neigh: dict[IPv4Address, tuple[tuple[int, str], str]] = {}
+    for r in remotes:
+        if r.vtep == local_vtep:
+            continue  # our own endpoints sit on br0; nothing to tunnel
+        if r.mac not in fdb or fdb[r.mac][0] < r.version:
+            fdb[r.mac] = (r.version, r.vtep)
+        if r.ip not in neigh or neigh[r.ip][0] < r.version:
+            neigh[r.ip] = (r.version, r.mac)
+    return PeerEntries(
+        fdb={m: v for m, (_, v) in fdb.items()}, neigh={i: m for i, (_, m) in neigh.items()}
+    )
+
+
+def diff(ns: str, dev: str, have: PeerEntries, want: PeerEntries) -> list[Op]:
+    ops: list[Op] = []
+    for ip, _mac in sorted(have.neigh.items()):
+        if ip not in want.neigh:
+            ops.append(DeleteNeigh(ns, dev, ip))
+    for mac, dst in sorted(have.fdb.items()):
+        if want.fdb.get(mac) != dst:
+            ops.append(DeleteFdb(ns, dev, mac, dst))
+    for mac, dst in sorted(want.fdb.items()):
+        if have.fdb.get(mac) != dst:
+            ops.append(ReplaceFdb(ns, dev, mac, dst))
+    for ip, mac in sorted(want.neigh.items()):
+        if have.neigh.get(ip) != mac:
+            ops.append(ReplaceNeigh(ns, dev, ip, mac))
+    return ops

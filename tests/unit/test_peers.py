@@ -1,0 +1,142 @@
+"""Peer programming: table rows -> FDB/ARP entries, state-based and order-independent."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from ipaddress import IPv4Address
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyoverlay.cluster.table import Table
+from pyoverlay.driver import peers
+from pyoverlay.driver.fake import FakeKernel
+from pyoverlay.driver.kernel import PeerEntries
+from pyoverlay.driver.ops import (
+    CreateNamespace,
+    DeleteFdb,
+    DeleteNeigh,
+    EnsureBridge,
+    EnsureVxlan,
+    ReplaceFdb,
+    ReplaceNeigh,
+)
+
+LOCAL = IPv4Address("192.0.2.1")
+HOSTS = {"h2": IPv4Address("192.0.2.2"), "h3": IPv4Address("192.0.2.3")}
+
+
+def remote(eid: str, ip: str, mac: str, vtep: str, version: int) -> peers.RemoteEndpoint:
+    return peers.RemoteEndpoint(eid, IPv4Address(ip), mac, IPv4Address(vtep), (version, "n"))
+
+
+def test_remote_endpoints_become_fdb_and_neighbour_entries() -> None:
+    want = peers.desired(
+        [
+            remote("e1", "10.0.0.2", "02:42:0a:00:00:02", "192.0.2.2", 1),
+            remote("e2", "10.0.0.3", "02:42:0a:00:00:03", "192.0.2.1", 1),  # ours: skipped
+        ],
+        LOCAL,
+    )
+    assert want == PeerEntries(
+        fdb={"02:42:0a:00:00:02": IPv4Address("192.0.2.2")},
+        neigh={IPv4Address("10.0.0.2"): "02:42:0a:00:00:02"},
+    )
+
+
+def test_a_reused_ip_goes_to_the_newest_row() -> None:
+    old = remote("e1", "10.0.0.2", "02:42:0a:00:00:02", "192.0.2.2", 1)
+    new = remote("e9", "10.0.0.2", "02:42:aa:00:00:02", "192.0.2.3", 2)
+    for order in ([old, new], [new, old]):
+        want = peers.desired(order, LOCAL)
+        assert want.neigh == {IPv4Address("10.0.0.2"): "02:42:aa:00:00:02"}
+        assert set(want.fdb) == {"02:42:0a:00:00:02", "02:42:aa:00:00:02"}
+
+
+def test_diff_replaces_wrong_and_deletes_extra_entries() -> None:
+    have = PeerEntries(
+        fdb={"02:00:00:00:00:01": IPv4Address("192.0.2.9"), "02:00:00:00:00:02": IPv4Address("192.0.2.2")},
+        neigh={IPv4Address("10.0.0.9"): "02:00:00:00:00:09"},
+    )
+    want = PeerEntries(
+        fdb={"02:00:00:00:00:01": IPv4Address("192.0.2.3")},
+        neigh={IPv4Address("10.0.0.1"): "02:00:00:00:00:01"},
+    )
+    assert peers.diff("ns", "vx", have, want) == [
+        DeleteNeigh("ns", "vx", IPv4Address("10.0.0.9")),
+        DeleteFdb("ns", "vx", "02:00:00:00:00:01", IPv4Address("192.0.2.9")),
+        DeleteFdb("ns", "vx", "02:00:00:00:00:02", IPv4Address("192.0.2.2")),
+        ReplaceFdb("ns", "vx", "02:00:00:00:00:01", IPv4Address("192.0.2.3")),
+        ReplaceNeigh("ns", "vx", IPv4Address("10.0.0.1"), "02:00:00:00:00:01"),
+    ]
+    assert peers.diff("ns", "vx", want, want) == []
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(HOSTS)),
+        st.integers(0, 4),  # endpoint number on that host
+        st.booleans(),  # add (True) or delete
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def rows_from(events) -> list[dict]:
+    owners = {h: Table(h, 1800.0) for h in HOSTS}
+    out = []
+    for t, (host, n, add) in enumerate(events):
+        value = peers.row_value(IPv4Address(f"10.0.{n}.{ord(host[1])}"), f"02:42:00:00:{n:02x}:{ord(host[1]):02x}", HOSTS[host]) if add else None
+        out.append(owners[host].write(t / 1000, peers.scope(42), f"{host}-e{n}", value).wire(t / 1000))
+    return out
+
+
+def program(rows: list[dict], kernel: FakeKernel) -> PeerEntries:
+    table = Table("h1", 1800.0)
+    for r in rows:
+        table.merge(0.0, r)
+    remotes = [
+        peers.RemoteEndpoint.from_row(r.key, r.value or {}, r.version) for r in table.visible(peers.scope(42))
+    ]
+    want = peers.desired([r for r in remotes if r], LOCAL)
+
+    async def run() -> PeerEntries:
+        have = await kernel.peer_entries("1-ns", "vx")
+        for op in peers.diff("1-ns", "vx", have, want):
+            await kernel.apply(op)
+        return await kernel.peer_entries("1-ns", "vx")
+
+    return asyncio.run(run())
+
+
+def fresh_kernel(junk: int) -> FakeKernel:
+    k = FakeKernel()
+    ops = [
+        CreateNamespace("1-ns"),
+        EnsureBridge("1-ns", "br0", 1450, None, "x"),
+        EnsureVxlan("1-ns", "vx", 42, 4789, LOCAL, 1450, "br0"),
+    ]
+    for i in range(junk):  # drift: stale entries from an earlier life
+        ops.append(ReplaceFdb("1-ns", "vx", f"02:00:00:00:99:{i:02x}", IPv4Address("192.0.2.99")))
+        ops.append(ReplaceNeigh("1-ns", "vx", IPv4Address(f"10.99.0.{i}"), "02:00:00:00:99:00"))
+    for op in ops:
+        asyncio.run(k.apply(op))
+    return k
+
+
+@settings(max_examples=80, deadline=None)
+@given(EVENTS, st.randoms(use_true_random=False), st.integers(0, 3), st.integers(0, 3))
+def test_any_interleaving_or_duplication_ends_in_the_same_kernel_state(
+    events, rnd: random.Random, dups: int, junk: int
+) -> None:
+    rows = rows_from(events)
+    reference = program(rows, fresh_kernel(0))
+    shuffled = rows + [rnd.choice(rows) for _ in range(dups * len(rows))]
+    rnd.shuffle(shuffled)
+    kernel = fresh_kernel(junk)
+    # applied in several batches, as events trickle in
+    cut = rnd.randint(0, len(shuffled))
+    program(shuffled[:cut], kernel)
+    assert program(shuffled, kernel) == reference
