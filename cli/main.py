@@ -1,47 +1,169 @@
 """`pyoverlay` entry point.
 
-pyoverlay plugin [--socket ...]     run the Docker network + IPAM driver
-pyoverlay status [--json]           what the state dir says: networks, endpoints, pools
-pyoverlay options                   the settings table (markdown), for the README
+    pyoverlay plugin [--socket ...]       run the Docker network + IPAM driver
+    pyoverlay status  [--json]            health, members, networks
+    pyoverlay members [--json]            what the gossip knows about every host
+    pyoverlay peers [NETWORK] [--json]    table rows next to programmed FDB/ARP entries
+    pyoverlay reconcile [--dry-run]       what the reconciler would change / change it now
+    pyoverlay options                     the settings table (markdown), for the README
+
+The inspection commands talk to a running plugin through the admin socket
+in its --state-dir (PYOVERLAY_STATE_DIR); `status` falls back to the state
+files when the plugin is down.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from pyoverlay.plugin import settings as plugin_settings
+from pyoverlay.plugin.admin import ADMIN_SOCKET
 from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
 
-def _status(state_dir: Path, as_json: bool) -> int:
-    driver = JsonDocument(state_dir / "driver.json").load()
-    ipam = JsonDocument(state_dir / "ipam.json").load()
-    nets = driver.get("networks") or {}
-    eps = driver.get("endpoints") or {}
-    pools = ipam.get("pools") or {}
-    if as_json:
-        print(json.dumps({"networks": nets, "endpoints": eps, "pools": pools}, indent=1))
-        return 0
-    print(f"state dir: {state_dir}")
-    print(f"networks: {len(nets)}")
-    for nid, n in sorted(nets.items()):
-        count = sum(1 for e in eps.values() if e["network_id"] == nid)
-        print(
-            f"  {nid[:12]}  vni {n['vni']}  subnet {n['subnet']}  mtu {n['mtu']}  "
-            f"ns 1-{nid[:10]}  endpoints {count}"
+class PluginDown(PyoverlayError):
+    pass
+
+
+async def _admin(state_dir: Path, method: str, path: str) -> Any:
+    sock = state_dir / ADMIN_SOCKET
+    if not sock.exists():
+        raise PluginDown(
+            f"no running plugin: {sock} does not exist "
+            "(start `pyoverlay plugin`, or pass the --state-dir it was given)"
         )
-    print(f"pools: {len(pools)}")
-    for pid, pool in sorted(pools.items()):
-        print(f"  {pid}  in use {len(pool['allocated'])}")
+    conn = aiohttp.UnixConnector(path=str(sock))
+    try:
+        async with aiohttp.ClientSession(connector=conn) as session:
+            async with session.request(method, f"http://pyoverlay{path}") as resp:
+                return await resp.json()
+    except aiohttp.ClientError as exc:
+        raise PluginDown(f"the plugin does not answer on {sock}: {exc}") from exc
+
+
+def admin(state_dir: Path, method: str, path: str) -> Any:
+    return asyncio.run(_admin(state_dir, method, path))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*map(str, r)) for r in [header, *rows])
+
+
+def cmd_status(state_dir: Path, as_json: bool) -> int:
+    try:
+        st = admin(state_dir, "GET", "/status")
+    except PluginDown as exc:
+        print(f"plugin: DOWN ({exc}); showing the state files", file=sys.stderr)
+        return _offline_status(state_dir, as_json)
+    if as_json:
+        print(json.dumps(st, indent=1))
+        return 0
+    members = ", ".join(f"{n} {s}" for s, n in sorted(st["members"].items()))
+    print(f"plugin:   {st['health']} (pyoverlay {st['version']})")
+    print(f"node:     {st['node']}  vtep {st['vtep']}  gossip {st['gossip'] or 'off'}")
+    print(f"members:  {members}")
+    rows = [
+        [n["network"], n["vni"], n["subnet"], n["mtu"], n["namespace"], n["endpoints"]]
+        for n in st["networks"]
+    ]
+    print(_table(rows, ["NETWORK", "VNI", "SUBNET", "MTU", "NAMESPACE", "ENDPOINTS"]))
     return 0
 
 
-def _options() -> int:
+def _offline_status(state_dir: Path, as_json: bool) -> int:
+    driver = JsonDocument(state_dir / "driver.json").load()
+    nets = driver.get("networks") or {}
+    eps = driver.get("endpoints") or {}
+    if as_json:
+        print(json.dumps({"health": "down", "networks": nets, "endpoints": eps}, indent=1))
+        return 0
+    rows = [
+        [
+            nid[:12],
+            n["vni"],
+            n["subnet"],
+            n["mtu"],
+            f"1-{nid[:10]}",
+            sum(1 for e in eps.values() if e["network_id"] == nid),
+        ]
+        for nid, n in sorted(nets.items())
+    ]
+    print(_table(rows, ["NETWORK", "VNI", "SUBNET", "MTU", "NAMESPACE", "ENDPOINTS"]))
+    return 0
+
+
+def cmd_members(state_dir: Path, as_json: bool) -> int:
+    members = admin(state_dir, "GET", "/members")
+    if as_json:
+        print(json.dumps(members, indent=1))
+        return 0
+    rows = [
+        [
+            m["name"] + (" (self)" if m["self"] else ""),
+            m["status"],
+            m["addr"],
+            m["vtep"],
+            m["incarnation"],
+        ]
+        for m in members
+    ]
+    print(_table(rows, ["NODE", "STATE", "GOSSIP", "VTEP", "INCARNATION"]))
+    return 0
+
+
+def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
+    views = admin(state_dir, "GET", f"/peers?network={network}")
+    if as_json:
+        print(json.dumps(views, indent=1))
+        return 0
+    bad = 0
+    for v in views:
+        print(
+            f"network {v['network']}  vni {v['vni']}  subnet {v['subnet']}  "
+            f"ns {v['namespace']}  vtep dev {v['vxlan']}"
+        )
+        rows = [[p["endpoint"], p["ip"], p["mac"], p["vtep"], p["state"]] for p in v["peers"]]
+        print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
+        for s in v["stale"]:
+            what = (
+                f"{s['mac']} dst {s['dst']}"
+                if s["kind"] == "fdb"
+                else f"{s['ip']} lladdr {s['mac']}"
+            )
+            print(f"  ! stale {s['kind']} entry {what} (no row in the table)")
+        bad += len(v["stale"]) + sum(p["state"] in ("missing",) for p in v["peers"])
+        print()
+    if bad:
+        print(f"{bad} disagreement(s); `pyoverlay reconcile` repairs them")
+    return 1 if bad else 0
+
+
+def cmd_reconcile(state_dir: Path, dry_run: bool, as_json: bool) -> int:
+    res = admin(state_dir, "POST", f"/reconcile?dry_run={'1' if dry_run else '0'}")
+    if as_json:
+        print(json.dumps(res, indent=1))
+        return 0
+    verb = "would change" if dry_run else "changed"
+    print(f"reconcile {verb} {len(res['ops'])} thing(s)")
+    for op in res["ops"]:
+        print(f"  {op}")
+    for err in res["errors"]:
+        print(f"  error: {err}")
+    return 1 if res["errors"] else 0
+
+
+def cmd_options() -> int:
     print("| option | env | default | meaning |")
     print("|---|---|---|---|")
     for s in plugin_settings.SETTINGS:
@@ -50,16 +172,26 @@ def _options() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyoverlay", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pyoverlay", description="pyoverlay: " + __doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_plugin = sub.add_parser("plugin", help="run the Docker network + IPAM driver")
     plugin_settings.add_arguments(p_plugin)
-    p_status = sub.add_parser("status", help="networks, endpoints and pools in the state dir")
-    p_status.add_argument(
-        "--state-dir",
-        default=os.environ.get("PYOVERLAY_STATE_DIR", "/var/lib/pyoverlay"),
-    )
-    p_status.add_argument("--json", action="store_true")
+    default_dir = os.environ.get("PYOVERLAY_STATE_DIR", "/var/lib/pyoverlay")
+    for name, help_ in (
+        ("status", "health, members and networks"),
+        ("members", "what the gossip knows about every host"),
+        ("peers", "table rows next to programmed FDB/ARP entries"),
+        ("reconcile", "compare the kernel with the tables and repair"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--state-dir", default=default_dir, help="the plugin's --state-dir")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "peers":
+            p.add_argument("network", nargs="?", default="", help="network ID (prefix)")
+        if name == "reconcile":
+            p.add_argument("--dry-run", action="store_true", help="only show what would change")
     sub.add_parser("options", help="print the plugin's settings as a markdown table")
     args = parser.parse_args(argv)
     try:
@@ -68,10 +200,17 @@ def main(argv: list[str] | None = None) -> int:
 
             run(plugin_settings.from_namespace(args))
             return 0
-        if args.command == "status":
-            return _status(Path(args.state_dir), args.json)
         if args.command == "options":
-            return _options()
+            return cmd_options()
+        state_dir = Path(args.state_dir)
+        if args.command == "status":
+            return cmd_status(state_dir, args.json)
+        if args.command == "members":
+            return cmd_members(state_dir, args.json)
+        if args.command == "peers":
+            return cmd_peers(state_dir, args.network, args.json)
+        if args.command == "reconcile":
+            return cmd_reconcile(state_dir, args.dry_run, args.json)
     except PyoverlayError as exc:
         print(f"pyoverlay: {exc}", file=sys.stderr)
         return 2

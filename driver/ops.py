@@ -93,7 +93,7 @@ class DeleteLink:
 
 @dataclass(frozen=True)
 class ReplaceFdb:
-    """A remote MAC behind a remote VTEP: `bridge fdb replace MAC dev VX dst VTEP self permanent`."""
+    """A remote MAC behind a remote VTEP (`bridge fdb replace MAC dev VX dst VTEP self`)."""
 
     ns: str
     dev: str

@@ -17,6 +17,7 @@ Unix socket paths must stay under 108 bytes, hence the short /run/pyo/...
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -444,8 +445,12 @@ class Lab:
         subnet_base: str = "192.168.99",
         pyoverlay: str | None = None,
         keep_data: bool = False,
+        gossip: bool = True,
+        plugin_args: Sequence[str] = ("--gossip-pushpull", "5", "--reconcile-interval", "5"),
     ) -> None:
         self.prefix = prefix
+        self.gossip_key = base64.b64encode(os.urandom(32)).decode() if gossip else ""
+        self.plugin_args = list(plugin_args)
         self.subnet_base = subnet_base
         self.pyoverlay = pyoverlay or str(Path(sys.executable).with_name("pyoverlay"))
         self.hosts = [Host(self, i + 1) for i in range(hosts)]
@@ -482,8 +487,18 @@ class Lab:
             h.start_dockerd(*dockerd_args)
             h.import_image()
             if plugin:
-                h.start_plugin()
+                h.start_plugin(*self.default_plugin_args(h))
         return self
+
+    def default_plugin_args(self, h: Host) -> list[str]:
+        """Every host joins through h1 with the lab's gossip key."""
+        args = list(self.plugin_args)
+        if self.gossip_key:
+            args += ["--gossip-key", self.gossip_key]
+            others = [o.address for o in self.hosts if o is not h]
+            if h.index != 1 and others:
+                args += ["--join", ",".join(others)]
+        return args
 
     def down(self) -> list[str]:
         problems: list[str] = []

@@ -16,18 +16,25 @@ import asyncio
 import os
 import secrets
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.keyring import Keyring, load_keys
+from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.kernel import Kernel
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state import logs
+from pyoverlay.state.tasks import TaskSet
 
+from .admin import ADMIN_SOCKET, make_admin_app
 from .app import make_app
+from .background import PeerSyncer
 from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
@@ -91,32 +98,71 @@ async def build(settings: PluginSettings, kernel: Kernel) -> tuple[OverlayDriver
     return driver, ipam
 
 
+def make_gossip(
+    settings: PluginSettings, driver: OverlayDriver, syncer: PeerSyncer
+) -> GossipRuntime | None:
+    keys = load_keys(settings.gossip_key or None, settings.gossip_key_file or None)
+    if not keys:
+        log.info("no gossip key: single-host mode (give --gossip-key and --join for a cluster)")
+        return None
+    config = replace(GossipConfig.lan(), pushpull_interval=settings.gossip_pushpull)
+    return GossipRuntime(
+        name=driver.node_id,
+        bind_host=str(driver.underlay.address),
+        port=settings.gossip_port,
+        keyring=Keyring(keys),
+        config=config,
+        meta={"vtep": str(driver.underlay.address)},
+        on_rows=syncer.on_rows,
+    )
+
+
 async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
     if kernel is None:
         from pyoverlay.driver.pyroute import PyrouteKernel
 
         kernel = PyrouteKernel()
+    tasks = TaskSet()
+    runners: list[web.AppRunner] = []
+    gossip: GossipRuntime | None = None
+    admin_sock = settings.state_dir / ADMIN_SOCKET
     try:
         driver, ipam = await build(settings, kernel)
+        syncer = PeerSyncer(driver, settings.reconcile_interval)
+        gossip = make_gossip(settings, driver, syncer)
+        if gossip is not None:
+            driver.directory = gossip
+        driver.publish_joined()  # into the table before joining: our rows win over old ones
         ops, errors = await driver.reconcile()
         log.info("start-up reconcile", changes=len(ops), errors=len(errors))
-        app = make_app(driver, ipam)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        settings.socket.parent.mkdir(parents=True, exist_ok=True)
-        settings.socket.unlink(missing_ok=True)
-        site = web.UnixSite(runner, str(settings.socket))
-        await site.start()
+        if gossip is not None:
+            await gossip.start(settings.join)
+        syncer.start(tasks)
+        for app, path in (
+            (make_app(driver, ipam), settings.socket),
+            (make_admin_app(driver, gossip), admin_sock),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            await web.UnixSite(runner, str(path)).start()
         log.info("serving", socket=str(settings.socket), driver=settings.driver_name)
         stop = asyncio.Event()
         install_stop_handlers(asyncio.get_running_loop(), stop)
-        try:
-            await stop.wait()
-        finally:
-            log.info("stopping")
-            settings.socket.unlink(missing_ok=True)
-            await runner.cleanup()
+        await stop.wait()
+        log.info("stopping")
     finally:
+        settings.socket.unlink(missing_ok=True)
+        admin_sock.unlink(missing_ok=True)
+        for runner in runners:
+            await runner.cleanup()
+        await tasks.close()
+        if gossip is not None:
+            # not a graceful leave: containers keep running while the plugin is
+            # down, so other hosts must keep their entries until it is declared dead
+            await gossip.stop(leave=False)
         await kernel.close()
 
 

@@ -44,6 +44,36 @@ SETTINGS = (
         "address, or the only global address)",
     ),
     Setting("vxlan-port", "4789", "UDP port of the VXLAN tunnels (the same on every host)"),
+    Setting(
+        "join",
+        "",
+        "gossip addresses of other pyoverlay hosts, ADDR[:PORT],...; any one live host is enough",
+    ),
+    Setting(
+        "gossip-port",
+        "7966",
+        "UDP+TCP port of the gossip (not swarm's 7946, not VXLAN's 4789)",
+    ),
+    Setting(
+        "gossip-key",
+        "",
+        "gossip encryption key: base64 of 16, 24 or 32 random bytes (openssl rand -base64 32)",
+    ),
+    Setting(
+        "gossip-key-file",
+        "",
+        "file with one key per line; the first encrypts, all decrypt (for rotation)",
+    ),
+    Setting(
+        "gossip-pushpull",
+        "30",
+        "seconds between full state exchanges with a random host (anti-entropy)",
+    ),
+    Setting(
+        "reconcile-interval",
+        "10",
+        "seconds between comparisons of kernel state (links, FDB, ARP) with the tables",
+    ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
 )
@@ -57,6 +87,12 @@ class PluginSettings:
     vxlan_port: int
     log_format: str
     log_level: str
+    join: tuple[str, ...] = ()
+    gossip_port: int = 7966
+    gossip_key: str = ""
+    gossip_key_file: str = ""
+    gossip_pushpull: float = 30.0
+    reconcile_interval: float = 10.0
 
     @property
     def driver_name(self) -> str:
@@ -80,12 +116,26 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         raise InvalidOption(
             f"--advertise-addr {addr_text!r} is not an IPv4 address (PYOVERLAY_ADVERTISE_ADDR)"
         ) from None
-    try:
-        port = int(ns.vxlan_port)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise InvalidOption(f"--vxlan-port {ns.vxlan_port!r} must be a UDP port from 1 to 65535")
+    port = _port("--vxlan-port", ns.vxlan_port)
+    gossip_port = _port("--gossip-port", ns.gossip_port)
+    if gossip_port == port:
+        raise InvalidOption(f"--gossip-port {gossip_port} is the VXLAN port; pick another")
+    join = tuple(j.strip() for j in ns.join.split(",") if j.strip())
+    for j in join:
+        host, _, p = j.rpartition(":") if ":" in j else (j, "", "")
+        try:
+            IPv4Address(host or j)
+            if p:
+                _port("--join", p)
+        except ValueError:
+            raise InvalidOption(
+                f"--join {j!r}: give IPv4 addresses, ADDR[:PORT], comma-separated"
+            ) from None
+    if join and not (ns.gossip_key or ns.gossip_key_file):
+        raise InvalidOption(
+            "--join needs a shared key: --gossip-key or --gossip-key-file "
+            "(the same on every host; make one with `openssl rand -base64 32`)"
+        )
     if ns.log_format not in ("json", "console"):
         raise InvalidOption(f"--log-format {ns.log_format!r} must be json or console")
     if ns.log_level not in ("debug", "info", "warning", "error"):
@@ -97,4 +147,30 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         vxlan_port=port,
         log_format=ns.log_format,
         log_level=ns.log_level,
+        join=join,
+        gossip_port=gossip_port,
+        gossip_key=ns.gossip_key,
+        gossip_key_file=ns.gossip_key_file,
+        gossip_pushpull=_seconds("--gossip-pushpull", ns.gossip_pushpull),
+        reconcile_interval=_seconds("--reconcile-interval", ns.reconcile_interval),
     )
+
+
+def _port(flag: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise InvalidOption(f"{flag} {text!r} must be a port from 1 to 65535")
+    return port
+
+
+def _seconds(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0.5 <= value <= 3600:
+        raise InvalidOption(f"{flag} {text!r} must be a number of seconds from 0.5 to 3600")
+    return value

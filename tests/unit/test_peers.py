@@ -56,7 +56,10 @@ def test_a_reused_ip_goes_to_the_newest_row() -> None:
 
 def test_diff_replaces_wrong_and_deletes_extra_entries() -> None:
     have = PeerEntries(
-        fdb={"02:00:00:00:00:01": IPv4Address("192.0.2.9"), "02:00:00:00:00:02": IPv4Address("192.0.2.2")},
+        fdb={
+            "02:00:00:00:00:01": IPv4Address("192.0.2.9"),
+            "02:00:00:00:00:02": IPv4Address("192.0.2.2"),
+        },
         neigh={IPv4Address("10.0.0.9"): "02:00:00:00:00:09"},
     )
     want = PeerEntries(
@@ -88,8 +91,18 @@ def rows_from(events) -> list[dict]:
     owners = {h: Table(h, 1800.0) for h in HOSTS}
     out = []
     for t, (host, n, add) in enumerate(events):
-        value = peers.row_value(IPv4Address(f"10.0.{n}.{ord(host[1])}"), f"02:42:00:00:{n:02x}:{ord(host[1]):02x}", HOSTS[host]) if add else None
-        out.append(owners[host].write(t / 1000, peers.scope(42), f"{host}-e{n}", value).wire(t / 1000))
+        value = (
+            peers.row_value(
+                IPv4Address(f"10.0.{n}.{ord(host[1])}"),
+                f"02:42:00:00:{n:02x}:{ord(host[1]):02x}",
+                HOSTS[host],
+            )
+            if add
+            else None
+        )
+        out.append(
+            owners[host].write(t / 1000, peers.scope(42), f"{host}-e{n}", value).wire(t / 1000)
+        )
     return out
 
 
@@ -98,7 +111,8 @@ def program(rows: list[dict], kernel: FakeKernel) -> PeerEntries:
     for r in rows:
         table.merge(0.0, r)
     remotes = [
-        peers.RemoteEndpoint.from_row(r.key, r.value or {}, r.version) for r in table.visible(peers.scope(42))
+        peers.RemoteEndpoint.from_row(r.key, r.value or {}, r.version)
+        for r in table.visible(peers.scope(42))
     ]
     want = peers.desired([r for r in remotes if r], LOCAL)
 

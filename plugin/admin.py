@@ -1,0 +1,162 @@
+"""The admin endpoint: a unix socket in --state-dir for the `pyoverlay` CLI.
+
+GET  /status            health, version, this node, members by state, networks
+GET  /members           every member the gossip knows, with state and VTEP
+GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
+                        each marked ok / missing / stale
+POST /reconcile[?dry_run=1]   what the reconciler would change (or changes now)
+
+The socket lives in the state dir, so several plugins on one machine (one
+per Docker host) never collide: the CLI finds it through the same
+--state-dir / PYOVERLAY_STATE_DIR the plugin was given.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from pyoverlay.cluster.runtime import GossipRuntime
+from pyoverlay.driver import peers
+from pyoverlay.driver.model import NetworkSpec
+from pyoverlay.driver.service import OverlayDriver
+
+DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
+GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
+
+ADMIN_SOCKET = "admin.sock"
+
+
+def version() -> str:
+    try:
+        return metadata.version("pyoverlay")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def members_view(gossip: GossipRuntime | None, driver: OverlayDriver) -> list[dict[str, Any]]:
+    if gossip is None:
+        return [
+            {
+                "name": driver.node_id,
+                "addr": "-",
+                "status": "alive",
+                "vtep": str(driver.underlay.address),
+                "incarnation": 0,
+                "self": True,
+            }
+        ]
+    me = gossip.node.name
+    return [
+        {
+            "name": m.name,
+            "addr": m.addr,
+            "status": m.status,
+            "vtep": m.meta.get("vtep", ""),
+            "incarnation": m.inc,
+            "self": m.name == me,
+        }
+        for m in sorted(gossip.node.members.by_name.values(), key=lambda m: m.name)
+    ]
+
+
+async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
+    remotes = driver.remote_endpoints(net.vni)
+    want = peers.desired(remotes, driver.underlay.address)
+    have = await driver.kernel.peer_entries(net.namespace, net.vxlan)
+    rows = []
+    for r in sorted(remotes, key=lambda r: r.ip):
+        local = r.vtep == driver.underlay.address
+        if local:
+            state = "local"
+        else:
+            ok = have.fdb.get(r.mac) == r.vtep and have.neigh.get(r.ip) == r.mac
+            state = "ok" if ok else ("missing" if want.neigh.get(r.ip) == r.mac else "shadowed")
+        rows.append(
+            {
+                "endpoint": r.endpoint_id[:12],
+                "ip": str(r.ip),
+                "mac": r.mac,
+                "vtep": str(r.vtep),
+                "state": state,
+            }
+        )
+    stale = [
+        {"kind": "fdb", "mac": mac, "dst": str(dst)}
+        for mac, dst in sorted(have.fdb.items())
+        if want.fdb.get(mac) != dst
+    ] + [
+        {"kind": "neigh", "ip": str(ip), "mac": mac}
+        for ip, mac in sorted(have.neigh.items())
+        if want.neigh.get(ip) != mac
+    ]
+    return {
+        "network": net.network_id[:12],
+        "vni": net.vni,
+        "subnet": str(net.subnet),
+        "namespace": net.namespace,
+        "vxlan": net.vxlan,
+        "peers": rows,
+        "stale": stale,
+    }
+
+
+async def status(request: web.Request) -> web.Response:
+    driver, gossip = request.app[DRIVER], request.app[GOSSIP]
+    members = members_view(gossip, driver)
+    counts: dict[str, int] = {}
+    for m in members:
+        counts[m["status"]] = counts.get(m["status"], 0) + 1
+    nets = [
+        {
+            "network": n.network_id[:12],
+            "vni": n.vni,
+            "subnet": str(n.subnet),
+            "mtu": n.mtu,
+            "namespace": n.namespace,
+            "endpoints": sum(1 for e in driver.endpoints.values() if e.network_id == n.network_id),
+        }
+        for n in driver.networks.values()
+    ]
+    return web.json_response(
+        {
+            "health": "ok",
+            "version": version(),
+            "node": driver.node_id,
+            "vtep": str(driver.underlay.address),
+            "gossip": gossip.node.addr if gossip else None,
+            "members": counts,
+            "networks": nets,
+            "counters": dict(gossip.counters) if gossip else {},
+        }
+    )
+
+
+async def members(request: web.Request) -> web.Response:
+    return web.json_response(members_view(request.app[GOSSIP], request.app[DRIVER]))
+
+
+async def peers_handler(request: web.Request) -> web.Response:
+    driver = request.app[DRIVER]
+    want = request.query.get("network", "")
+    nets = [n for n in driver.networks.values() if not want or n.network_id.startswith(want)]
+    return web.json_response([await peers_view(driver, n) for n in nets])
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    dry = request.query.get("dry_run", "") in ("1", "true", "yes")
+    ops, errors = await request.app[DRIVER].reconcile(dry_run=dry)
+    return web.json_response({"dry_run": dry, "ops": [str(o) for o in ops], "errors": errors})
+
+
+def make_admin_app(driver: OverlayDriver, gossip: GossipRuntime | None) -> web.Application:
+    app = web.Application()
+    app[DRIVER] = driver
+    app[GOSSIP] = gossip
+    app.router.add_get("/status", status)
+    app.router.add_get("/members", members)
+    app.router.add_get("/peers", peers_handler)
+    app.router.add_post("/reconcile", reconcile)
+    return app

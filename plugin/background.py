@@ -1,0 +1,72 @@
+"""The plugin's background work: peer syncs on table changes, and the periodic reconciler.
+
+Gossip callbacks must not block, so they only mark VNIs dirty; one task
+drains the dirty set and programs FDB/ARP entries.  Another task runs the
+full reconcile (links, then peers) every --reconcile-interval seconds, which
+repairs drift no event reported (an entry deleted by hand, a lost event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from pyoverlay.driver.peers import PEER_TABLE
+from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.state.tasks import TaskSet
+
+log = structlog.get_logger("pyoverlay.background")
+
+
+class PeerSyncer:
+    def __init__(self, driver: OverlayDriver, interval: float) -> None:
+        self.driver = driver
+        self.interval = interval
+        self.dirty: set[int] = set()
+        self.wake = asyncio.Event()
+        self.repairs = 0
+
+    def on_rows(self, scopes: set[str]) -> None:
+        """Gossip callback (must not block): remember which VNIs changed."""
+        for scope in scopes:
+            table, _, vni = scope.partition("/")
+            if table == PEER_TABLE and vni.isdigit():
+                self.dirty.add(int(vni))
+        if self.dirty:
+            self.wake.set()
+
+    async def run_events(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            vnis, self.dirty = self.dirty, set()
+            for vni in sorted(vnis):
+                try:
+                    await self.driver.sync_peers(vni)
+                except Exception as exc:  # keep the loop alive whatever one sync does
+                    log.error("peer sync failed", vni=vni, error=repr(exc))
+
+    async def run_periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                ops, errors = await self.driver.reconcile()
+            except Exception as exc:
+                log.error("reconcile failed", error=repr(exc))
+                continue
+            if ops:
+                self.repairs += len(ops)
+                log.warning("reconciler repaired drift", changes=len(ops), errors=len(errors))
+
+    def start(self, tasks: TaskSet) -> None:
+        tasks.spawn("peer-sync", self.run_events())
+        tasks.spawn("reconciler", self.run_periodic())
+
+    async def flush(self) -> None:
+        """Run pending syncs now (used at shutdown and in tests)."""
+        with contextlib.suppress(Exception):
+            for vni in sorted(self.dirty):
+                await self.driver.sync_peers(vni)
+        self.dirty.clear()
