@@ -27,7 +27,7 @@ from pyoverlay.state.tasks import TaskSet
 from . import wire
 from .config import GossipConfig
 from .keyring import OVERHEAD, AuthError, Keyring
-from .membership import MemberEvent
+from .membership import ALIVE, LEFT, SUSPECT, MemberEvent
 from .node import GossipNode
 from .table import RowEvent
 
@@ -82,6 +82,7 @@ class GossipRuntime:
         self._server: asyncio.AbstractServer | None = None
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
     # -- PeerDirectory -------------------------------------------------------
 
@@ -95,6 +96,29 @@ class GossipRuntime:
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
         return [(r.key, r.value or {}, r.version) for r in self.node.table.visible(scope)]
+
+    # -- request/response for other subsystems (cluster-wide IPAM) -------------
+
+    def register_rpc(self, kind: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """`handler(body) -> reply body` answers `call(addr, kind, body)`; it must not block."""
+        self._rpc[kind] = handler
+
+    def voters(self) -> list[tuple[str, str, bool]]:
+        return [
+            (m.name, m.addr, m.status in (ALIVE, SUSPECT))
+            for m in self.node.members.by_name.values()
+            if m.status != LEFT
+        ]
+
+    async def call(
+        self, addr: str, kind: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """One authenticated request/response over TCP; None if the host does not answer."""
+        reply = await self._exchange(addr, {"t": "rpc", "kind": kind, "body": body}, timeout)
+        if reply is None or reply.get("t") != "rpcr" or not isinstance(reply.get("body"), dict):
+            return None
+        body_out: dict[str, Any] = reply["body"]
+        return body_out
 
     # -- life cycle ------------------------------------------------------------
 
@@ -216,10 +240,20 @@ class GossipRuntime:
         try:
             data = await asyncio.wait_for(self._read_frame(reader), self.config.stream_timeout)
             msg = self._open(data, wire.MAX_STREAM, wire.STREAM_TYPES)
-            if msg is None or msg.get("t") != "pp":
+            if msg is None:
                 return
-            self.count("streams_in")
-            reply = self.node.on_stream(time.time(), src, msg)
+            if msg.get("t") == "rpc":
+                handler = self._rpc.get(str(msg.get("kind")))
+                body = msg.get("body")
+                if handler is None or not isinstance(body, dict):
+                    self.count("dropped_malformed")
+                    return
+                reply = {"t": "rpcr", "body": handler(body)}
+            elif msg.get("t") == "pp":
+                self.count("streams_in")
+                reply = self.node.on_stream(time.time(), src, msg)
+            else:
+                return
             writer.write(self._frame(reply))
             await asyncio.wait_for(writer.drain(), self.config.stream_timeout)
             self._after()
@@ -231,24 +265,28 @@ class GossipRuntime:
                 await writer.wait_closed()
 
     async def _pushpull(self, addr: str, msg: dict[str, Any]) -> None:
+        reply = await self._exchange(addr, msg, self.config.stream_timeout)
+        if reply is not None and reply.get("t") == "ppr":
+            self.count("streams_out")
+            self.node.on_stream_reply(time.time(), addr, reply)
+            self._after()
+
+    async def _exchange(
+        self, addr: str, msg: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
         host, port = split_addr(addr, self.port)
         writer: asyncio.StreamWriter | None = None
         try:
-            reader, conn = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.config.stream_timeout
-            )
+            reader, conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             writer = conn
             conn.write(self._frame(msg))
-            await asyncio.wait_for(conn.drain(), self.config.stream_timeout)
-            data = await asyncio.wait_for(self._read_frame(reader), self.config.stream_timeout)
-            reply = self._open(data, wire.MAX_STREAM, wire.STREAM_TYPES)
-            if reply is not None and reply.get("t") == "ppr":
-                self.count("streams_out")
-                self.node.on_stream_reply(time.time(), addr, reply)
-                self._after()
+            await asyncio.wait_for(conn.drain(), timeout)
+            data = await asyncio.wait_for(self._read_frame(reader), timeout)
+            return self._open(data, wire.MAX_STREAM, wire.STREAM_TYPES)
         except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as exc:
             self.count("stream_errors")
-            log.debug("push-pull failed", addr=addr, error=str(exc))
+            log.debug("stream exchange failed", addr=addr, error=str(exc))
+            return None
         finally:
             if writer is not None:
                 writer.close()

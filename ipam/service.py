@@ -12,6 +12,7 @@ get the requested --ip or the next free one (round-robin, see allocator).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -35,16 +36,42 @@ REQUEST_TYPE = "RequestAddressType"
 
 
 class AddressGuard(Protocol):
-    """Says whether this host may hand out an address (cluster-wide IPAM hooks in here)."""
+    """Says whether this host may hand out an address, and gets it more (cluster-wide IPAM)."""
+
+    clustered: bool
 
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool: ...
+
+    async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
+        """Make this host own more of `subnet` (the part holding `want`), or raise why not."""
+        ...
+
+    def release_subnet(self, subnet: IPv4Network) -> None: ...
+
+    def to_json(self) -> dict[str, object]: ...
+
+    def load(self, d: dict[str, object]) -> None: ...
 
 
 class LocalGuard:
     """Single host: every address of a pool is ours."""
 
+    clustered = False
+
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
         return True
+
+    async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
+        raise Exhausted(f"no free address left in {subnet}")
+
+    def release_subnet(self, subnet: IPv4Network) -> None:
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        return {}
+
+    def load(self, d: dict[str, object]) -> None:
+        return None
 
 
 class IpamService:
@@ -52,13 +79,20 @@ class IpamService:
         self.doc = JsonDocument(state_file)
         self.guard: AddressGuard = guard or LocalGuard()
         self.pools: dict[str, Pool] = {}
+        self._lock = asyncio.Lock()
 
     def load(self) -> None:
         d = self.doc.load()
         self.pools = {k: Pool.from_json(v) for k, v in (d.get("pools") or {}).items()}
+        self.guard.load(d.get("ownership") or {})
 
     def save(self) -> None:
-        self.doc.save({"pools": {k: v.to_json() for k, v in self.pools.items()}})
+        self.doc.save(
+            {
+                "pools": {k: v.to_json() for k, v in self.pools.items()},
+                "ownership": self.guard.to_json(),
+            }
+        )
 
     def _commit(self, undo: Callable[[], object]) -> None:
         """Save, or put the in-memory state back (via `undo()`) and re-raise."""
@@ -122,31 +156,49 @@ class IpamService:
     def release_pool(self, pool_id: str) -> None:
         p = self.pool(pool_id)
         del self.pools[pool_id]
+        self.guard.release_subnet(p.subnet)
         self._commit(lambda: self.pools.__setitem__(pool_id, p))
         log.info("pool released", pool=pool_id)
 
     # -- addresses -----------------------------------------------------------
 
-    def request_address(
+    async def request_address(
+        self, pool_id: str, address: str, options: Mapping[str, str] | None
+    ) -> tuple[IPv4Address, int]:
+        async with self._lock:
+            return await self._request_address(pool_id, address, options)
+
+    async def _request_address(
         self, pool_id: str, address: str, options: Mapping[str, str] | None
     ) -> tuple[IPv4Address, int]:
         p = self.pool(pool_id)
         opts = options or {}
         is_gateway = opts.get(REQUEST_TYPE) == GATEWAY_REQUEST
         cursor = p.cursor
-        if address:
-            ip = _address("--gateway" if is_gateway else "--ip", address)
-            purpose = GATEWAY if is_gateway else ENDPOINT
-            if not self.guard.may_allocate(p.subnet, ip):
-                raise Conflict(
-                    f"address {ip} belongs to a block another pyoverlay host owns; "
-                    "leave --ip out or pick one from this host's blocks"
-                )
-            claim(p, ip, purpose)
+
+        def allowed(a: IPv4Address) -> bool:
+            return self.guard.may_allocate(p.subnet, a)
+
+        if address and is_gateway:
+            # the gateway lives on every host's br0: it is the same everywhere, not owned
+            ip = claim(p, _address("--gateway", address), GATEWAY)
+        elif address:
+            ip = _address("--ip", address)
+            if ip in p.allocated or not p.usable(ip):
+                claim(p, ip, ENDPOINT)  # raises the clear "in use" / "outside" error
+            if not allowed(ip):
+                await self.guard.claim(p.subnet, ip)
+            claim(p, ip, ENDPOINT)
         elif is_gateway:
             ip = claim(p, first_host(p.subnet), GATEWAY)
         else:
-            ip = next_free(p, ENDPOINT, lambda a: self.guard.may_allocate(p.subnet, a))
+            try:
+                ip = next_free(p, ENDPOINT, allowed)
+            except Exhausted:
+                if not self.guard.clustered:
+                    raise
+                await self.guard.claim(p.subnet, None)
+                ip = next_free(p, ENDPOINT, allowed)
 
         def undo() -> None:
             release(p, ip)

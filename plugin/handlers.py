@@ -159,7 +159,7 @@ async def release_pool(request: web.Request) -> web.Response:
 
 async def request_address(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestAddressRequest)
-    ip, prefix = request.app[IPAM].request_address(req.pool_id, req.address, req.options)
+    ip, prefix = await request.app[IPAM].request_address(req.pool_id, req.address, req.options)
     data: dict[str, Any] = {}
     return reply({"Address": f"{ip}/{prefix}", "Data": data})
 

@@ -28,6 +28,7 @@ from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.kernel import Kernel
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.ipam.cluster import CLAIM, RELEASE, ClusterGuard
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state import logs
 from pyoverlay.state.tasks import TaskSet
@@ -132,6 +133,11 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         gossip = make_gossip(settings, driver, syncer)
         if gossip is not None:
             driver.directory = gossip
+            guard = ClusterGuard(driver.node_id, gossip, ipam.save)
+            ipam.guard = guard
+            ipam.load()  # again, now with the ownership part
+            gossip.register_rpc(CLAIM, guard.handle_claim)
+            gossip.register_rpc(RELEASE, guard.handle_release)
         driver.publish_joined()  # into the table before joining: our rows win over old ones
         ops, errors = await driver.reconcile()
         log.info("start-up reconcile", changes=len(ops), errors=len(errors))

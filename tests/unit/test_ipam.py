@@ -21,33 +21,37 @@ def ipam(tmp_path: Path) -> IpamService:
     return IpamService(tmp_path / "ipam.json")
 
 
-def test_subnet_gateway_and_next_free(ipam: IpamService) -> None:
+async def test_subnet_gateway_and_next_free(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.1.0.0/24", "", {}, False)
-    assert ipam.request_address(pool.pool_id, "", GW) == (IPv4Address("10.1.0.1"), 24)
-    got = [ipam.request_address(pool.pool_id, "", None)[0] for _ in range(3)]
+    assert await ipam.request_address(pool.pool_id, "", GW) == (IPv4Address("10.1.0.1"), 24)
+    got = [(await ipam.request_address(pool.pool_id, "", None))[0] for _ in range(3)]
     assert [str(a) for a in got] == ["10.1.0.2", "10.1.0.3", "10.1.0.4"]
 
 
-def test_released_address_is_not_reused_at_once(ipam: IpamService) -> None:
+async def test_released_address_is_not_reused_at_once(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.1.0.0/29", "", {}, False)
-    a = ipam.request_address(pool.pool_id, "", None)[0]
+    a = (await ipam.request_address(pool.pool_id, "", None))[0]
     ipam.release_address(pool.pool_id, str(a))
-    b = ipam.request_address(pool.pool_id, "", None)[0]
+    b = (await ipam.request_address(pool.pool_id, "", None))[0]
     assert a != b
 
 
-def test_ip_range_gateway_and_aux(ipam: IpamService) -> None:
+async def test_ip_range_gateway_and_aux(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.12.0.0/24", "10.12.0.128/25", {}, False)
-    assert ipam.request_address(pool.pool_id, "10.12.0.1", GW)[0] == IPv4Address("10.12.0.1")
-    assert ipam.request_address(pool.pool_id, "10.12.0.5", None)[0] == IPv4Address("10.12.0.5")
-    assert ipam.request_address(pool.pool_id, "", None)[0] == IPv4Address("10.12.0.128")
+    assert (await ipam.request_address(pool.pool_id, "10.12.0.1", GW))[0] == IPv4Address(
+        "10.12.0.1"
+    )
+    assert (await ipam.request_address(pool.pool_id, "10.12.0.5", None))[0] == IPv4Address(
+        "10.12.0.5"
+    )
+    assert (await ipam.request_address(pool.pool_id, "", None))[0] == IPv4Address("10.12.0.128")
 
 
-def test_taken_address_is_refused_clearly(ipam: IpamService) -> None:
+async def test_taken_address_is_refused_clearly(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.1.0.0/24", "", {}, False)
-    ipam.request_address(pool.pool_id, "10.1.0.9", None)
+    await ipam.request_address(pool.pool_id, "10.1.0.9", None)
     with pytest.raises(Conflict, match="address 10.1.0.9 is already in use .* pick another --ip"):
-        ipam.request_address(pool.pool_id, "10.1.0.9", None)
+        await ipam.request_address(pool.pool_id, "10.1.0.9", None)
 
 
 @pytest.mark.parametrize(
@@ -86,28 +90,28 @@ def test_default_pools_come_from_the_documented_range(ipam: IpamService) -> None
     assert (str(a.subnet), str(b.subnet)) == ("10.200.0.0/24", "10.200.1.0/24")
 
 
-def test_exhaustion_says_what_to_do(ipam: IpamService) -> None:
+async def test_exhaustion_says_what_to_do(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.1.0.0/30", "", {}, False)
-    ipam.request_address(pool.pool_id, "", GW)
-    ipam.request_address(pool.pool_id, "", None)
+    await ipam.request_address(pool.pool_id, "", GW)
+    await ipam.request_address(pool.pool_id, "", None)
     with pytest.raises(Exhausted, match="no free address left in 10.1.0.0/30 .* larger --subnet"):
-        ipam.request_address(pool.pool_id, "", None)
+        await ipam.request_address(pool.pool_id, "", None)
 
 
-def test_state_survives_a_restart(tmp_path: Path) -> None:
+async def test_state_survives_a_restart(tmp_path: Path) -> None:
     first = IpamService(tmp_path / "ipam.json")
     pool = first.request_pool("", "10.1.0.0/24", "", {}, False)
-    first.request_address(pool.pool_id, "", GW)
-    a = first.request_address(pool.pool_id, "", None)[0]
+    await first.request_address(pool.pool_id, "", GW)
+    a = (await first.request_address(pool.pool_id, "", None))[0]
     second = IpamService(tmp_path / "ipam.json")
     second.load()
     assert second.pools[pool.pool_id].allocated == first.pools[pool.pool_id].allocated
-    assert second.request_address(pool.pool_id, "", None)[0] == a + 1
+    assert (await second.request_address(pool.pool_id, "", None))[0] == a + 1
 
 
-def test_unknown_pool(ipam: IpamService) -> None:
+async def test_unknown_pool(ipam: IpamService) -> None:
     with pytest.raises(Exception, match="pool 'nope' is not known"):
-        ipam.request_address("nope", "", None)
+        await ipam.request_address("nope", "", None)
 
 
 @settings(max_examples=60)
