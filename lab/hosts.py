@@ -82,13 +82,19 @@ def sh(
 
 
 def wait_for(what: str, cond: object, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll cond() until true; a command failing or hanging inside it counts as false."""
     assert callable(cond)
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        if cond():
-            return
+        try:
+            if cond():
+                return
+        except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError) as exc:
+            last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    why = f" (last error: {last})" if last else ""
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{why}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -370,6 +376,31 @@ class Host:
         if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:
             return
         self.docker("import", str(busybox_tarball()), IMAGE)
+
+    def crash(self) -> None:
+        """Like a power cut: every process of this host killed (SIGKILL), its link down."""
+        self.stop_plugin(signal.SIGKILL)
+        self.stop_dockerd(signal.SIGKILL)
+        pidfile = self.run_dir / "exec" / "containerd" / "containerd.pid"
+        pids = self._cgroup_pids()
+        with contextlib.suppress(OSError, ValueError):
+            pids.add(int(pidfile.read_text().strip()))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(TimeoutError):
+                wait_for(f"pid {pid} to die", lambda p=pid: not pid_alive(p), timeout=10)  # type: ignore[misc]
+        # a reboot starts with an empty /run: without this the new dockerd would
+        # wait for the killed containerd (a zombie here: PID 1 does not reap)
+        pidfile.unlink(missing_ok=True)
+        self.set_link(False)
+
+    def set_link(self, up: bool) -> None:
+        """The host's underlay link down (a crash, a cable) or up again with its default route."""
+        self.run("ip", "link", "set", "eth0", "up" if up else "down")
+        if up:
+            self.run("ip", "route", "replace", "default", "via", f"{self.lab.subnet_base}.254")
 
     def overlay_namespaces(self) -> list[str]:
         """pyoverlay namespaces as this host sees them (`ip netns` inside the host)."""

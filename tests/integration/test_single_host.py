@@ -71,12 +71,13 @@ def test_two_containers_ping_each_other_through_br0(h1: Host, scratch: Scratch) 
     scratch.run(h1, "ca", "--network", "net2", IMAGE, *SLEEP)
     scratch.run(h1, "cb", "--network", "net2", IMAGE, *SLEEP)
     a_ip, b_ip = ip_of(h1, "ca", "net2"), ip_of(h1, "cb", "net2")
-    assert (a_ip, b_ip) == ("100.0.2.2", "100.0.2.3")
+    assert a_ip != b_ip and {a_ip[:8], b_ip[:8]} == {"100.0.2."}
     assert ping(h1, "ca", b_ip, 3).returncode == 0
     assert ping(h1, "cb", a_ip).returncode == 0
     eth0 = json.loads(h1.docker("exec", "ca", "ip", "-o", "link", "show", "eth0").stdout and "[]")
     out = h1.docker("exec", "ca", "ip", "link", "show", "eth0").stdout
-    assert "mtu 1450" in out and "02:42:64:00:02:02" in out, (out, eth0)
+    mac = "02:42:" + ":".join(f"{int(x):02x}" for x in a_ip.split("."))
+    assert "mtu 1450" in out and mac in out, (out, eth0)
     routes = h1.docker("exec", "ca", "ip", "route").stdout
     assert "default via" in routes and "dev eth1" in routes  # docker_gwbridge leg, as in the seed
     ports = [n for n, e in links(h1, f"1-{nid[:10]}").items() if e.get("master") == "br0"]

@@ -1,0 +1,218 @@
+"""Two real Docker hosts joined by pyoverlay's gossip: the seed's scenario and the failure cases.
+
+Each host creates the network itself with the same --subnet (so the same
+VNI); containers get addresses from the cluster-wide IPAM (no --ip), and
+reach each other over VXLAN on the underlay.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from support import Scratch
+
+from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+
+pytestmark = pytest.mark.integration
+HOSTS = 2
+SLEEP = ("sleep", "3600")
+
+
+def ip_of(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def mac_of(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % network
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def ping(h: Host, container: str, ip: str, count: int = 1, wait: int = 2) -> bool:
+    r = h.docker("exec", container, "ping", "-c", str(count), "-W", str(wait), ip, check=False)
+    return r.returncode == 0
+
+
+def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
+
+
+def peers(h: Host, lab: Lab) -> list[dict[str, object]]:
+    return json.loads(cli(h, lab, "peers", "--json").stdout)
+
+
+def members(h: Host, lab: Lab) -> dict[str, str]:
+    return {m["vtep"]: m["status"] for m in json.loads(cli(h, lab, "members", "--json").stdout)}
+
+
+def fdb_macs(h: Host, ns: str) -> dict[str, str]:
+    """Remote MAC -> VTEP, as `bridge fdb show` lists them in the network's namespace."""
+    out = json.loads(h.ns_exec(ns, "bridge", "-j", "fdb", "show").stdout or "[]")
+    return {e["mac"]: e["dst"] for e in out if e.get("dst")}
+
+
+def neigh(h: Host, ns: str) -> dict[str, str]:
+    out = json.loads(h.ns_exec(ns, "ip", "-j", "neigh", "show", "nud", "permanent").stdout or "[]")
+    return {e["dst"]: e["lladdr"] for e in out}
+
+
+def both(scratch: Scratch, lab: Lab, name: str, subnet: str) -> dict[str, str]:
+    """The same network on every host; returns host name -> its overlay namespace."""
+    out = {}
+    for h in lab.hosts:
+        nid = scratch.network(h, name, "--subnet", subnet)
+        out[h.name] = f"1-{nid[:10]}"
+    return out
+
+
+def capture(lab: Lab, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.underlay_ns, "timeout", "20", "tcpdump", "-lni", "br-ul",
+         "-c", str(count), "udp", "port", "4789"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+
+
+def test_seed_application_across_two_hosts(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    both(scratch, lab, "net1", "100.0.0.0/24")
+    scratch.run(h1, "kv", "--network", "net1", IMAGE, "/app/kv-server")
+    kv = ip_of(h1, "kv", "net1")
+    scratch.run(h1, "web", "--network", "net1", IMAGE, "/app/web-server", kv)
+    web = ip_of(h1, "web", "net1")
+    scratch.run(h2, "front", "--network", "net1", "-p", "1080:80", IMAGE, "/app/front-server", web)
+    front = ip_of(h2, "front", "net1")
+    assert len({kv, web, front}) == 3  # cluster-wide IPAM: no duplicate without --ip
+
+    def fetch() -> str:
+        return lab.underlay(
+            "sh", "-c",
+            f"printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h2.address} 1080",
+        ).stdout
+
+    tap = capture(lab, 4)
+    wait_for("the seed's app through h2:1080", lambda: "says hits=" in fetch(), timeout=30)
+    out = fetch()
+    assert f"kv at {kv} says hits=" in out and f"({web}/24)" in out, out
+    lines, _ = tap.communicate(timeout=25)
+    assert f"{h2.address}" in lines and "VXLAN" in lines, lines
+
+
+def test_cross_host_ping_and_tcp_both_ways_over_vxlan(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = both(scratch, lab, "net2", "100.0.2.0/24")
+    scratch.run(h1, "c1", "--network", "net2", IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
+    scratch.run(h2, "c2", "--network", "net2", IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
+    c1, c2 = ip_of(h1, "c1", "net2"), ip_of(h2, "c2", "net2")
+    tap = capture(lab, 2)
+    wait_for("c1 -> c2", lambda: ping(h1, "c1", c2), timeout=15)
+    lines, _ = tap.communicate(timeout=25)
+    assert "VXLAN" in lines and f"{h1.address}" in lines and f"{h2.address}.4789" in lines, lines
+    assert ping(h2, "c2", c1, count=2)
+    for h, c, target in ((h1, "c1", c2), (h2, "c2", c1)):
+        r = h.docker("exec", c, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80")
+        assert "hello from pyoverlay" in r.stdout
+    # what the kernel holds matches the table on both hosts
+    assert fdb_macs(h1, nss["h1"]) == {mac_of(h2, "c2", "net2"): h2.address}
+    assert neigh(h1, nss["h1"]) == {c2: mac_of(h2, "c2", "net2")}
+    assert cli(h1, lab, "peers").returncode == 0
+
+
+def test_container_removal_leaves_no_stale_entries(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = both(scratch, lab, "net3", "100.0.3.0/24")
+    scratch.run(h1, "a1", "--network", "net3", IMAGE, *SLEEP)
+    scratch.run(h2, "b1", "--network", "net3", IMAGE, *SLEEP)
+    b1, b1_mac = ip_of(h2, "b1", "net3"), mac_of(h2, "b1", "net3")
+    wait_for("a1 -> b1", lambda: ping(h1, "a1", b1), timeout=15)
+    h2.docker("rm", "-f", "b1")
+    wait_for(
+        "b1's entries gone on h1",
+        lambda: b1_mac not in fdb_macs(h1, nss["h1"]) and b1 not in neigh(h1, nss["h1"]),
+        timeout=5,
+    )
+
+
+def test_plugin_kill9_keeps_cross_host_traffic_and_catches_up(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    both(scratch, lab, "net4", "100.0.4.0/24")
+    scratch.run(h1, "p1", "--network", "net4", IMAGE, *SLEEP)
+    scratch.run(h2, "p2", "--network", "net4", IMAGE, *SLEEP)
+    p1 = ip_of(h1, "p1", "net4")
+    wait_for("p2 -> p1", lambda: ping(h2, "p2", p1), timeout=15)
+    pinger = subprocess.Popen(
+        [DOCKER, "-H", f"unix://{h2.docker_sock}", "exec", "p2", "ping", "-c", "30", "-i", "0.1", "-W", "1", p1],
+        stdout=subprocess.PIPE, text=True,
+    )
+    time.sleep(0.5)
+    h2.stop_plugin(signal.SIGKILL)
+    scratch.run(h1, "p3", "--network", "net4", IMAGE, *SLEEP)  # h2 misses this event
+    p3 = ip_of(h1, "p3", "net4")
+    time.sleep(0.5)
+    h2.start_plugin()
+    out, _ = pinger.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    wait_for("h2 caught up with p3", lambda: ping(h2, "p2", p3), timeout=15)
+
+
+def test_host_crash_is_detected_and_the_host_converges_when_back(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = both(scratch, lab, "net5", "100.0.5.0/24")
+    scratch.run(h1, "x1", "--network", "net5", IMAGE, *SLEEP)
+    scratch.run(h2, "x2", "--restart", "always", "--network", "net5", IMAGE, *SLEEP)
+    x2 = ip_of(h2, "x2", "net5")
+    wait_for("x1 -> x2", lambda: ping(h1, "x1", x2), timeout=15)
+    # crash: plugin and dockerd killed, underlay link down
+    h2.crash()
+    t0 = time.monotonic()
+    wait_for(
+        "h2's entries gone on h1",
+        lambda: h2.address not in fdb_macs(h1, nss["h1"]).values(),
+        timeout=15,
+    )
+    detected = time.monotonic() - t0
+    assert detected < 10, detected
+    assert members(h1, lab)[h2.address] == "dead"
+    # back: link up, dockerd and plugin again
+    h2.set_link(True)
+    h2.start_plugin()  # before dockerd, as a systemd unit would: dockerd restarts x2 at once
+    h2.start_dockerd()
+    wait_for("h2 alive on h1", lambda: members(h1, lab).get(h2.address) == "alive", timeout=20)
+    wait_for("x2 running again", lambda: h2.docker("ps", "-q", "-f", "name=x2").stdout.strip() != "", timeout=30)
+    x2 = ip_of(h2, "x2", "net5")
+    wait_for("x1 -> x2 after the crash", lambda: ping(h1, "x1", x2), timeout=20)
+
+
+def test_partition_heals_with_no_stale_or_missing_entries(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    both(scratch, lab, "net6", "100.0.6.0/24")
+    scratch.run(h1, "q1", "--network", "net6", IMAGE, *SLEEP)
+    scratch.run(h1, "q2", "--network", "net6", IMAGE, *SLEEP)
+    scratch.run(h2, "r1", "--network", "net6", IMAGE, *SLEEP)
+    wait_for("r1 -> q1", lambda: ping(h2, "r1", ip_of(h1, "q1", "net6")), timeout=15)
+    link = f"{lab.prefix}h2p"
+    lab.underlay("ip", "link", "set", link, "down")  # cut h2 off
+    try:
+        wait_for("h1 sees h2 dead", lambda: members(h1, lab).get(h2.address) == "dead", timeout=15)
+        h1.docker("rm", "-f", "q2")  # changes while cut off
+        scratch.run(h1, "q3", "--network", "net6", IMAGE, *SLEEP)
+    finally:
+        lab.underlay("ip", "link", "set", link, "up")
+    q3 = ip_of(h1, "q3", "net6")
+
+    def converged() -> bool:
+        view = peers(h2, lab)
+        rows = view[0]["peers"] if view else []
+        remote = {p["ip"]: p["state"] for p in rows if p["vtep"] == h1.address}  # type: ignore[index]
+        return (
+            not view[0]["stale"]  # type: ignore[index]
+            and set(remote) == {ip_of(h1, "q1", "net6"), q3}
+            and set(remote.values()) == {"ok"}
+        )
+
+    wait_for("h2 converged after the heal", converged, timeout=30)
+    assert ping(h2, "r1", q3)
