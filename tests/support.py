@@ -71,3 +71,27 @@ class Scratch:
                 host.docker("rm", "-f", name, check=False)
             else:
                 host.docker("network", "rm", name, check=False)
+
+
+def ip_of(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def mac_of(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % network
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def ping(h: Host, container: str, ip: str, count: int = 1, wait: int = 2) -> bool:
+    r = h.docker("exec", container, "ping", "-c", str(count), "-W", str(wait), ip, check=False)
+    return r.returncode == 0
+
+
+def both(scratch: Scratch, lab: Lab, name: str, subnet: str) -> dict[str, str]:
+    """The same network on every host; returns host name -> its overlay namespace."""
+    out = {}
+    for h in lab.hosts:
+        nid = scratch.network(h, name, "--subnet", subnet)
+        out[h.name] = f"1-{nid[:10]}"
+    return out

@@ -94,7 +94,9 @@ async def make(n: int, tmp: Path) -> tuple[Net, dict[str, IpamService], dict[str
     pools = {}
     for name, ipam in hosts.items():
         pools[name] = ipam.request_pool("", SUBNET, "", {}, False).pool_id
-        await ipam.request_address(pools[name], "", {"RequestAddressType": "com.docker.network.gateway"})
+        await ipam.request_address(
+            pools[name], "", {"RequestAddressType": "com.docker.network.gateway"}
+        )
     return net, hosts, pools
 
 
@@ -136,7 +138,9 @@ async def test_an_address_in_another_hosts_block_is_refused_by_name(tmp_path: Pa
     net, hosts, pools = await make(2, tmp_path)
     ip, _ = await hosts["h0"].request_address(pools["h0"], "", None)
     other = str(ip + 1)
-    with pytest.raises(PyoverlayError, match=f"address {other} is in block .* which pyoverlay host h0 owns"):
+    with pytest.raises(
+        PyoverlayError, match=f"address {other} is in block .* which pyoverlay host h0 owns"
+    ):
         await hosts["h1"].request_address(pools["h1"], other, None)
 
 
@@ -170,7 +174,11 @@ def test_no_duplicates_under_random_allocations_partitions_rejoins_and_restarts(
                     return_exceptions=True,
                 )
             elif op == "release":
-                mine = [ip for ip, p in hosts[f"h{a}"].pools[pools[f"h{a}"]].allocated.items() if p == "endpoint"]
+                mine = [
+                    ip
+                    for ip, p in hosts[f"h{a}"].pools[pools[f"h{a}"]].allocated.items()
+                    if p == "endpoint"
+                ]
                 if mine:
                     hosts[f"h{a}"].release_address(pools[f"h{a}"], str(mine[b % len(mine)]))
             elif op == "partition":  # a bitmask says which hosts are on side 1

@@ -13,28 +13,13 @@ import subprocess
 import time
 
 import pytest
-from support import Scratch
+from support import Scratch, both, ip_of, mac_of, ping
 
 from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
 SLEEP = ("sleep", "3600")
-
-
-def ip_of(h: Host, container: str, network: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network
-    return h.docker("inspect", "-f", fmt, container).stdout.strip()
-
-
-def mac_of(h: Host, container: str, network: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "%s").MacAddress}}' % network
-    return h.docker("inspect", "-f", fmt, container).stdout.strip()
-
-
-def ping(h: Host, container: str, ip: str, count: int = 1, wait: int = 2) -> bool:
-    r = h.docker("exec", container, "ping", "-c", str(count), "-W", str(wait), ip, check=False)
-    return r.returncode == 0
 
 
 def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,20 +45,27 @@ def neigh(h: Host, ns: str) -> dict[str, str]:
     return {e["dst"]: e["lladdr"] for e in out}
 
 
-def both(scratch: Scratch, lab: Lab, name: str, subnet: str) -> dict[str, str]:
-    """The same network on every host; returns host name -> its overlay namespace."""
-    out = {}
-    for h in lab.hosts:
-        nid = scratch.network(h, name, "--subnet", subnet)
-        out[h.name] = f"1-{nid[:10]}"
-    return out
-
-
 def capture(lab: Lab, count: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["ip", "netns", "exec", lab.underlay_ns, "timeout", "20", "tcpdump", "-lni", "br-ul",
-         "-c", str(count), "udp", "port", "4789"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.underlay_ns,
+            "timeout",
+            "20",
+            "tcpdump",
+            "-lni",
+            "br-ul",
+            "-c",
+            str(count),
+            "udp",
+            "port",
+            "4789",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 
@@ -90,7 +82,8 @@ def test_seed_application_across_two_hosts(lab: Lab, scratch: Scratch) -> None:
 
     def fetch() -> str:
         return lab.underlay(
-            "sh", "-c",
+            "sh",
+            "-c",
             f"printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h2.address} 1080",
         ).stdout
 
@@ -114,7 +107,9 @@ def test_cross_host_ping_and_tcp_both_ways_over_vxlan(lab: Lab, scratch: Scratch
     assert "VXLAN" in lines and f"{h1.address}" in lines and f"{h2.address}.4789" in lines, lines
     assert ping(h2, "c2", c1, count=2)
     for h, c, target in ((h1, "c1", c2), (h2, "c2", c1)):
-        r = h.docker("exec", c, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80")
+        r = h.docker(
+            "exec", c, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80"
+        )
         assert "hello from pyoverlay" in r.stdout
     # what the kernel holds matches the table on both hosts
     assert fdb_macs(h1, nss["h1"]) == {mac_of(h2, "c2", "net2"): h2.address}
@@ -145,8 +140,23 @@ def test_plugin_kill9_keeps_cross_host_traffic_and_catches_up(lab: Lab, scratch:
     p1 = ip_of(h1, "p1", "net4")
     wait_for("p2 -> p1", lambda: ping(h2, "p2", p1), timeout=15)
     pinger = subprocess.Popen(
-        [DOCKER, "-H", f"unix://{h2.docker_sock}", "exec", "p2", "ping", "-c", "30", "-i", "0.1", "-W", "1", p1],
-        stdout=subprocess.PIPE, text=True,
+        [
+            DOCKER,
+            "-H",
+            f"unix://{h2.docker_sock}",
+            "exec",
+            "p2",
+            "ping",
+            "-c",
+            "30",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            p1,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     time.sleep(0.5)
     h2.stop_plugin(signal.SIGKILL)
@@ -159,7 +169,9 @@ def test_plugin_kill9_keeps_cross_host_traffic_and_catches_up(lab: Lab, scratch:
     wait_for("h2 caught up with p3", lambda: ping(h2, "p2", p3), timeout=15)
 
 
-def test_host_crash_is_detected_and_the_host_converges_when_back(lab: Lab, scratch: Scratch) -> None:
+def test_host_crash_is_detected_and_the_host_converges_when_back(
+    lab: Lab, scratch: Scratch
+) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     nss = both(scratch, lab, "net5", "100.0.5.0/24")
     scratch.run(h1, "x1", "--network", "net5", IMAGE, *SLEEP)
@@ -182,7 +194,11 @@ def test_host_crash_is_detected_and_the_host_converges_when_back(lab: Lab, scrat
     h2.start_plugin()  # before dockerd, as a systemd unit would: dockerd restarts x2 at once
     h2.start_dockerd()
     wait_for("h2 alive on h1", lambda: members(h1, lab).get(h2.address) == "alive", timeout=20)
-    wait_for("x2 running again", lambda: h2.docker("ps", "-q", "-f", "name=x2").stdout.strip() != "", timeout=30)
+    wait_for(
+        "x2 running again",
+        lambda: h2.docker("ps", "-q", "-f", "name=x2").stdout.strip() != "",
+        timeout=30,
+    )
     x2 = ip_of(h2, "x2", "net5")
     wait_for("x1 -> x2 after the crash", lambda: ping(h1, "x1", x2), timeout=20)
 
