@@ -57,9 +57,5 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(lab: Lab, scratch
     for h in lab.hosts:
         for other, name in jobs:
             if other is not h and name.endswith("c0"):
-                src = f"{h.name}c0"
-                wait_for(
-                    f"{src} -> {name}",
-                    lambda s=src, t=ip_of(other, name, "net2"): ping(h, s, t),
-                    timeout=15,
-                )
+                src, target = f"{h.name}c0", ip_of(other, name, "net2")
+                wait_for(f"{src} -> {name}", lambda h=h, s=src, t=target: ping(h, s, t), timeout=15)
