@@ -390,7 +390,7 @@ class Host:
                 os.kill(pid, signal.SIGKILL)
         for pid in pids:
             with contextlib.suppress(TimeoutError):
-                wait_for(f"pid {pid} to die", lambda p=pid: not pid_alive(p), timeout=10)  # type: ignore[misc]
+                wait_for(f"pid {pid} to die", lambda p=pid: not pid_alive(p), timeout=10)
         # a reboot starts with an empty /run: without this the new dockerd would
         # wait for the killed containerd (a zombie here: PID 1 does not reap)
         pidfile.unlink(missing_ok=True)
