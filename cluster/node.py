@@ -134,6 +134,7 @@ class GossipNode:
     def publish(self, now: float, scope: str, key: str, value: dict[str, Any]) -> None:
         self.local[(scope, key)] = value
         self._enqueue_row(self.table.write(now, scope, key, value), now)
+        self._gossip(now)  # now, not at the next tick: a new container should be reachable at once
         self._collect()
 
     def withdraw(self, now: float, scope: str, key: str) -> None:
@@ -142,6 +143,7 @@ class GossipNode:
         if cur is not None and cur.value is None:
             return
         self._enqueue_row(self.table.write(now, scope, key, None), now)
+        self._gossip(now)
         self._collect()
 
     def leave(self, now: float) -> None:

@@ -1,0 +1,451 @@
+"""Benchmarks: every figure is measured side by side with its reference in the same run.
+
+    sudo scripts/bench [--only NAME,...] [--runs N]
+
+single host (one lab host)
+  join-latency     plugin-side CreateEndpoint+Join p50/p99 over 100 calls, vs Plugin.Activate
+  run-time-1h      `docker run -d` on pyoverlay vs the bridge driver (median ratio)
+  tcp-1h           container<->container TCP through pyoverlay's br0 vs through the bridge driver
+two hosts
+  reach            `docker run -d` returns on h1 -> a container on h2 can ping it (median, max)
+  run-time-2h      `docker run -d` on pyoverlay (cluster IPAM) vs the bridge driver
+  tcp-2h           cross-host TCP, pyoverlay vs a hand-built VXLAN path on the same underlay
+  crash            a killed host's entries gone from the other; a 2 s stall is no false alarm
+simulation
+  gossip-sim       convergence time and messages/node/s at 10, 50, 200 nodes, 5% loss
+Machines here are noisy: read the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from .hosts import DOCKER, IMAGE, Host, Lab, sh, wait_for
+
+RESULTS: dict[str, object] = {}
+
+
+def report(name: str, **values: object) -> None:
+    RESULTS[name] = values
+    text = "  ".join(f"{k}={v}" for k, v in values.items())
+    print(f"{name:14} {text}", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1000, 1)
+
+
+# -- single host ---------------------------------------------------------------------
+
+
+def plugin_call(h: Host, path: str, body: dict[str, object]) -> dict[str, object]:
+    sock = h.plugins_dir / "pyoverlay.sock"
+    r = sh(
+        "curl", "-s", "--unix-socket", str(sock), "-X", "POST", "-d", json.dumps(body),
+        f"http://plugin{path}",
+    )
+    return json.loads(r.stdout or "{}")
+
+
+def bench_join_latency(lab: Lab, runs: int) -> None:
+    import asyncio
+
+    import aiohttp
+
+    h = lab.host(1)
+    nid = h.docker(
+        "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay",
+        "--subnet", "100.9.0.0/24", "bench",
+    ).stdout.strip()
+    sock = str(h.plugins_dir / "pyoverlay.sock")
+
+    async def run() -> tuple[list[float], list[float]]:
+        conn = aiohttp.UnixConnector(path=sock)
+        joins: list[float] = []
+        noop: list[float] = []
+        async with aiohttp.ClientSession(connector=conn) as s:
+
+            async def call(path: str, body: object) -> None:
+                async with s.post(f"http://plugin{path}", data=json.dumps(body)) as r:
+                    out = await r.json(content_type=None)
+                    if "Err" in out:
+                        raise RuntimeError(out)
+
+            for i in range(runs):
+                eid = secrets.token_hex(32)
+                addr = f"100.9.0.{10 + i % 200}/24"
+                t0 = time.perf_counter()
+                await call("/NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}})
+                await call("/NetworkDriver.Join", {"NetworkID": nid, "EndpointID": eid, "SandboxKey": ""})
+                joins.append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                await call("/Plugin.Activate", None)
+                noop.append(time.perf_counter() - t1)
+                await call("/NetworkDriver.Leave", {"NetworkID": nid, "EndpointID": eid})
+                await call("/NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        return joins, noop
+
+    joins, noop = asyncio.run(run())
+    h.docker("network", "rm", "bench")
+    report(
+        "join-latency",
+        calls=len(joins),
+        p50_ms=ms(statistics.median(joins)),
+        p99_ms=ms(pct(joins, 0.99)),
+        activate_p50_ms=ms(statistics.median(noop)),
+        ratio_p50_vs_activate=round(statistics.median(joins) / statistics.median(noop), 1),
+    )
+
+
+def timed_runs(h: Host, network: str, runs: int, prefix: str) -> list[float]:
+    out = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        h.docker("run", "-d", "--name", f"{prefix}{i}", "--network", network, IMAGE, "sleep", "3600")
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def remove(h: Host, names: list[str]) -> None:
+    if names:
+        h.docker("rm", "-f", *names, check=False, timeout=120)
+
+
+def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
+    h = lab.host(1)
+    for other in lab.hosts:
+        other.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", subnet, "ovl")
+    h.docker("network", "create", "-d", "bridge", "--subnet", "10.250.0.0/24", "brg")
+    ovl: list[float] = []
+    brg: list[float] = []
+    for i in range(runs):  # alternate, so drift hits both alike
+        ovl += timed_runs(h, "ovl", 1, f"o{i}-")
+        brg += timed_runs(h, "brg", 1, f"b{i}-")
+    remove(h, [f"o{i}-0" for i in range(runs)] + [f"b{i}-0" for i in range(runs)])
+    h.docker("network", "rm", "brg")
+    for other in lab.hosts:
+        other.docker("network", "rm", "ovl")
+    report(
+        name,
+        runs=runs,
+        pyoverlay_median_ms=ms(statistics.median(ovl)),
+        bridge_median_ms=ms(statistics.median(brg)),
+        ratio=round(statistics.median(ovl) / statistics.median(brg), 2),
+    )
+
+
+def iperf(server: tuple[Host, str], client: tuple[Host, str], target: str, seconds: int = 5) -> float:
+    """Gbit/s from client to server, iperf3 run in the containers' netns via nsenter."""
+    sh_, sc = server
+    srv = subprocess.Popen(
+        ["nsenter", f"--net=/proc/{sh_.container_pid(sc)}/ns/net", "iperf3", "-s", "-1", "-p", "5201"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    try:
+        r = client[0].in_container_netns(client[1], "iperf3", "-c", target, "-p", "5201", "-t", str(seconds), "-J", timeout=seconds + 30)
+        return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        srv.wait(timeout=30)
+
+
+def ip_of(h: Host, c: str, net: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % net
+    return h.docker("inspect", "-f", fmt, c).stdout.strip()
+
+
+def bench_tcp_1h(lab: Lab) -> None:
+    h = lab.host(1)
+    h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.8.0.0/24", "ovl")
+    h.docker("network", "create", "-d", "bridge", "--subnet", "10.249.0.0/24", "brg")
+    for n in ("ovl", "brg"):
+        for c in ("s", "c"):
+            h.docker("run", "-d", "--name", f"{n}{c}", "--network", n, IMAGE, "sleep", "3600")
+    ovl = iperf((h, "ovls"), (h, "ovlc"), ip_of(h, "ovls", "ovl"))
+    brg = iperf((h, "brgs"), (h, "brgc"), ip_of(h, "brgs", "brg"))
+    ovl2 = iperf((h, "ovls"), (h, "ovlc"), ip_of(h, "ovls", "ovl"))
+    remove(h, ["ovls", "ovlc", "brgs", "brgc"])
+    h.docker("network", "rm", "ovl", "brg")
+    o = (ovl + ovl2) / 2
+    report("tcp-1h", pyoverlay_gbps=round(o, 2), bridge_gbps=round(brg, 2), ratio=round(o / brg, 3))
+
+
+# -- two hosts -------------------------------------------------------------------------
+
+
+def bench_reach(lab: Lab, runs: int) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    for h in lab.hosts:
+        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.7.0.0/24", "ovl")
+    h2.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
+    h1.docker("run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600")  # h1 owns a block
+    base = ip_of(h1, "warm", "ovl")
+    watcher_ns = f"/proc/{h2.container_pid('watcher')}/ns/net"
+    delays = []
+    for i in range(runs):
+        target = ".".join(base.split(".")[:3] + [str(int(base.split(".")[3]) + 1 + i)])
+        first: list[float] = []
+        stop = threading.Event()
+
+        def probe(target: str = target, first: list[float] = first) -> None:
+            # flush the neighbour entry before each try, so a failed ARP from an
+            # earlier try does not make the kernel wait its 1 s retransmit timer
+            while not stop.is_set():
+                subprocess.run(
+                    ["nsenter", f"--net={watcher_ns}", "ip", "neigh", "flush", "to", target],
+                    capture_output=True,
+                )
+                r = subprocess.run(
+                    ["nsenter", f"--net={watcher_ns}", "ping", "-c", "1", "-W", "0.1", "-q", target],
+                    capture_output=True,
+                )
+                if r.returncode == 0:
+                    first.append(time.perf_counter())
+                    return
+
+        t = threading.Thread(target=probe)
+        t.start()
+        h1.docker("run", "-d", "--name", f"r{i}", "--network", "ovl", "--ip", target, IMAGE, "sleep", "3600")
+        returned = time.perf_counter()
+        t.join(timeout=10)
+        stop.set()
+        t.join()
+        if first:
+            delays.append(first[0] - returned)
+    remove(h1, ["warm"] + [f"r{i}" for i in range(runs)])
+    remove(h2, ["watcher"])
+    for h in lab.hosts:
+        h.docker("network", "rm", "ovl")
+    report(
+        "reach",
+        runs=runs,
+        reached=len(delays),
+        median_ms_after_run_returns=ms(statistics.median(delays)) if delays else None,
+        min_ms=ms(min(delays)) if delays else None,
+        max_ms=ms(max(delays)) if delays else None,
+    )
+
+
+def bench_tcp_2h(lab: Lab) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    for h in lab.hosts:
+        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.6.0.0/24", "ovl")
+    h1.docker("run", "-d", "--name", "srv", "--network", "ovl", IMAGE, "sleep", "3600")
+    h2.docker("run", "-d", "--name", "cli", "--network", "ovl", IMAGE, "sleep", "3600")
+    target = ip_of(h1, "srv", "ovl")
+    wait_for("cli -> srv", lambda: h2.docker("exec", "cli", "ping", "-c1", "-W1", target, check=False).returncode == 0)
+    ref = HandBuiltPath(lab)
+    try:
+        ref.up()
+        results = {"pyoverlay": [], "hand-built": []}
+        for _ in range(2):  # alternate
+            results["pyoverlay"].append(iperf((h1, "srv"), (h2, "cli"), target))
+            results["hand-built"].append(ref.iperf())
+    finally:
+        ref.down()
+    remove(h1, ["srv"])
+    remove(h2, ["cli"])
+    for h in lab.hosts:
+        h.docker("network", "rm", "ovl")
+    o = statistics.mean(results["pyoverlay"])
+    r = statistics.mean(results["hand-built"])
+    report("tcp-2h", pyoverlay_gbps=round(o, 2), hand_built_vxlan_gbps=round(r, 2), ratio=round(o / r, 3))
+
+
+class HandBuiltPath:
+    """The physical limit: the seed's layout built by hand with iproute2 on the same two hosts.
+
+    Per host: a namespace with br0 (MTU 1450) and a VXLAN VTEP created in the
+    host's namespace (learning off, proxy on), moved in; a "container"
+    namespace on a veth; static FDB/ARP entries.  Same as pyoverlay builds,
+    minus pyoverlay.
+    """
+
+    VNI = 16000001
+    NET = "10.251.0"
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.p = lab.prefix + "r"
+
+    def ns(self, kind: str, i: int) -> str:
+        return f"{self.p}{kind}{i}"
+
+    def up(self) -> None:
+        hosts = self.lab.hosts[:2]
+        for i, h in enumerate(hosts, 1):
+            o, c = self.ns("o", i), self.ns("c", i)
+            for n in (o, c):
+                sh("ip", "netns", "add", n)
+                sh("ip", "-n", n, "link", "set", "lo", "up")
+            sh("ip", "-n", o, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", o, "link", "set", "br0", "mtu", "1450", "up")
+            vx = f"{self.p}vx"
+            sh("ip", "-n", h.netns, "link", "add", vx, "type", "vxlan", "id", str(self.VNI), "dstport", "4789",
+               "local", h.address, "nolearning", "proxy")
+            sh("ip", "-n", h.netns, "link", "set", vx, "netns", o)
+            sh("ip", "-n", o, "link", "set", vx, "master", "br0", "mtu", "1450", "up")
+            sh("ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", f"veth{i}")
+            sh("ip", "-n", c, "link", "set", f"veth{i}", "netns", o)
+            sh("ip", "-n", o, "link", "set", f"veth{i}", "master", "br0", "mtu", "1450", "up")
+            sh("ip", "-n", c, "link", "set", "eth0", "address", f"02:42:0a:fb:00:0{i}", "mtu", "1450", "up")
+            sh("ip", "-n", c, "addr", "add", f"{self.NET}.{i}/24", "dev", "eth0")
+        for i, j in ((1, 2), (2, 1)):
+            o = self.ns("o", i)
+            sh("ip", "-n", o, "neigh", "add", f"{self.NET}.{j}", "lladdr", f"02:42:0a:fb:00:0{j}", "dev", f"{self.p}vx", "nud", "permanent")
+            sh("bridge", "-n", o, "fdb", "add", f"02:42:0a:fb:00:0{j}", "dev", f"{self.p}vx", "dst", hosts[j - 1].address, "self", "permanent")
+        sh("ip", "netns", "exec", self.ns("c", 1), "ping", "-c1", "-W2", f"{self.NET}.2")
+
+    def iperf(self, seconds: int = 5) -> float:
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns("c", 1), "iperf3", "-s", "-1", "-p", "5202"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        try:
+            r = sh("ip", "netns", "exec", self.ns("c", 2), "iperf3", "-c", f"{self.NET}.1", "-p", "5202",
+                   "-t", str(seconds), "-J", timeout=seconds + 30)
+            return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        finally:
+            srv.wait(timeout=30)
+
+    def down(self) -> None:
+        for i in (1, 2):
+            for kind in ("o", "c"):
+                n = self.ns(kind, i)
+                sh("ip", "-n", n, "link", "del", f"{self.p}vx", check=False)
+                sh("ip", "netns", "del", n, check=False)
+
+
+def fdb_dsts(h: Host) -> list[str]:
+    out = []
+    for ns in h.overlay_namespaces():
+        for e in json.loads(h.ns_exec(ns, "bridge", "-j", "fdb", "show").stdout or "[]"):
+            if e.get("dst"):
+                out.append(e["dst"])
+    return out
+
+
+def bench_crash(lab: Lab) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    for h in lab.hosts:
+        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.5.0.0/24", "ovl")
+    h2.docker("run", "-d", "--name", "victim", "--network", "ovl", IMAGE, "sleep", "3600")
+    wait_for("h2's container programmed on h1", lambda: h2.address in fdb_dsts(h1), timeout=15)
+    # 1. a 2 s stall of h2's plugin: no false alarm
+    assert h2.plugin_pid is not None
+    log_before = len(h1.plugin_log())
+    h2.run("kill", "-STOP", str(h2.plugin_pid))
+    time.sleep(2.0)
+    h2.run("kill", "-CONT", str(h2.plugin_pid))
+    time.sleep(8.0)
+    events = h1.plugin_log()[log_before:]
+    false_alarm = '"status": "dead"' in events
+    kept = h2.address in fdb_dsts(h1)
+    # 2. a crash: entries gone within ...
+    t0 = time.perf_counter()
+    h2.crash()
+    wait_for("h2's entries gone from h1", lambda: h2.address not in fdb_dsts(h1), timeout=30, interval=0.02)
+    gone = time.perf_counter() - t0
+    h2.set_link(True)
+    h2.start_plugin()
+    h2.start_dockerd()
+    remove(h2, ["victim"])
+    for h in lab.hosts:
+        h.docker("network", "rm", "ovl", check=False)
+    report(
+        "crash",
+        entries_gone_after_s=round(gone, 2),
+        stall_2s_false_alarm=false_alarm,
+        stall_2s_entries_kept=kept,
+    )
+
+
+# -- simulation ---------------------------------------------------------------------------
+
+
+def bench_gossip_sim() -> None:
+    from pyoverlay.cluster.sim import SimNetwork
+
+    for n in (10, 50, 200):
+        net = SimNetwork(seed=n, loss=0.05)
+        nodes = [net.add_node(f"n{i}") for i in range(n)]
+        net.join_all()
+        net.run_while(lambda: any(len(x.alive_members()) < n for x in nodes), limit=60)
+        net.run_for(5.0)
+        times = []
+        for k in range(5):
+            nodes[k].publish(net.now, "peer/1", f"e{k}", {"ip": f"10.0.0.{k}"})
+            times.append(net.run_while(lambda k=k: not all(any(r.key == f"e{k}" for r in x.table.visible("peer/1")) for x in nodes), limit=30))
+        before = {a: s.packets_out for a, s in net.stats.items()}
+        t0 = net.now
+        net.run_for(20.0)
+        msgs = sum(s.packets_out - before[a] for a, s in net.stats.items()) / n / (net.now - t0)
+        report(
+            f"gossip-sim-{n}",
+            loss="5%",
+            converge_p50_ms=ms(statistics.median(times)),
+            converge_max_ms=ms(max(times)),
+            msgs_per_node_per_s=round(msgs, 1),
+        )
+
+
+SINGLE: dict[str, Callable[[Lab, int], None]] = {
+    "join-latency": lambda lab, runs: bench_join_latency(lab, 100),
+    "run-time-1h": lambda lab, runs: bench_run_time(lab, runs, "run-time-1h", "100.4.0.0/24"),
+    "tcp-1h": lambda lab, runs: bench_tcp_1h(lab),
+}
+DOUBLE: dict[str, Callable[[Lab, int], None]] = {
+    "reach": bench_reach,
+    "run-time-2h": lambda lab, runs: bench_run_time(lab, runs, "run-time-2h", "100.3.0.0/24"),
+    "tcp-2h": lambda lab, runs: bench_tcp_2h(lab),
+    "crash": lambda lab, runs: bench_crash(lab),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    args = parser.parse_args()
+    only = {x for x in args.only.split(",") if x}
+
+    def want(name: str) -> bool:
+        return not only or name in only or any(name.startswith(o) for o in only)
+
+    if any(want(n) for n in SINGLE):
+        lab = Lab("bn1" + secrets.token_hex(1), hosts=1)
+        with lab.running():
+            for name, fn in SINGLE.items():
+                if want(name):
+                    fn(lab, args.runs)
+    if any(want(n) for n in DOUBLE):
+        lab = Lab("bn2" + secrets.token_hex(1), hosts=2)
+        with lab.running():
+            for name, fn in DOUBLE.items():
+                if want(name):
+                    fn(lab, args.runs)
+    if want("gossip-sim"):
+        bench_gossip_sim()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(RESULTS, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
