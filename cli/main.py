@@ -167,7 +167,7 @@ def cmd_options() -> int:
     print("| option | env | default | meaning |")
     print("|---|---|---|---|")
     for s in plugin_settings.SETTINGS:
-        print(f"| `{s.flag}` | `{s.env}` | `{s.default or '(derived)'}` | {s.help} |")
+        print(f"| `{s.flag}` | `{s.env}` | `{s.default_text}` | {s.help} |")
     return 0
 
 

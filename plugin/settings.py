@@ -20,6 +20,11 @@ class Setting:
     name: str  # option --name, env PYOVERLAY_NAME (dashes -> underscores, upper case)
     default: str
     help: str
+    shown: str = ""  # how the default reads in docs when it is empty
+
+    @property
+    def default_text(self) -> str:
+        return self.default or self.shown or "(none)"
 
     @property
     def env(self) -> str:
@@ -42,6 +47,7 @@ SETTINGS = (
         "",
         "underlay IPv4 address used as the local VTEP (default: the default route's source "
         "address, or the only global address)",
+        shown="(derived)",
     ),
     Setting("vxlan-port", "4789", "UDP port of the VXLAN tunnels (the same on every host)"),
     Setting(
@@ -104,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             s.flag,
             default=os.environ.get(s.env, s.default),
-            help=f"{s.help} [env {s.env}, default {s.default or 'derived'}]",
+            help=f"{s.help} [env {s.env}, default {s.default_text}]",
         )
 
 
