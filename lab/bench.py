@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
 import statistics
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
-from .hosts import DOCKER, IMAGE, Host, Lab, sh, wait_for
+from pyoverlay.cluster.node import GossipNode
+
+from .hosts import IMAGE, Host, Lab, sh, wait_for
 
 RESULTS: dict[str, object] = {}
 
@@ -51,15 +53,6 @@ def ms(x: float) -> float:
 # -- single host ---------------------------------------------------------------------
 
 
-def plugin_call(h: Host, path: str, body: dict[str, object]) -> dict[str, object]:
-    sock = h.plugins_dir / "pyoverlay.sock"
-    r = sh(
-        "curl", "-s", "--unix-socket", str(sock), "-X", "POST", "-d", json.dumps(body),
-        f"http://plugin{path}",
-    )
-    return json.loads(r.stdout or "{}")
-
-
 def bench_join_latency(lab: Lab, runs: int) -> None:
     import asyncio
 
@@ -67,8 +60,15 @@ def bench_join_latency(lab: Lab, runs: int) -> None:
 
     h = lab.host(1)
     nid = h.docker(
-        "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay",
-        "--subnet", "100.9.0.0/24", "bench",
+        "network",
+        "create",
+        "-d",
+        "pyoverlay",
+        "--ipam-driver",
+        "pyoverlay",
+        "--subnet",
+        "100.9.0.0/24",
+        "bench",
     ).stdout.strip()
     sock = str(h.plugins_dir / "pyoverlay.sock")
 
@@ -88,8 +88,13 @@ def bench_join_latency(lab: Lab, runs: int) -> None:
                 eid = secrets.token_hex(32)
                 addr = f"100.9.0.{10 + i % 200}/24"
                 t0 = time.perf_counter()
-                await call("/NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}})
-                await call("/NetworkDriver.Join", {"NetworkID": nid, "EndpointID": eid, "SandboxKey": ""})
+                await call(
+                    "/NetworkDriver.CreateEndpoint",
+                    {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}},
+                )
+                await call(
+                    "/NetworkDriver.Join", {"NetworkID": nid, "EndpointID": eid, "SandboxKey": ""}
+                )
                 joins.append(time.perf_counter() - t0)
                 t1 = time.perf_counter()
                 await call("/Plugin.Activate", None)
@@ -114,7 +119,9 @@ def timed_runs(h: Host, network: str, runs: int, prefix: str) -> list[float]:
     out = []
     for i in range(runs):
         t0 = time.perf_counter()
-        h.docker("run", "-d", "--name", f"{prefix}{i}", "--network", network, IMAGE, "sleep", "3600")
+        h.docker(
+            "run", "-d", "--name", f"{prefix}{i}", "--network", network, IMAGE, "sleep", "3600"
+        )
         out.append(time.perf_counter() - t0)
     return out
 
@@ -127,7 +134,17 @@ def remove(h: Host, names: list[str]) -> None:
 def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
     h = lab.host(1)
     for other in lab.hosts:
-        other.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", subnet, "ovl")
+        other.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            subnet,
+            "ovl",
+        )
     h.docker("network", "create", "-d", "bridge", "--subnet", "10.250.0.0/24", "brg")
     ovl: list[float] = []
     brg: list[float] = []
@@ -147,29 +164,61 @@ def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
     )
 
 
-def iperf(server: tuple[Host, str], client: tuple[Host, str], target: str, seconds: int = 5) -> float:
+def iperf(
+    server: tuple[Host, str], client: tuple[Host, str], target: str, seconds: int = 5
+) -> float:
     """Gbit/s from client to server, iperf3 run in the containers' netns via nsenter."""
     sh_, sc = server
     srv = subprocess.Popen(
-        ["nsenter", f"--net=/proc/{sh_.container_pid(sc)}/ns/net", "iperf3", "-s", "-1", "-p", "5201"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "nsenter",
+            f"--net=/proc/{sh_.container_pid(sc)}/ns/net",
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5201",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
     try:
-        r = client[0].in_container_netns(client[1], "iperf3", "-c", target, "-p", "5201", "-t", str(seconds), "-J", timeout=seconds + 30)
+        r = client[0].in_container_netns(
+            client[1],
+            "iperf3",
+            "-c",
+            target,
+            "-p",
+            "5201",
+            "-t",
+            str(seconds),
+            "-J",
+            timeout=seconds + 30,
+        )
         return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
         srv.wait(timeout=30)
 
 
 def ip_of(h: Host, c: str, net: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % net
+    fmt = '{{(index .NetworkSettings.Networks "' + net + '").IPAddress}}'
     return h.docker("inspect", "-f", fmt, c).stdout.strip()
 
 
 def bench_tcp_1h(lab: Lab) -> None:
     h = lab.host(1)
-    h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.8.0.0/24", "ovl")
+    h.docker(
+        "network",
+        "create",
+        "-d",
+        "pyoverlay",
+        "--ipam-driver",
+        "pyoverlay",
+        "--subnet",
+        "100.8.0.0/24",
+        "ovl",
+    )
     h.docker("network", "create", "-d", "bridge", "--subnet", "10.249.0.0/24", "brg")
     for n in ("ovl", "brg"):
         for c in ("s", "c"):
@@ -189,9 +238,21 @@ def bench_tcp_1h(lab: Lab) -> None:
 def bench_reach(lab: Lab, runs: int) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.7.0.0/24", "ovl")
+        h.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            "100.7.0.0/24",
+            "ovl",
+        )
     h2.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
-    h1.docker("run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600")  # h1 owns a block
+    h1.docker(
+        "run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600"
+    )  # h1 owns a block
     base = ip_of(h1, "warm", "ovl")
     watcher_ns = f"/proc/{h2.container_pid('watcher')}/ns/net"
     delays = []
@@ -200,7 +261,9 @@ def bench_reach(lab: Lab, runs: int) -> None:
         first: list[float] = []
         stop = threading.Event()
 
-        def probe(target: str = target, first: list[float] = first) -> None:
+        def probe(
+            target: str = target, first: list[float] = first, stop: threading.Event = stop
+        ) -> None:
             # flush the neighbour entry before each try, so a failed ARP from an
             # earlier try does not make the kernel wait its 1 s retransmit timer
             while not stop.is_set():
@@ -209,7 +272,17 @@ def bench_reach(lab: Lab, runs: int) -> None:
                     capture_output=True,
                 )
                 r = subprocess.run(
-                    ["nsenter", f"--net={watcher_ns}", "ping", "-c", "1", "-W", "0.1", "-q", target],
+                    [
+                        "nsenter",
+                        f"--net={watcher_ns}",
+                        "ping",
+                        "-c",
+                        "1",
+                        "-W",
+                        "0.1",
+                        "-q",
+                        target,
+                    ],
                     capture_output=True,
                 )
                 if r.returncode == 0:
@@ -218,7 +291,19 @@ def bench_reach(lab: Lab, runs: int) -> None:
 
         t = threading.Thread(target=probe)
         t.start()
-        h1.docker("run", "-d", "--name", f"r{i}", "--network", "ovl", "--ip", target, IMAGE, "sleep", "3600")
+        h1.docker(
+            "run",
+            "-d",
+            "--name",
+            f"r{i}",
+            "--network",
+            "ovl",
+            "--ip",
+            target,
+            IMAGE,
+            "sleep",
+            "3600",
+        )
         returned = time.perf_counter()
         t.join(timeout=10)
         stop.set()
@@ -242,15 +327,28 @@ def bench_reach(lab: Lab, runs: int) -> None:
 def bench_tcp_2h(lab: Lab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.6.0.0/24", "ovl")
+        h.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            "100.6.0.0/24",
+            "ovl",
+        )
     h1.docker("run", "-d", "--name", "srv", "--network", "ovl", IMAGE, "sleep", "3600")
     h2.docker("run", "-d", "--name", "cli", "--network", "ovl", IMAGE, "sleep", "3600")
     target = ip_of(h1, "srv", "ovl")
-    wait_for("cli -> srv", lambda: h2.docker("exec", "cli", "ping", "-c1", "-W1", target, check=False).returncode == 0)
+    wait_for(
+        "cli -> srv",
+        lambda: h2.docker("exec", "cli", "ping", "-c1", "-W1", target, check=False).returncode == 0,
+    )
     ref = HandBuiltPath(lab)
     try:
         ref.up()
-        results = {"pyoverlay": [], "hand-built": []}
+        results: dict[str, list[float]] = {"pyoverlay": [], "hand-built": []}
         for _ in range(2):  # alternate
             results["pyoverlay"].append(iperf((h1, "srv"), (h2, "cli"), target))
             results["hand-built"].append(ref.iperf())
@@ -262,7 +360,12 @@ def bench_tcp_2h(lab: Lab) -> None:
         h.docker("network", "rm", "ovl")
     o = statistics.mean(results["pyoverlay"])
     r = statistics.mean(results["hand-built"])
-    report("tcp-2h", pyoverlay_gbps=round(o, 2), hand_built_vxlan_gbps=round(r, 2), ratio=round(o / r, 3))
+    report(
+        "tcp-2h",
+        pyoverlay_gbps=round(o, 2),
+        hand_built_vxlan_gbps=round(r, 2),
+        ratio=round(o / r, 3),
+    )
 
 
 class HandBuiltPath:
@@ -294,30 +397,98 @@ class HandBuiltPath:
             sh("ip", "-n", o, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", o, "link", "set", "br0", "mtu", "1450", "up")
             vx = f"{self.p}vx"
-            sh("ip", "-n", h.netns, "link", "add", vx, "type", "vxlan", "id", str(self.VNI), "dstport", "4789",
-               "local", h.address, "nolearning", "proxy")
+            sh(
+                "ip",
+                "-n",
+                h.netns,
+                "link",
+                "add",
+                vx,
+                "type",
+                "vxlan",
+                "id",
+                str(self.VNI),
+                "dstport",
+                "4789",
+                "local",
+                h.address,
+                "nolearning",
+                "proxy",
+            )
             sh("ip", "-n", h.netns, "link", "set", vx, "netns", o)
             sh("ip", "-n", o, "link", "set", vx, "master", "br0", "mtu", "1450", "up")
             sh("ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", f"veth{i}")
             sh("ip", "-n", c, "link", "set", f"veth{i}", "netns", o)
             sh("ip", "-n", o, "link", "set", f"veth{i}", "master", "br0", "mtu", "1450", "up")
-            sh("ip", "-n", c, "link", "set", "eth0", "address", f"02:42:0a:fb:00:0{i}", "mtu", "1450", "up")
+            sh(
+                "ip",
+                "-n",
+                c,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                f"02:42:0a:fb:00:0{i}",
+                "mtu",
+                "1450",
+                "up",
+            )
             sh("ip", "-n", c, "addr", "add", f"{self.NET}.{i}/24", "dev", "eth0")
         for i, j in ((1, 2), (2, 1)):
             o = self.ns("o", i)
-            sh("ip", "-n", o, "neigh", "add", f"{self.NET}.{j}", "lladdr", f"02:42:0a:fb:00:0{j}", "dev", f"{self.p}vx", "nud", "permanent")
-            sh("bridge", "-n", o, "fdb", "add", f"02:42:0a:fb:00:0{j}", "dev", f"{self.p}vx", "dst", hosts[j - 1].address, "self", "permanent")
+            sh(
+                "ip",
+                "-n",
+                o,
+                "neigh",
+                "add",
+                f"{self.NET}.{j}",
+                "lladdr",
+                f"02:42:0a:fb:00:0{j}",
+                "dev",
+                f"{self.p}vx",
+                "nud",
+                "permanent",
+            )
+            sh(
+                "bridge",
+                "-n",
+                o,
+                "fdb",
+                "add",
+                f"02:42:0a:fb:00:0{j}",
+                "dev",
+                f"{self.p}vx",
+                "dst",
+                hosts[j - 1].address,
+                "self",
+                "permanent",
+            )
         sh("ip", "netns", "exec", self.ns("c", 1), "ping", "-c1", "-W2", f"{self.NET}.2")
 
     def iperf(self, seconds: int = 5) -> float:
         srv = subprocess.Popen(
             ["ip", "netns", "exec", self.ns("c", 1), "iperf3", "-s", "-1", "-p", "5202"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
         try:
-            r = sh("ip", "netns", "exec", self.ns("c", 2), "iperf3", "-c", f"{self.NET}.1", "-p", "5202",
-                   "-t", str(seconds), "-J", timeout=seconds + 30)
+            r = sh(
+                "ip",
+                "netns",
+                "exec",
+                self.ns("c", 2),
+                "iperf3",
+                "-c",
+                f"{self.NET}.1",
+                "-p",
+                "5202",
+                "-t",
+                str(seconds),
+                "-J",
+                timeout=seconds + 30,
+            )
             return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
         finally:
             srv.wait(timeout=30)
@@ -342,7 +513,17 @@ def fdb_dsts(h: Host) -> list[str]:
 def bench_crash(lab: Lab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker("network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "--subnet", "100.5.0.0/24", "ovl")
+        h.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            "100.5.0.0/24",
+            "ovl",
+        )
     h2.docker("run", "-d", "--name", "victim", "--network", "ovl", IMAGE, "sleep", "3600")
     wait_for("h2's container programmed on h1", lambda: h2.address in fdb_dsts(h1), timeout=15)
     # 1. a 2 s stall of h2's plugin: no false alarm
@@ -358,7 +539,12 @@ def bench_crash(lab: Lab) -> None:
     # 2. a crash: entries gone within ...
     t0 = time.perf_counter()
     h2.crash()
-    wait_for("h2's entries gone from h1", lambda: h2.address not in fdb_dsts(h1), timeout=30, interval=0.02)
+    wait_for(
+        "h2's entries gone from h1",
+        lambda: h2.address not in fdb_dsts(h1),
+        timeout=30,
+        interval=0.02,
+    )
     gone = time.perf_counter() - t0
     h2.set_link(True)
     h2.start_plugin()
@@ -377,6 +563,14 @@ def bench_crash(lab: Lab) -> None:
 # -- simulation ---------------------------------------------------------------------------
 
 
+def sim_converged(nodes: list[GossipNode], n: int) -> bool:
+    return all(len(x.alive_members()) == n for x in nodes)
+
+
+def sim_sees(nodes: list[GossipNode], key: str) -> bool:
+    return all(any(r.key == key for r in x.table.visible("peer/1")) for x in nodes)
+
+
 def bench_gossip_sim() -> None:
     from pyoverlay.cluster.sim import SimNetwork
 
@@ -384,12 +578,16 @@ def bench_gossip_sim() -> None:
         net = SimNetwork(seed=n, loss=0.05)
         nodes = [net.add_node(f"n{i}") for i in range(n)]
         net.join_all()
-        net.run_while(lambda: any(len(x.alive_members()) < n for x in nodes), limit=60)
+        net.run_while(partial(lambda ns, k: not sim_converged(ns, k), nodes, n), limit=60)
         net.run_for(5.0)
         times = []
         for k in range(5):
             nodes[k].publish(net.now, "peer/1", f"e{k}", {"ip": f"10.0.0.{k}"})
-            times.append(net.run_while(lambda k=k: not all(any(r.key == f"e{k}" for r in x.table.visible("peer/1")) for x in nodes), limit=30))
+            times.append(
+                net.run_while(
+                    partial(lambda ns, key: not sim_sees(ns, key), nodes, f"e{k}"), limit=30
+                )
+            )
         before = {a: s.packets_out for a, s in net.stats.items()}
         t0 = net.now
         net.run_for(20.0)

@@ -1,6 +1,7 @@
 """The admin endpoint: a unix socket in --state-dir for the `pyoverlay` CLI.
 
 GET  /status            health, version, this node, members by state, networks
+GET  /metrics           Prometheus text (pyoverlay.state.metrics)
 GET  /members           every member the gossip knows, with state and VTEP
 GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
                         each marked ok / missing / stale
@@ -22,6 +23,7 @@ from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver import peers
 from pyoverlay.driver.model import NetworkSpec
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.state.metrics import METRICS
 
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
 GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
@@ -151,12 +153,44 @@ async def reconcile(request: web.Request) -> web.Response:
     return web.json_response({"dry_run": dry, "ops": [str(o) for o in ops], "errors": errors})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    driver, gossip = request.app[DRIVER], request.app[GOSSIP]
+    g: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    states: dict[str, float] = {}
+    for m in members_view(gossip, driver):
+        states[m["status"]] = states.get(m["status"], 0) + 1
+    g["pyoverlay_gossip_members"] = {(("state", k),): v for k, v in states.items()}
+    tables: dict[str, float] = {}
+    if gossip is not None:
+        for row in gossip.node.table.visible():
+            table = row.scope.split("/", 1)[0]
+            tables[table] = tables.get(table, 0) + 1
+        for name, value in gossip.counters.items():
+            if name.startswith("dropped_"):
+                key = (("reason", name.removeprefix("dropped_")),)
+                g.setdefault("pyoverlay_gossip_dropped_total", {})[key] = value
+            else:
+                g[f"pyoverlay_gossip_{name}_total"] = {(): value}
+    g["pyoverlay_table_rows"] = {(("table", k),): v for k, v in tables.items()}
+    fdb = neigh = 0
+    for net in driver.networks.values():
+        entries = await driver.kernel.peer_entries(net.namespace, net.vxlan)
+        fdb += len(entries.fdb)
+        neigh += len(entries.neigh)
+    g["pyoverlay_fdb_entries"] = {(): fdb}
+    g["pyoverlay_neigh_entries"] = {(): neigh}
+    g["pyoverlay_networks"] = {(): len(driver.networks)}
+    g["pyoverlay_endpoints"] = {(): len(driver.endpoints)}
+    return web.Response(text=METRICS.render(g), content_type="text/plain")
+
+
 def make_admin_app(driver: OverlayDriver, gossip: GossipRuntime | None) -> web.Application:
     app = web.Application()
     app[DRIVER] = driver
     app[GOSSIP] = gossip
     app.router.add_get("/status", status)
     app.router.add_get("/members", members)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers_handler)
     app.router.add_post("/reconcile", reconcile)
     return app

@@ -15,6 +15,7 @@ import structlog
 
 from pyoverlay.driver.peers import PEER_TABLE
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.state.metrics import METRICS
 from pyoverlay.state.tasks import TaskSet
 
 log = structlog.get_logger("pyoverlay.background")
@@ -58,6 +59,7 @@ class PeerSyncer:
                 continue
             if ops:
                 self.repairs += len(ops)
+                METRICS.inc("pyoverlay_reconciler_repairs_total", by=len(ops))
                 log.warning("reconciler repaired drift", changes=len(ops), errors=len(errors))
 
     def start(self, tasks: TaskSet) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from pyoverlay.state.errors import PyoverlayError
+from pyoverlay.state.metrics import METRICS
 
 log = structlog.get_logger("pyoverlay.plugin")
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
@@ -51,6 +52,7 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
     key = error_key(request.path)
     started = time.monotonic()
     structlog.contextvars.bind_contextvars(method=method)
+    labels = {"method": method}
     try:
         response = await handler(request)
         log.debug("call", ms=round((time.monotonic() - started) * 1000, 1))
@@ -58,9 +60,14 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except ValidationError as exc:
         text = describe_validation(method, exc)
         log.warning("malformed request", error=text)
+        METRICS.inc("pyoverlay_call_errors_total", labels)
         return reply({key: text}, status=400)
     except PyoverlayError as exc:
         log.warning("call failed", error=str(exc))
+        METRICS.inc("pyoverlay_call_errors_total", labels)
         return reply({key: str(exc)})
     finally:
         structlog.contextvars.unbind_contextvars("method")
+        if request.match_info.route.resource is not None:  # a known method, not a 404
+            METRICS.inc("pyoverlay_calls_total", labels)
+            METRICS.observe("pyoverlay_call_seconds", time.monotonic() - started, labels)
