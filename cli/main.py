@@ -5,6 +5,7 @@
     pyoverlay members [--json]            what the gossip knows about every host
     pyoverlay peers [NETWORK] [--json]    table rows next to programmed FDB/ARP entries
     pyoverlay reconcile [--dry-run]       what the reconciler would change / change it now
+    pyoverlay diagram [NETWORK]           one host's data path drawn like the seed article
     pyoverlay options                     the settings table (markdown), for the README
 
 The inspection commands talk to a running plugin through the admin socket
@@ -163,6 +164,24 @@ def cmd_reconcile(state_dir: Path, dry_run: bool, as_json: bool) -> int:
     return 1 if res["errors"] else 0
 
 
+def cmd_diagram(state_dir: Path, network: str, as_json: bool) -> int:
+    from .diagram import docker_view, draw
+
+    status = admin(state_dir, "GET", "/status")
+    views = admin(state_dir, "GET", f"/peers?network={network}")
+    if as_json:
+        print(json.dumps({"status": status, "networks": views}, indent=1))
+        return 0
+    if not views:
+        print("no pyoverlay network on this host" + (f" matching {network!r}" if network else ""))
+        return 1
+    for view in views:
+        names, gw_subnet = docker_view(view["network"])
+        print(draw(status, view, names, gw_subnet))
+        print()
+    return 0
+
+
 def cmd_options() -> int:
     print("| option | env | default | meaning |")
     print("|---|---|---|---|")
@@ -184,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         ("members", "what the gossip knows about every host"),
         ("peers", "table rows next to programmed FDB/ARP entries"),
         ("reconcile", "compare the kernel with the tables and repair"),
+        ("diagram", "one host's data path drawn like the seed article"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--state-dir", default=default_dir, help="the plugin's --state-dir")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "peers":
+        if name in ("peers", "diagram"):
             p.add_argument("network", nargs="?", default="", help="network ID (prefix)")
         if name == "reconcile":
             p.add_argument("--dry-run", action="store_true", help="only show what would change")
@@ -211,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_peers(state_dir, args.network, args.json)
         if args.command == "reconcile":
             return cmd_reconcile(state_dir, args.dry_run, args.json)
+        if args.command == "diagram":
+            return cmd_diagram(state_dir, args.network, args.json)
     except PyoverlayError as exc:
         print(f"pyoverlay: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,123 @@
+"""`pyoverlay diagram`: one host's data path drawn the way the seed article draws it.
+
+Data comes from the plugin (networks, local and remote endpoints, VTEPs) and,
+when the docker CLI can reach the daemon, from `docker network inspect`
+(container names, and their docker_gwbridge legs).  Without Docker, endpoints
+are labelled by their endpoint IDs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+COL = 20
+
+
+def _docker(*args: str) -> Any:
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        r = subprocess.run([docker, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode != 0:
+        return None
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def docker_view(network: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """endpoint id prefix -> (container name, gwbridge address); and the gwbridge subnet."""
+    by_ep: dict[str, tuple[str, str]] = {}
+    net = _docker("network", "inspect", network)
+    gw = _docker("network", "inspect", "docker_gwbridge")
+    gw_by_cid: dict[str, str] = {}
+    gw_subnet = ""
+    if gw:
+        for cid, c in (gw[0].get("Containers") or {}).items():
+            gw_by_cid[cid] = str(c.get("IPv4Address", "")).split("/")[0]
+        cfg = (gw[0].get("IPAM") or {}).get("Config") or [{}]
+        gw_subnet = cfg[0].get("Gateway", "") + (
+            "/" + cfg[0].get("Subnet", "").split("/")[-1] if cfg[0].get("Subnet") else ""
+        )
+    if net:
+        for cid, c in (net[0].get("Containers") or {}).items():
+            by_ep[str(c.get("EndpointID", ""))[:12]] = (
+                str(c.get("Name", cid[:12])),
+                gw_by_cid.get(cid, ""),
+            )
+    return by_ep, gw_subnet
+
+
+def _row(cells: list[str]) -> str:
+    return "".join(f"{c:<{COL}}" for c in cells).rstrip()
+
+
+def draw(
+    status: dict[str, Any], view: dict[str, Any], names: dict[str, tuple[str, str]], gw_subnet: str
+) -> str:
+    local = [p for p in view["peers"] if p["state"] == "local"]
+    remote = [p for p in view["peers"] if p["state"] != "local"]
+    out: list[str] = []
+    title = f"host {status['vtep']} (pyoverlay node {status['node']})"
+    width = max(COL * max(1, len(local)) + 2, 60)
+    out.append(title.center(width))
+    out.append("")
+    labels = []
+    eth1 = []
+    for p in local:
+        name, gw_ip = names.get(p["endpoint"], (p["endpoint"], ""))
+        labels.append(name[: COL - 6])
+        eth1.append(gw_ip)
+    n = max(1, len(local))
+    bar = " +" + ("----+" + "-" * (COL - 5)) * n + "-+ "
+    if any(eth1):
+        out.append(_row(["  " + (ip or "-") for ip in eth1]))
+        out.append(bar + f"docker_gwbridge {gw_subnet}".rstrip())
+        out.append(_row(["      |eth1"] + ["     |eth1"] * (n - 1)))
+    out.append(_row(["  +---+-------+"] + [" +---+-------+"] * (n - 1)) if local else "")
+    out.append(
+        _row([f"  | {lab:<10}|" if i == 0 else f" | {lab:<10}|" for i, lab in enumerate(labels)])
+        if local
+        else "  (no local containers)"
+    )
+    out.append(_row(["  +---+-------+"] + [" +---+-------+"] * (n - 1)) if local else "")
+    if local:
+        out.append(_row(["      |eth0"] + ["     |eth0"] * (n - 1)))
+        out.append(_row(["  " + p["ip"] for p in local]))
+    gw: dict[str, Any] = next(
+        (net for net in status["networks"] if net["network"] == view["network"]), {}
+    )
+    out.append(bar + f"br0 {view['subnet']} in netns {view['namespace']}")
+    out.append(" " * 11 + "|")
+    out.append(
+        " " * 11
+        + f"{view['vxlan']}  vxlan vni {view['vni']} local {status['vtep']}"
+        + (f" mtu {gw.get('mtu')}" if gw else "")
+    )
+    out.append(" " * 11 + "|")
+    vteps: dict[str, list[dict[str, Any]]] = {}
+    for p in remote:
+        vteps.setdefault(p["vtep"], []).append(p)
+    if not vteps:
+        out.append(" " * 11 + "+-- (no remote VTEP: no container of this VNI on another host)")
+    for vtep, eps in sorted(vteps.items()):
+        shown = ", ".join(
+            f"{e['ip']} {e['mac']}" + ("" if e["state"] == "ok" else f" [{e['state']}]")
+            for e in eps
+        )
+        out.append(" " * 11 + f"+-- udp/4789 --> VTEP {vtep}: {shown}")
+    for s in view.get("stale", []):
+        what = (
+            f"fdb {s['mac']} dst {s['dst']}"
+            if s["kind"] == "fdb"
+            else f"neigh {s['ip']} {s['mac']}"
+        )
+        out.append(" " * 11 + f"!   stale {what} (no row in the table)")
+    return "\n".join(line for line in out if line is not None)
