@@ -251,7 +251,9 @@ class Host:
             # a private /run/netns: the plugin's per-network namespaces live
             # and die with this host (the files under a shared /run/netns
             # would outlive it and show up in every other host's `ip netns`)
-            "mount -t tmpfs -o mode=755 pyoverlay-lab-netns /run/netns"
+            "mount -t tmpfs -o mode=755 pyoverlay-lab-netns /run/netns; "
+            # shared, so a managed plugin's rshared bind of /run/netns propagates back
+            "mount --make-shared /run/netns"
         )
         sh(
             "unshare",

@@ -33,7 +33,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     hosts = getattr(request.module, "HOSTS", 1)
     lab = Lab("i" + secrets.token_hex(2), hosts=hosts)
     try:
-        yield lab.up()
+        yield lab.up(
+            plugin=getattr(request.module, "LEGACY_PLUGIN", True),
+            dockerd_args=getattr(request.module, "DOCKERD_ARGS", ()),
+        )
     finally:
         for h in lab.hosts:
             log = h.plugin_log()
