@@ -94,7 +94,7 @@ def draw(
     gw: dict[str, Any] = next(
         (net for net in status["networks"] if net["network"] == view["network"]), {}
     )
-    out.append(bar + f"br0 {view['subnet']} in netns {view['namespace']}")
+    out.append(bar + f"br0 {view.get('gateway') or view['subnet']} in netns {view['namespace']}")
     out.append(" " * 11 + "|")
     out.append(
         " " * 11

@@ -152,6 +152,18 @@ def run(lab: Lab) -> None:
     )
     show(f"h2$ ip -n {ns2} neigh", h2.ns_exec(ns2, "ip", "neigh").stdout)
 
+    for h in lab.hosts:
+        diagram = h.run(
+            "env",
+            f"DOCKER_HOST=unix://{h.docker_sock}",
+            lab.pyoverlay,
+            "diagram",
+            "--state-dir",
+            str(h.state_dir),
+            check=False,
+        ).stdout
+        show(f"{h.name}$ pyoverlay diagram", diagram)
+
     out, _ = tap.communicate(timeout=20)
     say("VXLAN packets captured on the underlay bridge: the traffic crossed hosts")
     print("\n".join("  " + line for line in out.strip().splitlines()[:6]))

@@ -98,6 +98,7 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
         "network": net.network_id[:12],
         "vni": net.vni,
         "subnet": str(net.subnet),
+        "gateway": str(net.gateway) if net.gateway else None,
         "namespace": net.namespace,
         "vxlan": net.vxlan,
         "peers": rows,
