@@ -123,8 +123,60 @@ def cmd_members(state_dir: Path, as_json: bool) -> int:
     return 0
 
 
+async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
+    """The plugin is down: only what the kernel holds (the table lives in the plugin)."""
+    from pyoverlay.driver.model import NetworkSpec
+    from pyoverlay.driver.pyroute import PyrouteKernel
+
+    nets = (JsonDocument(state_dir / "driver.json").load().get("networks") or {}).values()
+    kernel = PyrouteKernel()
+    views = []
+    try:
+        for raw in nets:
+            net = NetworkSpec.from_json(raw)
+            if not net.network_id.startswith(network):
+                continue
+            have = await kernel.peer_entries(net.namespace, net.vxlan)
+            stale = [{"kind": "fdb", "mac": m, "dst": str(d)} for m, d in sorted(have.fdb.items())]
+            stale += [
+                {"kind": "neigh", "ip": str(i), "mac": m} for i, m in sorted(have.neigh.items())
+            ]
+            views.append(
+                {
+                    "network": net.network_id[:12],
+                    "vni": net.vni,
+                    "subnet": str(net.subnet),
+                    "gateway": str(net.gateway) if net.gateway else None,
+                    "namespace": net.namespace,
+                    "vxlan": net.vxlan,
+                    "peers": [],
+                    "kernel_only": stale,
+                }
+            )
+    finally:
+        await kernel.close()
+    return views
+
+
 def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
-    views = admin(state_dir, "GET", f"/peers?network={network}")
+    try:
+        views = admin(state_dir, "GET", f"/peers?network={network}")
+    except PluginDown as exc:
+        print(f"plugin: DOWN ({exc}); showing only what the kernel holds", file=sys.stderr)
+        views = asyncio.run(_offline_peers(state_dir, network))
+        if as_json:
+            print(json.dumps(views, indent=1))
+            return 0
+        for v in views:
+            print(f"network {v['network']}  vni {v['vni']}  ns {v['namespace']}  dev {v['vxlan']}")
+            for e in v["kernel_only"]:
+                what = (
+                    f"fdb {e['mac']} dst {e['dst']}"
+                    if e["kind"] == "fdb"
+                    else f"neigh {e['ip']} lladdr {e['mac']}"
+                )
+                print(f"  {what}")
+        return 0
     if as_json:
         print(json.dumps(views, indent=1))
         return 0
