@@ -232,3 +232,30 @@ def test_partition_heals_with_no_stale_or_missing_entries(lab: Lab, scratch: Scr
 
     wait_for("h2 converged after the heal", converged, timeout=30)
     assert ping(h2, "r1", q3)
+
+
+def test_cli_walks_the_data_path_and_works_with_the_plugin_down(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    both(scratch, lab, "net7", "100.0.7.0/24")
+    scratch.run(h1, "d1", "--network", "net7", IMAGE, *SLEEP)
+    scratch.run(h2, "d2", "--network", "net7", IMAGE, *SLEEP)
+    d2 = ip_of(h2, "d2", "net7")
+    wait_for("d1 -> d2", lambda: ping(h1, "d1", d2), timeout=15)
+    status = cli(h1, lab, "status").stdout
+    assert "members:  2 alive" in status and "100.0.7.0/24" in status, status
+    assert set(members(h1, lab).values()) == {"alive"}
+    diagram = h1.run(
+        "env", f"DOCKER_HOST=unix://{h1.docker_sock}", lab.pyoverlay, "diagram",
+        "--state-dir", str(h1.state_dir),
+    ).stdout
+    assert "d1" in diagram and f"VTEP {h2.address}: {d2}" in diagram and "docker_gwbridge" in diagram, diagram
+    dry = cli(h1, lab, "reconcile", "--dry-run")
+    assert dry.returncode == 0 and "would change 0" in dry.stdout, dry.stdout
+    h1.stop_plugin(signal.SIGKILL)
+    try:
+        down = cli(h1, lab, "status")
+        assert "DOWN" in down.stderr and "100.0.7.0/24" in down.stdout
+        offline = cli(h1, lab, "peers")
+        assert f"dst {h2.address}" in offline.stdout and d2 in offline.stdout, offline.stdout
+    finally:
+        h1.start_plugin()
