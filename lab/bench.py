@@ -59,17 +59,7 @@ def bench_join_latency(lab: Lab, runs: int) -> None:
     import aiohttp
 
     h = lab.host(1)
-    nid = h.docker(
-        "network",
-        "create",
-        "-d",
-        "pyoverlay",
-        "--ipam-driver",
-        "pyoverlay",
-        "--subnet",
-        "100.9.0.0/24",
-        "bench",
-    ).stdout.strip()
+    nid = h.create_network("bench", "100.9.0.0/24")
     sock = str(h.plugins_dir / "pyoverlay.sock")
 
     async def run() -> tuple[list[float], list[float]]:
@@ -134,17 +124,7 @@ def remove(h: Host, names: list[str]) -> None:
 def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
     h = lab.host(1)
     for other in lab.hosts:
-        other.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            subnet,
-            "ovl",
-        )
+        other.create_network("ovl", subnet)
     h.docker("network", "create", "-d", "bridge", "--subnet", "10.250.0.0/24", "brg")
     ovl: list[float] = []
     brg: list[float] = []
@@ -208,17 +188,7 @@ def ip_of(h: Host, c: str, net: str) -> str:
 
 def bench_tcp_1h(lab: Lab) -> None:
     h = lab.host(1)
-    h.docker(
-        "network",
-        "create",
-        "-d",
-        "pyoverlay",
-        "--ipam-driver",
-        "pyoverlay",
-        "--subnet",
-        "100.8.0.0/24",
-        "ovl",
-    )
+    h.create_network("ovl", "100.8.0.0/24")
     h.docker("network", "create", "-d", "bridge", "--subnet", "10.249.0.0/24", "brg")
     for n in ("ovl", "brg"):
         for c in ("s", "c"):
@@ -238,17 +208,7 @@ def bench_tcp_1h(lab: Lab) -> None:
 def bench_reach(lab: Lab, runs: int) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "100.7.0.0/24",
-            "ovl",
-        )
+        h.create_network("ovl", "100.7.0.0/24")
     h2.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
     h1.docker(
         "run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600"
@@ -327,17 +287,7 @@ def bench_reach(lab: Lab, runs: int) -> None:
 def bench_tcp_2h(lab: Lab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "100.6.0.0/24",
-            "ovl",
-        )
+        h.create_network("ovl", "100.6.0.0/24")
     h1.docker("run", "-d", "--name", "srv", "--network", "ovl", IMAGE, "sleep", "3600")
     h2.docker("run", "-d", "--name", "cli", "--network", "ovl", IMAGE, "sleep", "3600")
     target = ip_of(h1, "srv", "ovl")
@@ -513,17 +463,7 @@ def fdb_dsts(h: Host) -> list[str]:
 def bench_crash(lab: Lab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "100.5.0.0/24",
-            "ovl",
-        )
+        h.create_network("ovl", "100.5.0.0/24")
     h2.docker("run", "-d", "--name", "victim", "--network", "ovl", IMAGE, "sleep", "3600")
     wait_for("h2's container programmed on h1", lambda: h2.address in fdb_dsts(h1), timeout=15)
     # 1. a 2 s stall of h2's plugin: no false alarm

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import subprocess
 import sys
-import time
 
 from .hosts import IMAGE, Host, Lab, wait_for
 
@@ -52,17 +50,7 @@ def run(lab: Lab) -> None:
         f"--subnet {SUBNET} net1"
     )
     for h in lab.hosts:
-        nid = h.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            SUBNET,
-            "net1",
-        ).stdout.strip()
+        nid = h.create_network("net1", SUBNET)
         print(f"  {h.name}: network {nid[:12]} -> namespace 1-{nid[:10]}")
 
     say("the seed's application: kv (redis) and web (node) on h1, front (nginx, -p 1080:80) on h2")
@@ -101,35 +89,10 @@ def run(lab: Lab) -> None:
     )
     show("h1$ docker exec web ip route", h1.docker("exec", "web", "ip", "route").stdout)
 
-    tap = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.underlay_ns,
-            "timeout",
-            "15",
-            "tcpdump",
-            "-lni",
-            "br-ul",
-            "-c",
-            "6",
-            "udp",
-            "port",
-            "4789",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    time.sleep(0.5)
+    tap = lab.capture_vxlan(6, timeout=15)
 
     def fetch() -> str:
-        return lab.underlay(
-            "sh",
-            "-c",
-            f"printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h2.address} 1080",
-        ).stdout
+        return lab.http_get(h2, 1080, "/cgi-bin/app")
 
     say("a client on the underlay asks h2:1080 (front on h2 -> web on h1 -> kv on h1)")
     wait_for("the application to answer", lambda: "says hits=" in fetch(), timeout=30)

@@ -398,6 +398,21 @@ class Host:
         pidfile.unlink(missing_ok=True)
         self.set_link(False)
 
+    def create_network(self, name: str, subnet: str, *extra: str, driver: str = "pyoverlay") -> str:
+        """`docker network create` with pyoverlay as driver and IPAM; returns the network ID."""
+        return self.docker(
+            "network",
+            "create",
+            "-d",
+            driver,
+            "--ipam-driver",
+            driver,
+            "--subnet",
+            subnet,
+            *extra,
+            name,
+        ).stdout.strip()
+
     def set_link(self, up: bool) -> None:
         """The host's underlay link down (a crash, a cable) or up again with its default route."""
         self.run("ip", "link", "set", "eth0", "up" if up else "down")
@@ -555,3 +570,19 @@ class Lab:
 
     def underlay(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.underlay_ns, *cmd, timeout=timeout)
+
+    def http_get(self, host: Host, port: int, path: str = "/") -> str:
+        """An HTTP/1.0 GET from a client on the underlay to host:port (busybox nc)."""
+        request = f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n'"
+        return self.underlay(
+            "sh", "-c", f"{request} | busybox nc -w 3 {host.address} {port}", timeout=30
+        ).stdout
+
+    def capture_vxlan(self, count: int, timeout: int = 20) -> subprocess.Popen[str]:
+        """tcpdump on the underlay bridge: the first `count` VXLAN packets (read .communicate())."""
+        cmd = ["ip", "netns", "exec", self.underlay_ns, "timeout", str(timeout)]
+        cmd += ["tcpdump", "-lni", "br-ul", "-c", str(count), "udp", "port", "4789"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        proc.stderr.readline()  # "listening on br-ul ...": it is capturing from here on
+        return proc

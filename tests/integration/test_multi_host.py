@@ -45,30 +45,6 @@ def neigh(h: Host, ns: str) -> dict[str, str]:
     return {e["dst"]: e["lladdr"] for e in out}
 
 
-def capture(lab: Lab, count: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.underlay_ns,
-            "timeout",
-            "20",
-            "tcpdump",
-            "-lni",
-            "br-ul",
-            "-c",
-            str(count),
-            "udp",
-            "port",
-            "4789",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
 def test_seed_application_across_two_hosts(lab: Lab, scratch: Scratch) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     both(scratch, lab, "net1", "100.0.0.0/24")
@@ -80,16 +56,13 @@ def test_seed_application_across_two_hosts(lab: Lab, scratch: Scratch) -> None:
     front = ip_of(h2, "front", "net1")
     assert len({kv, web, front}) == 3  # cluster-wide IPAM: no duplicate without --ip
 
-    def fetch() -> str:
-        return lab.underlay(
-            "sh",
-            "-c",
-            f"printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h2.address} 1080",
-        ).stdout
-
-    tap = capture(lab, 4)
-    wait_for("the seed's app through h2:1080", lambda: "says hits=" in fetch(), timeout=30)
-    out = fetch()
+    tap = lab.capture_vxlan(4)
+    wait_for(
+        "the seed's app through h2:1080",
+        lambda: "says hits=" in lab.http_get(h2, 1080, "/cgi-bin/app"),
+        timeout=30,
+    )
+    out = lab.http_get(h2, 1080, "/cgi-bin/app")
     assert f"kv at {kv} says hits=" in out and f"({web}/24)" in out, out
     lines, _ = tap.communicate(timeout=25)
     assert f"{h2.address}" in lines and "VXLAN" in lines, lines
@@ -101,7 +74,7 @@ def test_cross_host_ping_and_tcp_both_ways_over_vxlan(lab: Lab, scratch: Scratch
     scratch.run(h1, "c1", "--network", "net2", IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
     scratch.run(h2, "c2", "--network", "net2", IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
     c1, c2 = ip_of(h1, "c1", "net2"), ip_of(h2, "c2", "net2")
-    tap = capture(lab, 2)
+    tap = lab.capture_vxlan(2)
     wait_for("c1 -> c2", lambda: ping(h1, "c1", c2), timeout=15)
     lines, _ = tap.communicate(timeout=25)
     assert "VXLAN" in lines and f"{h1.address}" in lines and f"{h2.address}.4789" in lines, lines
@@ -245,10 +218,16 @@ def test_cli_walks_the_data_path_and_works_with_the_plugin_down(lab: Lab, scratc
     assert "members:  2 alive" in status and "100.0.7.0/24" in status, status
     assert set(members(h1, lab).values()) == {"alive"}
     diagram = h1.run(
-        "env", f"DOCKER_HOST=unix://{h1.docker_sock}", lab.pyoverlay, "diagram",
-        "--state-dir", str(h1.state_dir),
+        "env",
+        f"DOCKER_HOST=unix://{h1.docker_sock}",
+        lab.pyoverlay,
+        "diagram",
+        "--state-dir",
+        str(h1.state_dir),
     ).stdout
-    assert "d1" in diagram and f"VTEP {h2.address}: {d2}" in diagram and "docker_gwbridge" in diagram, diagram
+    assert (
+        "d1" in diagram and f"VTEP {h2.address}: {d2}" in diagram and "docker_gwbridge" in diagram
+    ), diagram
     dry = cli(h1, lab, "reconcile", "--dry-run")
     assert dry.returncode == 0 and "would change 0" in dry.stdout, dry.stdout
     h1.stop_plugin(signal.SIGKILL)

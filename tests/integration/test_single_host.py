@@ -104,13 +104,7 @@ def test_published_port_reaches_httpd_through_docker_gwbridge(
         "/var/www",
     )
 
-    def fetch() -> str:
-        r = lab.underlay(
-            "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {h1.address} 8080"
-        )
-        return r.stdout
-
-    wait_for("httpd on :8080", lambda: "hello from pyoverlay" in fetch(), timeout=20)
+    wait_for("httpd on :8080", lambda: "hello from pyoverlay" in lab.http_get(h1, 8080), timeout=20)
 
 
 def test_stop_start_restart_and_rm_leave_no_veth(h1: Host, scratch: Scratch) -> None:

@@ -30,15 +30,12 @@ def test_seed_application_on_three_hosts(lab: Lab, scratch: Scratch) -> None:
         ip_of(h2, "web", "net1"),
     )
 
-    def fetch() -> str:
-        return lab.underlay(
-            "sh",
-            "-c",
-            f"printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h3.address} 1080",
-        ).stdout
-
-    wait_for("front(h3) -> web(h2) -> kv(h1)", lambda: "says hits=" in fetch(), timeout=30)
-    assert "says hits=:" in fetch()
+    wait_for(
+        "front(h3) -> web(h2) -> kv(h1)",
+        lambda: "says hits=" in lab.http_get(h3, 1080, "/cgi-bin/app"),
+        timeout=30,
+    )
+    assert "says hits=:" in lab.http_get(h3, 1080, "/cgi-bin/app")
 
 
 def test_concurrent_runs_on_three_hosts_get_distinct_addresses(lab: Lab, scratch: Scratch) -> None:
