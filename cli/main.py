@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from pyoverlay.plugin import settings as plugin_settings
-from pyoverlay.plugin.admin import ADMIN_SOCKET
+from pyoverlay.plugin.admin import ADMIN_SOCKET, network_summary
 from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
@@ -141,18 +141,7 @@ async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
             stale += [
                 {"kind": "neigh", "ip": str(i), "mac": m} for i, m in sorted(have.neigh.items())
             ]
-            views.append(
-                {
-                    "network": net.network_id[:12],
-                    "vni": net.vni,
-                    "subnet": str(net.subnet),
-                    "gateway": str(net.gateway) if net.gateway else None,
-                    "namespace": net.namespace,
-                    "vxlan": net.vxlan,
-                    "peers": [],
-                    "kernel_only": stale,
-                }
-            )
+            views.append({**network_summary(net), "peers": [], "kernel_only": stale})
     finally:
         await kernel.close()
     return views

@@ -144,41 +144,33 @@ def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
     )
 
 
-def iperf(
-    server: tuple[Host, str], client: tuple[Host, str], target: str, seconds: int = 5
+def iperf_gbps(
+    server: list[str], client: list[str], target: str, port: int, seconds: int = 5
 ) -> float:
-    """Gbit/s from client to server, iperf3 run in the containers' netns via nsenter."""
-    sh_, sc = server
+    """Gbit/s from client to server; `server`/`client` prefix iperf3 with how to enter a netns."""
     srv = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net=/proc/{sh_.container_pid(sc)}/ns/net",
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5201",
-        ],
+        [*server, "iperf3", "-s", "-1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
     try:
-        r = client[0].in_container_netns(
-            client[1],
-            "iperf3",
-            "-c",
-            target,
-            "-p",
-            "5201",
-            "-t",
-            str(seconds),
-            "-J",
-            timeout=seconds + 30,
-        )
+        cmd = [*client, "iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J"]
+        r = sh(*cmd, timeout=seconds + 30)
         return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
         srv.wait(timeout=30)
+
+
+def in_container(h: Host, container: str) -> list[str]:
+    return ["nsenter", f"--net=/proc/{h.container_pid(container)}/ns/net"]
+
+
+def iperf(
+    server: tuple[Host, str], client: tuple[Host, str], target: str, seconds: int = 5
+) -> float:
+    """Container to container, iperf3 run in the containers' netns via nsenter."""
+    return iperf_gbps(in_container(*server), in_container(*client), target, 5201, seconds)
 
 
 def ip_of(h: Host, c: str, net: str) -> str:
@@ -445,31 +437,10 @@ class HandBuiltPath:
             sh("ip", "netns", "exec", self.ns("c", i), "iptables-restore", input=rules)
 
     def iperf(self, seconds: int = 5) -> float:
-        srv = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns("c", 1), "iperf3", "-s", "-1", "-p", "5202"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-        try:
-            r = sh(
-                "ip",
-                "netns",
-                "exec",
-                self.ns("c", 2),
-                "iperf3",
-                "-c",
-                f"{self.NET}.1",
-                "-p",
-                "5202",
-                "-t",
-                str(seconds),
-                "-J",
-                timeout=seconds + 30,
-            )
-            return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
-        finally:
-            srv.wait(timeout=30)
+        def inside(i: int) -> list[str]:
+            return ["ip", "netns", "exec", self.ns("c", i)]
+
+        return iperf_gbps(inside(1), inside(2), f"{self.NET}.1", 5202, seconds)
 
     def down(self) -> None:
         for i in (1, 2):

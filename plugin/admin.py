@@ -64,6 +64,17 @@ def members_view(gossip: GossipRuntime | None, driver: OverlayDriver) -> list[di
     ]
 
 
+def network_summary(net: NetworkSpec) -> dict[str, Any]:
+    return {
+        "network": net.network_id[:12],
+        "vni": net.vni,
+        "subnet": str(net.subnet),
+        "gateway": str(net.gateway) if net.gateway else None,
+        "namespace": net.namespace,
+        "vxlan": net.vxlan,
+    }
+
+
 async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
     remotes = driver.remote_endpoints(net.vni)
     want = peers.desired(remotes, driver.underlay.address)
@@ -95,12 +106,7 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
         if want.neigh.get(ip) != mac
     ]
     return {
-        "network": net.network_id[:12],
-        "vni": net.vni,
-        "subnet": str(net.subnet),
-        "gateway": str(net.gateway) if net.gateway else None,
-        "namespace": net.namespace,
-        "vxlan": net.vxlan,
+        **network_summary(net),
         "peers": rows,
         "stale": stale,
     }
