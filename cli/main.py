@@ -20,13 +20,14 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from pyoverlay.plugin import settings as plugin_settings
-from pyoverlay.plugin.admin import ADMIN_SOCKET, network_summary
+from pyoverlay.plugin.admin import ADMIN_SOCKET, MEMBERS_FILE, network_summary
 from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
@@ -105,7 +106,15 @@ def _offline_status(state_dir: Path, as_json: bool) -> int:
 
 
 def cmd_members(state_dir: Path, as_json: bool) -> int:
-    members = admin(state_dir, "GET", "/members")
+    try:
+        members = admin(state_dir, "GET", "/members")
+    except PluginDown as exc:
+        last = JsonDocument(state_dir / MEMBERS_FILE).load()
+        if not last:
+            raise
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last["at"])))
+        print(f"plugin: DOWN ({exc}); last known members, as of {when}", file=sys.stderr)
+        members = last["members"]
     if as_json:
         print(json.dumps(members, indent=1))
         return 0

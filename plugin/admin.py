@@ -29,6 +29,7 @@ DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
 GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
 
 ADMIN_SOCKET = "admin.sock"
+MEMBERS_FILE = "members.json"  # last known membership, for the CLI when the plugin is down
 
 
 def version() -> str:

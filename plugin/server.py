@@ -16,6 +16,7 @@ import asyncio
 import os
 import secrets
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.ipam.cluster import CLAIM, RELEASE, ClusterGuard
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state import logs
+from pyoverlay.state.store import JsonDocument
 from pyoverlay.state.tasks import TaskSet
 
-from .admin import ADMIN_SOCKET, make_admin_app
+from .admin import ADMIN_SOCKET, MEMBERS_FILE, make_admin_app, members_view
 from .app import make_app
 from .background import PeerSyncer
 from .settings import PluginSettings
@@ -107,7 +109,15 @@ def make_gossip(
         log.info("no gossip key: single-host mode (give --gossip-key and --join for a cluster)")
         return None
     config = replace(GossipConfig.lan(), pushpull_interval=settings.gossip_pushpull)
-    return GossipRuntime(
+    last_known = JsonDocument(settings.state_dir / MEMBERS_FILE)
+    runtime: GossipRuntime | None = None
+
+    def remember_members(events: object) -> None:
+        # what `pyoverlay members` shows when the plugin is down
+        if runtime is not None:
+            last_known.save({"at": time.time(), "members": members_view(runtime, driver)})
+
+    runtime = GossipRuntime(
         name=driver.node_id,
         bind_host=str(driver.underlay.address),
         port=settings.gossip_port,
@@ -115,7 +125,9 @@ def make_gossip(
         config=config,
         meta={"vtep": str(driver.underlay.address)},
         on_rows=syncer.on_rows,
+        on_members=remember_members,
     )
+    return runtime
 
 
 async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:

@@ -236,5 +236,7 @@ def test_cli_walks_the_data_path_and_works_with_the_plugin_down(lab: Lab, scratc
         assert "DOWN" in down.stderr and "100.0.7.0/24" in down.stdout
         offline = cli(h1, lab, "peers")
         assert f"dst {h2.address}" in offline.stdout and d2 in offline.stdout, offline.stdout
+        last = cli(h1, lab, "members")
+        assert "last known members" in last.stderr and h2.address in last.stdout, last
     finally:
         h1.start_plugin()
