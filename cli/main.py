@@ -6,6 +6,7 @@
     pyoverlay peers [NETWORK] [--json]    table rows next to programmed FDB/ARP entries
     pyoverlay reconcile [--dry-run]       what the reconciler would change / change it now
     pyoverlay diagram [NETWORK]           one host's data path drawn like the seed article
+    pyoverlay leave                       leave the cluster gracefully (decommissioning a host)
     pyoverlay options                     the settings table (markdown), for the README
 
 The inspection commands talk to a running plugin through the admin socket
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         ("peers", "table rows next to programmed FDB/ARP entries"),
         ("reconcile", "compare the kernel with the tables and repair"),
         ("diagram", "one host's data path drawn like the seed article"),
+        ("leave", "leave the cluster gracefully: others drop this host at once"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--state-dir", default=default_dir, help="the plugin's --state-dir")
@@ -283,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_reconcile(state_dir, args.dry_run, args.json)
         if args.command == "diagram":
             return cmd_diagram(state_dir, args.network, args.json)
+        if args.command == "leave":
+            res = admin(state_dir, "POST", "/leave")
+            print(json.dumps(res) if args.json else res.get("error") or f"left: {res['left']}")
+            return 1 if "error" in res else 0
     except PyoverlayError as exc:
         print(f"pyoverlay: {exc}", file=sys.stderr)
         return 2

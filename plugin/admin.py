@@ -6,6 +6,7 @@ GET  /members           every member the gossip knows, with state and VTEP
 GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
                         each marked ok / missing / stale
 POST /reconcile[?dry_run=1]   what the reconciler would change (or changes now)
+POST /leave             leave the cluster gracefully (decommissioning this host)
 
 The socket lives in the state dir, so several plugins on one machine (one
 per Docker host) never collide: the CLI finds it through the same
@@ -192,6 +193,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=METRICS.render(g), content_type="text/plain")
 
 
+async def leave(request: web.Request) -> web.Response:
+    gossip = request.app[GOSSIP]
+    if gossip is None:
+        return web.json_response({"error": "single-host mode: there is no cluster to leave"})
+    await gossip.stop(leave=True)
+    return web.json_response({"left": gossip.node.name, "note": "restart the plugin to join again"})
+
+
 def make_admin_app(driver: OverlayDriver, gossip: GossipRuntime | None) -> web.Application:
     app = web.Application()
     app[DRIVER] = driver
@@ -201,4 +210,5 @@ def make_admin_app(driver: OverlayDriver, gossip: GossipRuntime | None) -> web.A
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers_handler)
     app.router.add_post("/reconcile", reconcile)
+    app.router.add_post("/leave", leave)
     return app

@@ -83,3 +83,10 @@ async def test_status_and_metrics(services: Services, aiohttp_client: Any) -> No
     assert 'pyoverlay_call_seconds_bucket{le="+Inf",method="NetworkDriver.CreateNetwork"}' in text
     assert "pyoverlay_fdb_entries 1" in text and "pyoverlay_neigh_entries 1" in text
     assert 'pyoverlay_gossip_members{state="alive"} 1' in text
+
+
+async def test_leave_in_single_host_mode_says_there_is_no_cluster(
+    services: Services, aiohttp_client: Any
+) -> None:
+    admin = await aiohttp_client(make_admin_app(services.driver, None))
+    assert "no cluster to leave" in (await (await admin.post("/leave")).json())["error"]

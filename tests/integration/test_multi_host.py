@@ -240,3 +240,18 @@ def test_cli_walks_the_data_path_and_works_with_the_plugin_down(lab: Lab, scratc
         assert "last known members" in last.stderr and h2.address in last.stdout, last
     finally:
         h1.start_plugin()
+
+
+def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> None:
+    """Last in this module: h2 leaves the cluster for good (decommissioning)."""
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = both(scratch, lab, "net8", "100.0.8.0/24")
+    scratch.run(h2, "g2", "--network", "net8", IMAGE, *SLEEP)
+    wait_for("g2 on h1's VTEP", lambda: h2.address in fdb_macs(h1, nss["h1"]).values(), timeout=15)
+    t0 = time.monotonic()
+    assert cli(h2, lab, "leave").returncode == 0
+    wait_for("h2 left, on h1", lambda: members(h1, lab).get(h2.address) == "left", timeout=5)
+    wait_for(
+        "g2's entries gone", lambda: h2.address not in fdb_macs(h1, nss["h1"]).values(), timeout=5
+    )
+    assert time.monotonic() - t0 < 2.0
