@@ -133,13 +133,28 @@ class ClusterGuard:
             f"{len(voters) - 1} others answered), {need} are needed"
         )
 
-    def release_subnet(self, subnet: IPv4Network) -> None:
-        """This host no longer uses `subnet` (ReleasePool): give its blocks back."""
+    async def release_subnet(self, subnet: IPv4Network) -> None:
+        """This host no longer uses `subnet` (ReleasePool): give its blocks back.
+
+        The voters' grants are released too (best effort: a voter that does not
+        answer keeps the block promised to us, which wastes it but is safe).
+        """
         s = str(subnet)
-        for key in [k for k in self.ownership.owned if k[0] == s]:
+        released = [k for k in self.ownership.owned if k[0] == s]
+        for key in released:
             self.ownership.owned.discard(key)
             self.ownership.grants.pop(key, None)
             self.transport.withdraw(scope(subnet), key[1])
+        others = [a for n, a, reachable in self.transport.voters() if n != self.me and reachable]
+        await asyncio.gather(
+            *(
+                self.transport.call(
+                    a, RELEASE, {"subnet": s, "block": b, "claimer": self.me}, CLAIM_TIMEOUT
+                )
+                for _, b in released
+                for a in others
+            )
+        )
 
     # -- RPC handlers (must not block) ------------------------------------------
 

@@ -46,7 +46,7 @@ class AddressGuard(Protocol):
         """Make this host own more of `subnet` (the part holding `want`), or raise why not."""
         ...
 
-    def release_subnet(self, subnet: IPv4Network) -> None: ...
+    async def release_subnet(self, subnet: IPv4Network) -> None: ...
 
     def to_json(self) -> dict[str, object]: ...
 
@@ -64,7 +64,7 @@ class LocalGuard:
     async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
         raise Exhausted(f"no free address left in {subnet}")
 
-    def release_subnet(self, subnet: IPv4Network) -> None:
+    async def release_subnet(self, subnet: IPv4Network) -> None:
         return None
 
     def to_json(self) -> dict[str, object]:
@@ -153,11 +153,12 @@ class IpamService:
             "pass --subnet"
         )
 
-    def release_pool(self, pool_id: str) -> None:
+    async def release_pool(self, pool_id: str) -> None:
         p = self.pool(pool_id)
         del self.pools[pool_id]
-        self.guard.release_subnet(p.subnet)
         self._commit(lambda: self.pools.__setitem__(pool_id, p))
+        await self.guard.release_subnet(p.subnet)
+        self.save()
         log.info("pool released", pool=pool_id)
 
     # -- addresses -----------------------------------------------------------

@@ -153,7 +153,7 @@ async def request_pool(request: web.Request) -> web.Response:
 
 async def release_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.ReleasePoolRequest)
-    request.app[IPAM].release_pool(req.pool_id)
+    await request.app[IPAM].release_pool(req.pool_id)
     return reply({})
 
 

@@ -199,3 +199,14 @@ def test_no_duplicates_under_random_allocations_partitions_rejoins_and_restarts(
         _ = rnd
 
     asyncio.run(run())
+
+
+async def test_a_released_pool_gives_its_blocks_back_to_the_cluster(tmp_path: Path) -> None:
+    net, hosts, pools = await make(3, tmp_path)
+    ip, _ = await hosts["h0"].request_address(pools["h0"], "", None)
+    neighbour = str(ip + 1)
+    with pytest.raises(PyoverlayError, match="which pyoverlay host h0 owns"):
+        await hosts["h1"].request_address(pools["h1"], neighbour, None)
+    await hosts["h0"].release_pool(pools["h0"])  # `docker network rm` on h0
+    got, _ = await hosts["h1"].request_address(pools["h1"], neighbour, None)
+    assert str(got) == neighbour
