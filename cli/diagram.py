@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from .entries import describe_entry
+
 COL = 20
 
 
@@ -114,10 +116,5 @@ def draw(
         )
         out.append(" " * 11 + f"+-- udp/4789 --> VTEP {vtep}: {shown}")
     for s in view.get("stale", []):
-        what = (
-            f"fdb {s['mac']} dst {s['dst']}"
-            if s["kind"] == "fdb"
-            else f"neigh {s['ip']} {s['mac']}"
-        )
-        out.append(" " * 11 + f"!   stale {what} (no row in the table)")
+        out.append(" " * 11 + f"!   stale {describe_entry(s)} (no row in the table)")
     return "\n".join(line for line in out if line is not None)

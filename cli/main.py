@@ -32,6 +32,8 @@ from pyoverlay.plugin.admin import ADMIN_SOCKET, MEMBERS_FILE, network_summary
 from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
+from .entries import describe_entry
+
 
 class PluginDown(PyoverlayError):
     pass
@@ -169,12 +171,7 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
         for v in views:
             print(f"network {v['network']}  vni {v['vni']}  ns {v['namespace']}  dev {v['vxlan']}")
             for e in v["kernel_only"]:
-                what = (
-                    f"fdb {e['mac']} dst {e['dst']}"
-                    if e["kind"] == "fdb"
-                    else f"neigh {e['ip']} lladdr {e['mac']}"
-                )
-                print(f"  {what}")
+                print(f"  {describe_entry(e)}")
         return 0
     if as_json:
         print(json.dumps(views, indent=1))
@@ -188,12 +185,7 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
         rows = [[p["endpoint"], p["ip"], p["mac"], p["vtep"], p["state"]] for p in v["peers"]]
         print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
         for s in v["stale"]:
-            what = (
-                f"{s['mac']} dst {s['dst']}"
-                if s["kind"] == "fdb"
-                else f"{s['ip']} lladdr {s['mac']}"
-            )
-            print(f"  ! stale {s['kind']} entry {what} (no row in the table)")
+            print(f"  ! stale {describe_entry(s)} (no row in the table)")
         bad += len(v["stale"]) + sum(p["state"] in ("missing",) for p in v["peers"])
         print()
     if bad:

@@ -62,7 +62,6 @@ class Members:
         self.by_name: dict[str, Member] = {me.name: me}
         self.suspicions: dict[str, Suspicion] = {}
         self.events: list[MemberEvent] = []
-        self.refuted = 0  # times we had to refute; feeds the node's health score
 
     # -- views -----------------------------------------------------------
 
@@ -135,7 +134,6 @@ class Members:
             return False
         if (status != ALIVE and inc >= me.inc) or (status == ALIVE and inc > me.inc):
             me.inc = inc + 1
-            self.refuted += 1
             return True  # caller broadcasts our alive
         return False
 

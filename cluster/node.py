@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import GossipConfig
@@ -70,17 +70,6 @@ class Item:
     left: int
 
 
-@dataclass
-class Stats:
-    packets_in: int = 0
-    packets_out: int = 0
-    streams_in: int = 0
-    streams_out: int = 0
-    malformed: int = 0
-    updates_sent: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
 class GossipNode:
     def __init__(
         self,
@@ -98,7 +87,7 @@ class GossipNode:
         self.local: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue: dict[tuple[str, ...], Item] = {}
         self.outbox: list[Send] = []
-        self.stats = Stats()
+        self.malformed = 0  # updates that were valid JSON but not valid pyoverlay
         self.health = 0
         self.seq = 0
         self.seeds: list[str] = []
@@ -261,7 +250,6 @@ class GossipNode:
     # -- packets ---------------------------------------------------------------
 
     def on_packet(self, now: float, src: str, msg: dict[str, Any]) -> None:
-        self.stats.packets_in += 1
         try:
             self._merge_piggyback(now, msg)
             t = msg["t"]
@@ -287,7 +275,7 @@ class GossipNode:
                 ping = {"t": "ping", "seq": self.seq, "from": self.name, "to": str(msg["to"])}
                 self.outbox.append(Send(str(msg["ta"]), ping))
         except (KeyError, TypeError, ValueError):
-            self.stats.malformed += 1
+            self.malformed += 1
         self._collect()
 
     def _merge_piggyback(self, now: float, msg: dict[str, Any]) -> None:
@@ -344,7 +332,6 @@ class GossipNode:
             budget -= item.size
             (mu if item.kind == "m" else ru).append(item.payload)
             item.left -= 1
-            self.stats.updates_sent += 1
             if item.left <= 0:
                 del self.queue[key]
         if mu:
@@ -374,7 +361,6 @@ class GossipNode:
         }
 
     def _pushpull(self, addr: str) -> None:
-        self.stats.streams_out += 1
         self.outbox.append(Send(addr, {"t": "pp", "from": self.name, "state": {}}, stream=True))
 
     def fill_stream(self, now: float, msg: dict[str, Any]) -> dict[str, Any]:
@@ -385,7 +371,6 @@ class GossipNode:
 
     def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
         """Serve a push-pull: merge theirs, answer with ours."""
-        self.stats.streams_in += 1
         self._merge_state(now, msg.get("state") or {})
         self._collect()
         return {"t": "ppr", "from": self.name, "state": self._state(now)}
@@ -408,7 +393,7 @@ class GossipNode:
                         self._enqueue_row(row, now)
                         self._check_own(now, row)
         except (TypeError, AttributeError):
-            self.stats.malformed += 1
+            self.malformed += 1
 
     def _reconnect(self) -> None:
         dead = [m.addr for m in self.members.others(DEAD)]

@@ -20,7 +20,6 @@ each other's namespaces.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -188,14 +187,3 @@ class Underlay:
     @property
     def overlay_mtu(self) -> int:
         return self.mtu - VXLAN_OVERHEAD
-
-
-def is_valid_ifname(name: str) -> bool:
-    return 0 < len(name.encode()) <= IFNAMSIZ and "/" not in name and " " not in name
-
-
-def ip_or_none(text: str) -> IPv4Interface | None:
-    """Parse Docker's CIDR-formatted address strings ('' means none)."""
-    if not text:
-        return None
-    return ipaddress.IPv4Interface(text)

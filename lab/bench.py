@@ -31,6 +31,7 @@ from functools import partial
 from pyoverlay.cluster.node import GossipNode
 
 from .hosts import IMAGE, Host, Lab, sh, wait_for
+from .hosts import overlay_ip as ip_of
 
 RESULTS: dict[str, object] = {}
 
@@ -171,11 +172,6 @@ def iperf(
 ) -> float:
     """Container to container, iperf3 run in the containers' netns via nsenter."""
     return iperf_gbps(in_container(*server), in_container(*client), target, 5201, seconds)
-
-
-def ip_of(h: Host, c: str, net: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "' + net + '").IPAddress}}'
-    return h.docker("inspect", "-f", fmt, c).stdout.strip()
 
 
 def bench_tcp_1h(lab: Lab) -> None:

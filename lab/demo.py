@@ -16,7 +16,7 @@ import argparse
 import secrets
 import sys
 
-from .hosts import IMAGE, Host, Lab, wait_for
+from .hosts import Lab, start_seed_app, wait_for
 
 SUBNET = "100.0.0.0/24"
 
@@ -28,11 +28,6 @@ def say(text: str) -> None:
 def show(cmd: str, out: str) -> None:
     print(f"$ {cmd}")
     print("\n".join("  " + line for line in out.rstrip().splitlines()), flush=True)
-
-
-def ip_of(h: Host, c: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "net1").IPAddress}}'
-    return h.docker("inspect", "-f", fmt, c).stdout.strip()
 
 
 def run(lab: Lab) -> None:
@@ -54,24 +49,8 @@ def run(lab: Lab) -> None:
         print(f"  {h.name}: network {nid[:12]} -> namespace 1-{nid[:10]}")
 
     say("the seed's application: kv (redis) and web (node) on h1, front (nginx, -p 1080:80) on h2")
-    h1.docker("run", "-d", "--name", "kv", "--network", "net1", IMAGE, "/app/kv-server")
-    kv = ip_of(h1, "kv")
-    h1.docker("run", "-d", "--name", "web", "--network", "net1", IMAGE, "/app/web-server", kv)
-    web = ip_of(h1, "web")
-    h2.docker(
-        "run",
-        "-d",
-        "--name",
-        "front",
-        "--network",
-        "net1",
-        "-p",
-        "1080:80",
-        IMAGE,
-        "/app/front-server",
-        web,
-    )
-    front = ip_of(h2, "front")
+    ips = start_seed_app(h1, h1, h2, "net1")
+    kv, web, front = ips["kv"], ips["web"], ips["front"]
     for name, h, ip in (("kv", h1, kv), ("web", h1, web), ("front", h2, front)):
         print(f"  {name:6} runs on {h.name} ({h.address})  net1 address {ip}")
 

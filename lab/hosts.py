@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -481,6 +481,49 @@ class Host:
         with open("/proc/self/mountinfo") as f:
             points = [line.split()[4] for line in f]
         return sorted((p for p in points if p.startswith(str(path))), reverse=True)
+
+
+def overlay_ip(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "' + network + '").IPAddress}}'
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def start_seed_app(
+    kv: Host,
+    web: Host,
+    front: Host,
+    network: str,
+    run: Callable[..., object] | None = None,
+) -> dict[str, str]:
+    """The seed's three tiers on the given hosts; front publishes 1080:80.
+
+    `run(host, name, *docker_run_args)` starts a container (default: `docker
+    run -d --name name ...`; tests pass their cleanup-tracking runner).
+    Returns container name -> address on `network`.
+    """
+
+    def default_run(h: Host, name: str, *args: str) -> object:
+        return h.docker("run", "-d", "--name", name, *args)
+
+    start = run or default_run
+    ips: dict[str, str] = {}
+    start(kv, "kv", "--network", network, IMAGE, "/app/kv-server")
+    ips["kv"] = overlay_ip(kv, "kv", network)
+    start(web, "web", "--network", network, IMAGE, "/app/web-server", ips["kv"])
+    ips["web"] = overlay_ip(web, "web", network)
+    start(
+        front,
+        "front",
+        "--network",
+        network,
+        "-p",
+        "1080:80",
+        IMAGE,
+        "/app/front-server",
+        ips["web"],
+    )
+    ips["front"] = overlay_ip(front, "front", network)
+    return ips
 
 
 class Lab:

@@ -180,6 +180,7 @@ async def metrics(request: web.Request) -> web.Response:
                 g.setdefault("pyoverlay_gossip_dropped_total", {})[key] = value
             else:
                 g[f"pyoverlay_gossip_{name}_total"] = {(): value}
+        g["pyoverlay_gossip_malformed_updates_total"] = {(): gossip.node.malformed}
     g["pyoverlay_table_rows"] = {(("table", k),): v for k, v in tables.items()}
     fdb = neigh = 0
     for net in driver.networks.values():

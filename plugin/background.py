@@ -9,7 +9,6 @@ repairs drift no event reported (an entry deleted by hand, a lost event).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -65,10 +64,3 @@ class PeerSyncer:
     def start(self, tasks: TaskSet) -> None:
         tasks.spawn("peer-sync", self.run_events())
         tasks.spawn("reconciler", self.run_periodic())
-
-    async def flush(self) -> None:
-        """Run pending syncs now (used at shutdown and in tests)."""
-        with contextlib.suppress(Exception):
-            for vni in sorted(self.dirty):
-                await self.driver.sync_peers(vni)
-        self.dirty.clear()

@@ -108,7 +108,3 @@ class RequestAddressRequest(Wire):
 class ReleaseAddressRequest(Wire):
     pool_id: str = Field(alias="PoolID", min_length=1)
     address: str = Field(alias="Address", min_length=1)
-
-
-class Empty(Wire):
-    """Bodies Docker sends empty (Activate, GetCapabilities, GetDefaultAddressSpaces)."""

@@ -13,7 +13,7 @@ from pyoverlay.driver.kernel import UnderlayInfo
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.lab.hosts import Host, Lab
+from pyoverlay.lab.hosts import Host, Lab, overlay_ip
 
 UNDERLAY = UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
 
@@ -24,6 +24,9 @@ def require_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("this test tier needs root, and CI must run it")
         pytest.skip("needs root")
+
+
+ip_of = overlay_ip  # the address of a container on a network
 
 
 class Services:
@@ -71,11 +74,6 @@ class Scratch:
                 host.docker("rm", "-f", name, check=False)
             else:
                 host.docker("network", "rm", name, check=False)
-
-
-def ip_of(h: Host, container: str, network: str) -> str:
-    fmt = '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % network
-    return h.docker("inspect", "-f", fmt, container).stdout.strip()
 
 
 def mac_of(h: Host, container: str, network: str) -> str:

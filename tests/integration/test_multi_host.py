@@ -15,7 +15,7 @@ import time
 import pytest
 from support import Scratch, both, ip_of, mac_of, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -48,12 +48,8 @@ def neigh(h: Host, ns: str) -> dict[str, str]:
 def test_seed_application_across_two_hosts(lab: Lab, scratch: Scratch) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     both(scratch, lab, "net1", "100.0.0.0/24")
-    scratch.run(h1, "kv", "--network", "net1", IMAGE, "/app/kv-server")
-    kv = ip_of(h1, "kv", "net1")
-    scratch.run(h1, "web", "--network", "net1", IMAGE, "/app/web-server", kv)
-    web = ip_of(h1, "web", "net1")
-    scratch.run(h2, "front", "--network", "net1", "-p", "1080:80", IMAGE, "/app/front-server", web)
-    front = ip_of(h2, "front", "net1")
+    ips = start_seed_app(h1, h1, h2, "net1", run=scratch.run)
+    kv, web, front = ips["kv"], ips["web"], ips["front"]
     assert len({kv, web, front}) == 3  # cluster-wide IPAM: no duplicate without --ip
 
     tap = lab.capture_vxlan(4)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from support import Scratch, both, ip_of, ping
 
-from pyoverlay.lab.hosts import IMAGE, Lab, wait_for
+from pyoverlay.lab.hosts import IMAGE, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 3
@@ -16,20 +16,7 @@ HOSTS = 3
 def test_seed_application_on_three_hosts(lab: Lab, scratch: Scratch) -> None:
     h1, h2, h3 = lab.hosts
     both(scratch, lab, "net1", "100.1.0.0/24")
-    scratch.run(h1, "kv", "--network", "net1", IMAGE, "/app/kv-server")
-    scratch.run(h2, "web", "--network", "net1", IMAGE, "/app/web-server", ip_of(h1, "kv", "net1"))
-    scratch.run(
-        h3,
-        "front",
-        "--network",
-        "net1",
-        "-p",
-        "1080:80",
-        IMAGE,
-        "/app/front-server",
-        ip_of(h2, "web", "net1"),
-    )
-
+    start_seed_app(h1, h2, h3, "net1", run=scratch.run)
     wait_for(
         "front(h3) -> web(h2) -> kv(h1)",
         lambda: "says hits=" in lab.http_get(h3, 1080, "/cgi-bin/app"),
