@@ -7,6 +7,8 @@
     pyoverlay reconcile [--dry-run]       what the reconciler would change / change it now
     pyoverlay diagram [NETWORK]           one host's data path drawn like the seed article
     pyoverlay leave                       leave the cluster gracefully (decommissioning a host)
+    pyoverlay forget NODE                 remove a dead host for good (its address blocks return)
+    pyoverlay keys reload                 re-read --gossip-key-file (live key rotation)
     pyoverlay options                     the settings table (markdown), for the README
 
 The inspection commands talk to a running plugin through the admin socket
@@ -78,6 +80,14 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
     print(f"plugin:   {st['health']} (pyoverlay {st['version']})")
     print(f"node:     {st['node']}  vtep {st['vtep']}  gossip {st['gossip'] or 'off'}")
     print(f"members:  {members}")
+    if not st.get("synced", True):
+        print(
+            "sync:     waiting for a first full exchange with a live host "
+            "(no pruning, no new address blocks until then)"
+        )
+    for nid, hosts in (st.get("disagreements") or {}).items():
+        for host, diffs in hosts.items():
+            print(f"! network {nid}: host {host} disagrees: {'; '.join(diffs)}")
     rows = [
         [n["network"], n["vni"], n["subnet"], n["mtu"], n["namespace"], n["endpoints"]]
         for n in st["networks"]
@@ -248,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         ("reconcile", "compare the kernel with the tables and repair"),
         ("diagram", "one host's data path drawn like the seed article"),
         ("leave", "leave the cluster gracefully: others drop this host at once"),
+        ("forget", "remove a dead host for good: its address blocks go back to the pool"),
+        ("keys", "gossip keys: `keys reload` re-reads --gossip-key-file"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--state-dir", default=default_dir, help="the plugin's --state-dir")
@@ -256,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("network", nargs="?", default="", help="network ID (prefix)")
         if name == "reconcile":
             p.add_argument("--dry-run", action="store_true", help="only show what would change")
+        if name == "forget":
+            p.add_argument("node", help="the dead host's node id (`pyoverlay members`)")
+        if name == "keys":
+            p.add_argument("action", choices=["reload"], help="reload: re-read the key file")
     sub.add_parser("options", help="print the plugin's settings as a markdown table")
     args = parser.parse_args(argv)
     try:
@@ -280,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leave":
             res = admin(state_dir, "POST", "/leave")
             print(json.dumps(res) if args.json else res.get("error") or f"left: {res['left']}")
+            return 1 if "error" in res else 0
+        if args.command == "forget":
+            res = admin(state_dir, "POST", f"/forget?node={args.node}")
+            print(json.dumps(res) if args.json else res.get("error") or f"forgot: {res['forgot']}")
+            return 1 if "error" in res else 0
+        if args.command == "keys":
+            res = admin(state_dir, "POST", "/keys/reload")
+            shown = res.get("error") or f"reloaded {res['keys']} key(s) from {res['file']}"
+            print(json.dumps(res) if args.json else shown)
             return 1 if "error" in res else 0
     except PyoverlayError as exc:
         print(f"pyoverlay: {exc}", file=sys.stderr)

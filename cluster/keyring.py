@@ -5,7 +5,12 @@ Rotation: add the new key to every host's key file (second line), then
 move it first, then remove the old one - at every step all hosts can read
 what any host sends.
 
-Frame: version byte 1 | 12-byte random nonce | ciphertext + 16-byte tag.
+Frame: version byte 2 | 12-byte random nonce | ciphertext + 16-byte tag.
+(Version 2: the plaintext carries an anti-replay stamp, see replay.py.)
+
+Live rotation: `Keyring.replace()` swaps the keys in place (SIGHUP or
+`pyoverlay keys reload` re-read --gossip-key-file).  A key file must not be
+readable by group or others: it is refused otherwise.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pyoverlay.state.errors import InvalidOption
 
-VERSION = 1
+VERSION = 2
 NONCE = 12
 OVERHEAD = 1 + NONCE + 16
-AAD = b"pyoverlay-gossip-1"
+AAD = b"pyoverlay-gossip-2"
 
 
 class AuthError(Exception):
@@ -53,6 +58,12 @@ def load_keys(key: str | None, key_file: str | None) -> list[bytes]:
         keys.append(parse_key(key, "--gossip-key"))
     if key_file:
         try:
+            mode = Path(key_file).stat().st_mode
+            if mode & 0o077:
+                raise InvalidOption(
+                    f"--gossip-key-file {key_file} is readable by group or others "
+                    f"(mode {mode & 0o777:o}); run `chmod 600 {key_file}`"
+                )
             lines = Path(key_file).read_text().splitlines()
         except OSError as exc:
             raise InvalidOption(f"--gossip-key-file {key_file}: {exc.strerror}") from None
@@ -69,6 +80,14 @@ class Keyring:
         if not keys:
             raise ValueError("a keyring needs at least one key")
         self._ciphers = [AESGCM(k) for k in keys]
+        self.count = len(keys)
+
+    def replace(self, keys: Sequence[bytes]) -> None:
+        """Swap the keys (live rotation): the first one sends from now on."""
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        self._ciphers = [AESGCM(k) for k in keys]
+        self.count = len(keys)
 
     def seal(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE)

@@ -62,6 +62,7 @@ class Members:
         self.by_name: dict[str, Member] = {me.name: me}
         self.suspicions: dict[str, Suspicion] = {}
         self.events: list[MemberEvent] = []
+        self.banned: set[str] = set()  # forgotten for good (`pyoverlay forget`): never again
 
     # -- views -----------------------------------------------------------
 
@@ -82,9 +83,9 @@ class Members:
         try:
             name, addr, inc, status = str(u["n"]), str(u["a"]), int(u["i"]), str(u["s"])
             meta = {str(k): str(v) for k, v in (u.get("m") or {}).items()}
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             return False
-        if status not in RANK or inc < 0:
+        if status not in RANK or inc < 0 or name in self.banned:
             return False
         if name == self.me.name:
             return self._about_me(inc, status)

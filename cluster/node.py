@@ -88,6 +88,9 @@ class GossipNode:
         self.queue: dict[tuple[str, ...], Item] = {}
         self.outbox: list[Send] = []
         self.malformed = 0  # updates that were valid JSON but not valid pyoverlay
+        # True after the first full state exchange with another member (either way):
+        # from then on the table is as good as the cluster's
+        self.synced = False
         self.health = 0
         self.seq = 0
         self.seeds: list[str] = []
@@ -120,18 +123,20 @@ class GossipNode:
         for s in self.seeds:
             self._pushpull(s)
 
-    def publish(self, now: float, scope: str, key: str, value: dict[str, Any]) -> None:
+    def publish(
+        self, now: float, scope: str, key: str, value: dict[str, Any], stamp: int | None = None
+    ) -> None:
         self.local[(scope, key)] = value
-        self._enqueue_row(self.table.write(now, scope, key, value), now)
+        self._enqueue_row(self.table.write(now, scope, key, value, stamp), now)
         self._gossip(now)  # now, not at the next tick: a new container should be reachable at once
         self._collect()
 
-    def withdraw(self, now: float, scope: str, key: str) -> None:
+    def withdraw(self, now: float, scope: str, key: str, stamp: int | None = None) -> None:
         self.local.pop((scope, key), None)
         cur = self.table.rows.get((scope, key))
         if cur is not None and cur.value is None:
             return
-        self._enqueue_row(self.table.write(now, scope, key, None), now)
+        self._enqueue_row(self.table.write(now, scope, key, None, stamp), now)
         self._gossip(now)
         self._collect()
 
@@ -274,7 +279,7 @@ class GossipNode:
                 self.relays[self.seq] = Relay(src, int(msg["seq"]), now + self.config.probe_timeout)
                 ping = {"t": "ping", "seq": self.seq, "from": self.name, "to": str(msg["to"])}
                 self.outbox.append(Send(str(msg["ta"]), ping))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             self.malformed += 1
         self._collect()
 
@@ -303,7 +308,7 @@ class GossipNode:
         want = self.local.get((row.scope, row.key))
         if want == row.value:
             return
-        self._enqueue_row(self.table.write(now, row.scope, row.key, want), now)
+        self._enqueue_row(self.table.write(now, row.scope, row.key, want, self.table.clock), now)
 
     # -- dissemination -----------------------------------------------------------
 
@@ -372,11 +377,13 @@ class GossipNode:
     def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
         """Serve a push-pull: merge theirs, answer with ours."""
         self._merge_state(now, msg.get("state") or {})
+        self.synced = self.synced or msg.get("from") != self.name
         self._collect()
         return {"t": "ppr", "from": self.name, "state": self._state(now)}
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
         self._merge_state(now, msg.get("state") or {})
+        self.synced = self.synced or msg.get("from") != self.name
         self._collect()
 
     def _merge_state(self, now: float, state: dict[str, Any]) -> None:
@@ -392,7 +399,7 @@ class GossipNode:
                     if row is not None:
                         self._enqueue_row(row, now)
                         self._check_own(now, row)
-        except (TypeError, AttributeError):
+        except (TypeError, AttributeError, ValueError, OverflowError):
             self.malformed += 1
 
     def _reconnect(self) -> None:

@@ -1,9 +1,19 @@
 """The asyncio shell around a GossipNode: UDP packets, TCP push-pull, timers.
 
-Every datagram and every stream frame is sealed with the keyring (AES-GCM).
-What cannot be opened, is malformed, or is over its size limit is dropped
-and counted (`GossipRuntime.counters`); nothing a peer sends can raise out
-of the receive path or block it: streams have a timeout and a size limit.
+Every datagram and every stream frame is sealed with the keyring (AES-GCM)
+and carries an anti-replay stamp (replay.py).  What cannot be opened, is
+malformed, replayed, stale or over its size limit is dropped and counted
+(`GossipRuntime.counters`); nothing a peer sends can raise out of the
+receive path or block it.
+
+Authenticate before buffering: a TCP frame starts with a small sealed header
+(at most HEADER_MAX bytes) that names the body's length and carries the
+stamp; nothing larger is read from a peer before that header opened with a
+key of the ring.  At most MAX_STREAMS inbound streams run at once; more are
+closed at once (`streams_refused`).
+
+Timers run on the monotonic clock; only row versions and replay stamps use
+the wall clock.
 
 The runtime is also the driver's PeerDirectory: publish/withdraw/rows go to
 the node's replicated table, and visible row changes come back through
@@ -27,13 +37,22 @@ from pyoverlay.state.tasks import TaskSet
 from . import wire
 from .config import GossipConfig
 from .keyring import OVERHEAD, AuthError, Keyring
-from .membership import ALIVE, LEFT, SUSPECT, MemberEvent
+from .membership import MemberEvent
 from .node import GossipNode
+from .replay import ReplayGuard, Stamp, StampSource
 from .table import RowEvent
 
 log = structlog.get_logger("pyoverlay.gossip")
-FRAME = struct.Struct("!I")
+HEADER_LEN = struct.Struct("!H")
+HEADER_MAX = 256  # sealed header: {"n": body length} + stamp
 MAX_DATAGRAM = 64 * 1024
+MAX_STREAMS = 32  # inbound streams at once
+MAX_STREAMS_PER_SOURCE = 4  # from one address: a flood from one host cannot take every slot
+HEADER_TIMEOUT = 1.0  # a peer that has not authenticated within this is cut off
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def split_addr(addr: str, default_port: int) -> tuple[str, int]:
@@ -72,8 +91,13 @@ class GossipRuntime:
         self.bind_host = bind_host
         self.port = port
         self.node = GossipNode(
-            name, f"{bind_host}:{port}", config, random.Random(), time.time(), meta
+            name, f"{bind_host}:{port}", config, random.Random(), time.monotonic(), meta
         )
+        self.stamps = StampSource(name, wall_ms())
+        self.replay = ReplayGuard()
+        self._inbound: dict[str, int] = {}  # source address -> open inbound streams
+        # set at the first full state exchange with a live member (either way)
+        self.synced = asyncio.Event()
         self.on_rows = on_rows or (lambda scopes: None)
         self.on_members = on_members or (lambda events: None)
         self.counters: dict[str, int] = {}
@@ -87,11 +111,11 @@ class GossipRuntime:
     # -- PeerDirectory -------------------------------------------------------
 
     def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
-        self.node.publish(time.time(), scope, key, value)
+        self.node.publish(time.monotonic(), scope, key, value, wall_ms())
         self._after()
 
     def withdraw(self, scope: str, key: str) -> None:
-        self.node.withdraw(time.time(), scope, key)
+        self.node.withdraw(time.monotonic(), scope, key, wall_ms())
         self._after()
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
@@ -103,12 +127,18 @@ class GossipRuntime:
         """`handler(body) -> reply body` answers `call(addr, kind, body)`; it must not block."""
         self._rpc[kind] = handler
 
-    def voters(self) -> list[tuple[str, str, bool]]:
-        return [
-            (m.name, m.addr, m.status in (ALIVE, SUSPECT))
-            for m in self.node.members.by_name.values()
-            if m.status != LEFT
-        ]
+    def members(self) -> list[tuple[str, str, str]]:
+        """(name, gossip address, status) of every member known, this host included."""
+        return [(m.name, m.addr, m.status) for m in self.node.members.by_name.values()]
+
+    def forget(self, name: str) -> None:
+        """A host removed for good: drop it and its rows, refuse whatever it still sends."""
+        self.node.members.banned.add(name)
+        self.node.members.by_name.pop(name, None)
+        self.node.members.suspicions.pop(name, None)
+        self.node.table.set_owner_dead(name, True)
+        self.node.table.drop_owner(name)
+        self._after()
 
     async def call(
         self, addr: str, kind: str, body: dict[str, Any], timeout: float
@@ -130,7 +160,7 @@ class GossipRuntime:
         proto.transport = transport
         self._udp = proto
         self._server = await asyncio.start_server(self._serve_stream, self.bind_host, self.port)
-        self.node.start(time.time(), [self._normalise(s) for s in seeds])
+        self.node.start(time.monotonic(), [self._normalise(s) for s in seeds])
         self._loop_task = self.tasks.spawn("gossip-timers", self._timers())
         self._after()
         log.info("gossip started", node=self.node.name, addr=self.node.addr)
@@ -141,7 +171,7 @@ class GossipRuntime:
 
     async def stop(self, leave: bool = True) -> None:
         if leave:
-            self.node.leave(time.time())
+            self.node.leave(time.monotonic())
             self._flush()
             await asyncio.sleep(0.05)
         await self.tasks.close()
@@ -159,11 +189,11 @@ class GossipRuntime:
 
     async def _timers(self) -> None:
         while True:
-            delay = max(0.0, self.node.next_deadline() - time.time())
+            delay = max(0.0, self.node.next_deadline() - time.monotonic())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
-            self.node.tick(time.time())
+            self.node.tick(time.monotonic())
             self._after()
 
     def _after(self) -> None:
@@ -183,10 +213,10 @@ class GossipRuntime:
     def _flush(self) -> None:
         for send in self.node.outbox:
             if send.stream:
-                msg = self.node.fill_stream(time.time(), send.msg)
+                msg = self.node.fill_stream(time.monotonic(), send.msg)
                 self.tasks.spawn(f"pushpull {send.addr}", self._pushpull(send.addr, msg))
                 continue
-            data = self.keyring.seal(wire.encode(send.msg))
+            data = self._seal(send.msg)
             host, port = split_addr(send.addr, self.port)
             if self._udp is not None and self._udp.transport is not None:
                 self._udp.transport.sendto(data, (host, port))
@@ -194,17 +224,47 @@ class GossipRuntime:
                 self.count("bytes_out", len(data))
         self.node.outbox.clear()
 
-    def _open(self, data: bytes, limit: int, types: set[str]) -> dict[str, Any] | None:
+    def reload_keys(self, keys: list[bytes]) -> None:
+        """Live key rotation: the first key sends from now on, every key opens."""
+        self.keyring.replace(keys)
+        log.info("gossip keys reloaded", keys=len(keys))
+
+    def _seal(self, msg: dict[str, Any], stamp: Stamp | None = None) -> bytes:
+        stamp = stamp or self.stamps.next(wall_ms())
+        return self.keyring.seal(wire.encode(stamp.into(msg)))
+
+    def _open(
+        self, data: bytes, limit: int, types: set[str], expect: Stamp | None = None
+    ) -> dict[str, Any] | None:
+        """Open, decode and replay-check one sealed message (or with `expect`: its stamp)."""
         if len(data) > limit + OVERHEAD:
             self.count("dropped_oversized")
             return None
         try:
-            return wire.decode(self.keyring.open(data), limit, types)
+            msg = wire.decode(self.keyring.open(data), limit, types)
         except AuthError:
             self.count("dropped_auth")
+            return None
         except wire.WireError:
             self.count("dropped_malformed")
-        return None
+            return None
+        stamp = Stamp.of(msg)
+        if stamp is None:
+            self.count("dropped_malformed")
+            return None
+        if stamp.sender in self.node.members.banned:
+            self.count("dropped_forgotten")
+            return None
+        if expect is not None:
+            if stamp != expect:
+                self.count("dropped_replay")
+                return None
+            return msg
+        why = self.replay.check(stamp, wall_ms())
+        if why is not None:
+            self.count(f"dropped_{why}")
+            return None
+        return msg
 
     def _datagram(self, data: bytes, src: str) -> None:
         self.count("packets_in")
@@ -213,62 +273,102 @@ class GossipRuntime:
         if msg is None:
             return
         # answer to the address the sender gossips from, not the datagram's source port
-        self.node.on_packet(time.time(), self._sender_addr(msg, src), msg)
+        self.node.on_packet(time.monotonic(), self._sender_addr(msg, src), msg)
         self._after()
 
     def _sender_addr(self, msg: dict[str, Any], src: str) -> str:
         m = self.node.members.by_name.get(str(msg.get("from", "")))
         return m.addr if m is not None else src
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
-        (size,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-        if size > wire.MAX_STREAM + OVERHEAD:
+    async def _read_frame(
+        self, reader: asyncio.StreamReader, timeout: float, header_timeout: float
+    ) -> dict[str, Any] | None:
+        """One stream frame: a sealed header first, the body only once the header opened."""
+        head = await asyncio.wait_for(reader.readexactly(HEADER_LEN.size), header_timeout)
+        (hsize,) = HEADER_LEN.unpack(head)
+        if hsize > HEADER_MAX:
             self.count("dropped_oversized")
-            raise ValueError("stream frame too large")
-        return await reader.readexactly(size)
+            return None
+        sealed = await asyncio.wait_for(reader.readexactly(hsize), header_timeout)
+        header = self._open(sealed, HEADER_MAX, {"hdr"})
+        if header is None:
+            return None
+        size = header.get("n")
+        if type(size) is not int or not 0 < size <= wire.MAX_STREAM + OVERHEAD:
+            self.count("dropped_oversized")
+            return None
+        stamp = Stamp.of(header)
+        body = await asyncio.wait_for(reader.readexactly(size), timeout)
+        return self._open(body, wire.MAX_STREAM, wire.STREAM_TYPES, expect=stamp)
 
     def _frame(self, msg: dict[str, Any]) -> bytes:
-        sealed = self.keyring.seal(wire.encode(msg))
-        self.count("bytes_out", len(sealed))
-        return FRAME.pack(len(sealed)) + sealed
+        stamp = self.stamps.next(wall_ms())
+        body = self._seal(msg, stamp)
+        header = self._seal({"t": "hdr", "n": len(body)}, stamp)
+        self.count("bytes_out", len(body) + len(header))
+        return HEADER_LEN.pack(len(header)) + header + body
 
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         peer = writer.get_extra_info("peername")
         src = f"{peer[0]}:{peer[1]}" if peer else "?"
+        host = str(peer[0]) if peer else "?"
+        if (
+            sum(self._inbound.values()) >= MAX_STREAMS
+            or self._inbound.get(host, 0) >= MAX_STREAMS_PER_SOURCE
+        ):
+            self.count("streams_refused")
+            writer.close()
+            return
+        self._inbound[host] = self._inbound.get(host, 0) + 1
         try:
-            data = await asyncio.wait_for(self._read_frame(reader), self.config.stream_timeout)
-            msg = self._open(data, wire.MAX_STREAM, wire.STREAM_TYPES)
-            if msg is None:
-                return
-            if msg.get("t") == "rpc":
-                handler = self._rpc.get(str(msg.get("kind")))
-                body = msg.get("body")
-                if handler is None or not isinstance(body, dict):
-                    self.count("dropped_malformed")
-                    return
-                reply = {"t": "rpcr", "body": handler(body)}
-            elif msg.get("t") == "pp":
-                self.count("streams_in")
-                reply = self.node.on_stream(time.time(), src, msg)
-            else:
-                return
-            writer.write(self._frame(reply))
-            await asyncio.wait_for(writer.drain(), self.config.stream_timeout)
-            self._after()
+            await self._serve_one(src, reader, writer)
         except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
             self.count("stream_errors")
         finally:
+            self._inbound[host] -= 1
+            if not self._inbound[host]:
+                del self._inbound[host]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _serve_one(
+        self, src: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        msg = await self._read_frame(reader, self.config.stream_timeout, HEADER_TIMEOUT)
+        if msg is None:
+            return
+        if msg.get("t") == "rpc":
+            handler = self._rpc.get(str(msg.get("kind")))
+            body = msg.get("body")
+            if handler is None or not isinstance(body, dict):
+                self.count("dropped_malformed")
+                return
+            reply = {"t": "rpcr", "body": handler(body)}
+        elif msg.get("t") == "pp":
+            self.count("streams_in")
+            reply = self.node.on_stream(time.monotonic(), src, msg)
+            self._mark_synced(msg)
+        else:
+            return
+        writer.write(self._frame(reply))
+        await asyncio.wait_for(writer.drain(), self.config.stream_timeout)
+        self._after()
+
+    def _mark_synced(self, msg: dict[str, Any]) -> None:
+        """A full state from a live member was merged: the table is as good as the cluster's."""
+        if self.node.synced and not self.synced.is_set():
+            self.synced.set()
+            log.info("gossip synced", node=str(msg.get("from")))
 
     async def _pushpull(self, addr: str, msg: dict[str, Any]) -> None:
         reply = await self._exchange(addr, msg, self.config.stream_timeout)
         if reply is not None and reply.get("t") == "ppr":
             self.count("streams_out")
-            self.node.on_stream_reply(time.time(), addr, reply)
+            self.node.on_stream_reply(time.monotonic(), addr, reply)
+            self._mark_synced(reply)
             self._after()
 
     async def _exchange(
@@ -281,8 +381,7 @@ class GossipRuntime:
             writer = conn
             conn.write(self._frame(msg))
             await asyncio.wait_for(conn.drain(), timeout)
-            data = await asyncio.wait_for(self._read_frame(reader), timeout)
-            return self._open(data, wire.MAX_STREAM, wire.STREAM_TYPES)
+            return await self._read_frame(reader, timeout, timeout)
         except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as exc:
             self.count("stream_errors")
             log.debug("stream exchange failed", addr=addr, error=str(exc))

@@ -76,9 +76,20 @@ class Table:
             owner = row.owner if new is not None else (before.owner if before else row.owner)
             self.events.append(RowEvent(row.scope, row.key, owner, new))
 
-    def write(self, now: float, scope: str, key: str, value: dict[str, Any] | None) -> Row:
-        """A local write (or delete, value None) by this node."""
-        self.clock = max(self.clock + 1, int(now * 1000))
+    def write(
+        self,
+        now: float,
+        scope: str,
+        key: str,
+        value: dict[str, Any] | None,
+        stamp: int | None = None,
+    ) -> Row:
+        """A local write (or delete, value None) by this node.
+
+        `stamp` is the wall clock in ms (the hybrid part of the version, so a
+        restarted writer still wins); `now` may be a monotonic clock.
+        """
+        self.clock = max(self.clock + 1, int(now * 1000) if stamp is None else stamp)
         reap = now + self.tombstone_ttl if value is None else None
         row = Row(scope, key, self.me, self.clock, value, reap)
         self._put(row)
@@ -92,7 +103,7 @@ class Table:
             if value is not None and not isinstance(value, dict):
                 return None
             residual = float(d.get("r", self.tombstone_ttl))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
         self.clock = max(self.clock, ltime)
         cur = self.rows.get((scope, key))

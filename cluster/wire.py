@@ -24,12 +24,16 @@ def encode(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":"), sort_keys=False).encode()
 
 
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not a number pyoverlay sends")
+
+
 def decode(data: bytes, limit: int, types: set[str]) -> dict[str, Any]:
     if len(data) > limit:
         raise WireError(f"message of {len(data)} bytes is over the {limit}-byte limit")
     try:
-        msg = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = json.loads(data, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(f"not JSON: {exc}") from None
     if not isinstance(msg, dict) or msg.get("t") not in types:
         raise WireError("not a known message")

@@ -102,6 +102,7 @@ class NetworkSpec:
     internal: bool = False
     # Free-form options as the user gave them, kept for `inspect`-style output.
     options: dict[str, str] = field(default_factory=dict, compare=False)
+    aux: tuple[str, ...] = ()  # --aux-address values (reserved, the same on every host)
 
     @property
     def namespace(self) -> str:
@@ -120,6 +121,7 @@ class NetworkSpec:
             "mtu": self.mtu,
             "internal": self.internal,
             "options": dict(self.options),
+            "aux": list(self.aux),
         }
 
     @classmethod
@@ -135,7 +137,12 @@ class NetworkSpec:
             mtu=int(str(d["mtu"])),
             internal=bool(d.get("internal", False)),
             options={str(k): str(v) for k, v in opts.items()},
+            aux=tuple(str(a) for a in _list(d.get("aux"))),
         )
+
+
+def _list(v: object) -> list[object]:
+    return list(v) if isinstance(v, list | tuple) else []
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class PoolData:
 
     pool: str
     gateway: str = ""
+    address_space: str = ""
+    aux: tuple[str, ...] = ()  # AuxAddresses values, as Docker sends them (CIDR)
 
 
 def _int_option(key: str, value: str, low: int, high: int, what: str) -> int:
@@ -102,4 +104,5 @@ def parse_network(
         mtu=mtu,
         internal=internal,
         options=opts,
+        aux=tuple(sorted(a.split("/")[0] for a in ipv4[0].aux)),
     )

@@ -75,13 +75,20 @@ def desired(remotes: Iterable[RemoteEndpoint], local_vtep: IPv4Address) -> PeerE
     )
 
 
-def diff(ns: str, dev: str, have: PeerEntries, want: PeerEntries) -> list[Op]:
+def diff(ns: str, dev: str, have: PeerEntries, want: PeerEntries, prune: bool = True) -> list[Op]:
+    """Ops that turn `have` into `want`.
+
+    With prune=False nothing is deleted that `want` does not replace: a
+    restarting plugin whose table is still empty (gossip has not synced yet)
+    must not remove the entries running containers use (issue: restart
+    without loss).  Entries that `want` changes are still fixed.
+    """
     ops: list[Op] = []
     for ip, _mac in sorted(have.neigh.items()):
-        if ip not in want.neigh:
+        if ip not in want.neigh and prune:
             ops.append(DeleteNeigh(ns, dev, ip))
     for mac, dst in sorted(have.fdb.items()):
-        if want.fdb.get(mac) != dst:
+        if want.fdb.get(mac) != dst and (prune or mac in want.fdb):
             ops.append(DeleteFdb(ns, dev, mac, dst))
     for mac, dst in sorted(want.fdb.items()):
         if have.fdb.get(mac) != dst:

@@ -2,8 +2,10 @@
 
 Rules this adapter keeps (see docs/design.md, "kernel adapter"):
 * one long-lived AsyncIPRoute per namespace (a netns socket is made by a
-  forked child, ~8 ms); closed before the namespace is removed, because the
-  socket itself pins the namespace;
+  forked child, ~8 ms), opened under a per-namespace lock so two callers
+  never open two; closed before the namespace is removed, because the
+  socket itself pins the namespace (the driver's per-network lock makes sure
+  nobody else is using it then);
 * one dump at a time per socket (pyroute2 answers EBUSY otherwise), and
   every dump is consumed to the end inside the lock;
 * `flags=0` everywhere, so a missing namespace is an error and never created
@@ -81,23 +83,32 @@ class PyrouteKernel:
         self._sockets: dict[str, AsyncIPRoute] = {}
         # Serialises dumps per socket (pitfall: concurrent dumps -> EBUSY).
         self._dump_locks: dict[str, asyncio.Lock] = {}
+        self._open_locks: dict[str, asyncio.Lock] = {}
 
     # -- sockets ---------------------------------------------------------
 
     async def _ipr(self, ns: str | None) -> AsyncIPRoute:
         if ns is None:
-            if self._host is None:
-                self._host = AsyncIPRoute(ext_ack=True)
-                await self._host.setup_endpoint()
+            if self._host is not None:
+                return self._host
+            async with self._open_locks.setdefault("", asyncio.Lock()):
+                if self._host is None:
+                    host = AsyncIPRoute(ext_ack=True)
+                    await host.setup_endpoint()
+                    self._host = host
             return self._host
         sock = self._sockets.get(ns)
-        if sock is None:
-            path = self.netns_dir / ns
-            if not path.exists():
-                raise KernelError("open namespace", ns, errno.ENOENT, f"{path} does not exist")
-            sock = AsyncIPRoute(netns=str(path), flags=0, ext_ack=True)
-            await sock.setup_endpoint()
-            self._sockets[ns] = sock
+        if sock is not None:
+            return sock
+        async with self._open_locks.setdefault(ns, asyncio.Lock()):
+            sock = self._sockets.get(ns)
+            if sock is None:
+                path = self.netns_dir / ns
+                if not path.exists():
+                    raise KernelError("open namespace", ns, errno.ENOENT, f"{path} does not exist")
+                sock = AsyncIPRoute(netns=str(path), flags=0, ext_ack=True)
+                await sock.setup_endpoint()
+                self._sockets[ns] = sock
         return sock
 
     def _forget(self, ns: str) -> None:

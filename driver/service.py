@@ -3,8 +3,12 @@
 Concurrency: one asyncio.Lock per network (`_lock(nid)`); the state document
 is written while that lock is held, and writes are synchronous (no await
 between mutating the in-memory maps and saving), so two calls can never
-interleave half-way.  Lock order: a network lock is never taken while
-holding another.
+interleave half-way.  CreateNetwork/DeleteNetwork also hold the structure
+lock, and the reconciler holds the structure lock and then every network
+lock (in sorted order) while it plans and repairs links, so it can never
+see a half-made network as an orphan nor race a Docker call.  Lock order:
+structure lock, then network locks in sorted order; Docker calls hold at
+most one network lock.
 
 Failure rule: a call that fails leaves nothing behind.  Ops are applied in
 order; on the first error every op that created something is undone in
@@ -15,6 +19,7 @@ after the kernel work succeeded; if saving fails the kernel work is undone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
@@ -26,7 +31,7 @@ import structlog
 from pyoverlay.state.errors import Conflict, InvalidOption, NotFound, PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
-from . import peers, plan
+from . import identity, peers, plan
 from .directory import LocalDirectory, PeerDirectory
 from .kernel import Kernel
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
@@ -87,6 +92,11 @@ class OverlayDriver:
         self.networks: dict[str, NetworkSpec] = {}
         self.endpoints: dict[str, EndpointSpec] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._structure = asyncio.Lock()  # networks appear/disappear; the reconciler
+        self.clustered = False  # gossip runs: networks must have an identity all hosts share
+        # False until the cluster's table has been synced once: until then peer
+        # programming only adds and fixes entries, it never removes one.
+        self.prune_peers = True
 
     # -- state -------------------------------------------------------------
 
@@ -136,10 +146,12 @@ class OverlayDriver:
         enable_ipv6: bool,
         internal: bool,
     ) -> NetworkSpec:
-        async with self._lock(nid):
+        async with self._structure, self._lock(nid):
             if nid in self.networks:
                 return self.networks[nid]
             spec = parse_network(nid, generic, ipv4, ipv6, enable_ipv6, internal, self.underlay)
+            if self.clustered:
+                self._check_identity(spec, ipv4[0].address_space)
             for other in self.networks.values():
                 if other.vni == spec.vni:
                     how = "-o vni=N" if "vni" in spec.options else "another --subnet or -o vni=N"
@@ -156,6 +168,7 @@ class OverlayDriver:
                 del self.networks[nid]
                 await rollback(self.kernel, ops)
                 raise
+            self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
             log.info(
                 "network created", nid=_short(nid), vni=spec.vni, ns=spec.namespace, mtu=spec.mtu
             )
@@ -163,7 +176,7 @@ class OverlayDriver:
             return spec
 
     async def delete_network(self, nid: str) -> None:
-        async with self._lock(nid):
+        async with self._structure, self._lock(nid):
             net = self.network(nid)
             for ep in [e for e in self.endpoints.values() if e.network_id == nid]:
                 await apply_all(self.kernel, plan.delete_endpoint(None, ep))
@@ -172,6 +185,8 @@ class OverlayDriver:
             await apply_all(self.kernel, plan.delete_network(net))
             del self.networks[nid]
             self.save()
+            if not any(n.vni == net.vni for n in self.networks.values()):
+                self.directory.withdraw(identity.scope(net.vni), self.node_id)
             log.info("network deleted", nid=_short(nid), ns=net.namespace)
 
     # -- endpoints -----------------------------------------------------------
@@ -275,8 +290,36 @@ class OverlayDriver:
         if net is not None:
             self.directory.withdraw(peers.scope(net.vni), eid)
 
+    def _check_identity(self, spec: NetworkSpec, address_space: str) -> None:
+        why = identity.needs_identity(spec, address_space)
+        if why is not None:
+            raise InvalidOption(why)
+        others = identity.disagreements(spec, self.spec_rows(spec.vni), self.node_id)
+        if others:
+            host, diff = sorted(others.items())[0]
+            raise Conflict(
+                f"VNI {spec.vni} is already a different network on pyoverlay host {host} "
+                f"({'; '.join(diff)}); create it with the same --subnet, --gateway, "
+                "--aux-address, --internal and MTU as there, or use another --subnet / -o vni=N"
+            )
+
+    def spec_rows(self, vni: int) -> list[tuple[str, dict[str, Any]]]:
+        return [(key, value) for key, value, _ in self.directory.rows(identity.scope(vni))]
+
+    def disagreements(self) -> dict[str, dict[str, list[str]]]:
+        """network id -> host -> how its spec of the same VNI differs from ours."""
+        out = {}
+        for net in self.networks.values():
+            d = identity.disagreements(net, self.spec_rows(net.vni), self.node_id)
+            if d:
+                out[net.network_id] = d
+        return out
+
     def publish_joined(self) -> None:
-        """Re-announce every joined endpoint (after a restart the cluster may have lost them)."""
+        """Re-announce every network spec and joined endpoint (after a restart the
+        cluster may have lost them)."""
+        for spec in self.networks.values():
+            self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
         for ep in self.endpoints.values():
             net = self.networks.get(ep.network_id)
             if ep.joined and net is not None:
@@ -297,7 +340,7 @@ class OverlayDriver:
     async def plan_peers(self, net: NetworkSpec) -> list[Op]:
         have = await self.kernel.peer_entries(net.namespace, net.vxlan)
         want = peers.desired(self.remote_endpoints(net.vni), self.underlay.address)
-        return peers.diff(net.namespace, net.vxlan, have, want)
+        return peers.diff(net.namespace, net.vxlan, have, want, self.prune_peers)
 
     async def _sync_peers(self, net: NetworkSpec) -> list[Op]:
         ops = await self.plan_peers(net)
@@ -334,18 +377,21 @@ class OverlayDriver:
 
         Links first, then every network's FDB/ARP entries.  Never raises for one op.
         """
-        ops = await self.plan_reconcile()
         errors: list[str] = []
-        if dry_run:
-            for net in self.networks.values():
-                ops += await self.plan_peers(net)
-            return ops, errors
-        for op in ops:
-            try:
-                await self.kernel.apply(op)
-                log.info("reconciled", op=str(op))
-            except PyoverlayError as exc:
-                errors.append(str(exc))
-                log.error("reconcile op failed", op=str(op), error=str(exc))
+        async with self._structure, contextlib.AsyncExitStack() as stack:
+            for nid in sorted(self.networks):
+                await stack.enter_async_context(self._lock(nid))
+            ops = await self.plan_reconcile()
+            if dry_run:
+                for net in self.networks.values():
+                    ops += await self.plan_peers(net)
+                return ops, errors
+            for op in ops:
+                try:
+                    await self.kernel.apply(op)
+                    log.info("reconciled", op=str(op))
+                except PyoverlayError as exc:
+                    errors.append(str(exc))
+                    log.error("reconcile op failed", op=str(op), error=str(exc))
         ops += await self.sync_peers()
         return ops, errors

@@ -15,6 +15,8 @@ from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption
 
 GATEWAY = "gateway"
 ENDPOINT = "endpoint"
+RESERVED = "reserved"  # --aux-address: a reservation of the network, the same on every host
+LENT = "lent:"  # + node id: an address of our block another host uses (--ip there)
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Pool:
     ip_range: IPv4Network | None = None
     allocated: dict[IPv4Address, str] = field(default_factory=dict)
     cursor: IPv4Address | None = None
+    # False between RequestPool and the network's CreateNetwork: addresses asked
+    # for then are the network's own (--gateway, --aux-address), not claims.
+    live: bool = True
 
     def usable(self, ip: IPv4Address) -> bool:
         """Inside the subnet and neither its network nor broadcast address."""
@@ -40,6 +45,7 @@ class Pool:
             "ip_range": str(self.ip_range) if self.ip_range else None,
             "allocated": {str(k): v for k, v in sorted(self.allocated.items())},
             "cursor": str(self.cursor) if self.cursor else None,
+            "live": self.live,
         }
 
     @classmethod
@@ -52,6 +58,7 @@ class Pool:
             ip_range=IPv4Network(str(d["ip_range"])) if d.get("ip_range") else None,
             allocated={IPv4Address(k): str(v) for k, v in alloc.items()},
             cursor=IPv4Address(str(d["cursor"])) if d.get("cursor") else None,
+            live=bool(d.get("live", True)),
         )
 
 

@@ -4,9 +4,12 @@ Why no duplicate address can happen (docs/design.md, "cluster-wide IPAM"):
 
 1. A host hands out an endpoint address only from a block it owns.
 2. It owns a block only after a strict majority of the cluster's voters
-   granted that block to it.  Voters are all hosts the claimer knows that
-   have not left gracefully (alive, suspect *and* dead ones: a host that
-   is only unreachable still counts in the denominator).
+   granted that block to it.  Voters are a persisted, monotonic set: every
+   host this host ever saw as a member (alive, suspect *and* dead ones: a
+   host that is only unreachable still counts in the denominator), minus
+   hosts that left gracefully or were removed with `pyoverlay forget`.
+   Every voter answers with its own voter set, and the claimer counts
+   against the union, so a voter set learnt late still raises the bar.
 3. A voter grants a block at most once: it records the grant durably before
    answering, and refuses the same block to anyone else until the holder
    releases it.
@@ -14,13 +17,16 @@ Why no duplicate address can happen (docs/design.md, "cluster-wide IPAM"):
 Two hosts owning one block would need two majorities of the same voter set
 with no voter in common - impossible.  A host that is cut off keeps
 allocating from the blocks it already owns (no vote needed); when those are
-full, it cannot reach a majority and the error says so.  The limit: voter
-sets are each host's view of the membership; adding hosts *while* the
-cluster is partitioned can give the two sides different views (as with
-Weave's consensus count), so do not add hosts while one is unreachable.
+full, it cannot reach a majority and the error says so.  A host serves
+claims only after its first sync with the cluster (so a host whose --join
+target is unreachable never counts itself as a majority of one).
 
-The gateway (the subnet's first host address) is the same on every host and
-is never an endpoint address, so it needs no block.
+Single addresses (`--ip`) in a block another host owns are lent by that
+owner: it reserves the address in its pool (durably, before answering) and
+the borrower uses it; the owner is the only host that allocates from its
+block, so its consent is all that is needed.  The gateway and
+`--aux-address`es are reservations of the network, the same on every host,
+never claims.
 """
 
 from __future__ import annotations
@@ -56,9 +62,35 @@ class Ownership:
     owned: set[tuple[str, str]] = field(default_factory=set)  # (subnet, block)
     others: dict[tuple[str, str], str] = field(default_factory=dict)  # from the table
     grants: dict[tuple[str, str], str] = field(default_factory=dict)  # (subnet, block) -> holder
+    voters: set[str] = field(default_factory=set)  # monotonic, persisted (minus left/forgotten)
+    forgotten: set[str] = field(default_factory=set)  # removed for good: never a voter again
+    lent: dict[tuple[str, str], str] = field(default_factory=dict)  # (subnet, ip) -> borrower
+    borrowed: dict[tuple[str, str], str] = field(default_factory=dict)  # (subnet, ip) -> owner
 
     def owns(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
+        if (str(subnet), str(ip)) in self.borrowed:
+            return True
+        if (str(subnet), str(ip)) in self.lent:
+            return False
         return (str(subnet), str(block_of(subnet, ip))) in self.owned
+
+    def learn_voters(self, names: set[str]) -> bool:
+        """Add hosts to the voter set (never the forgotten); True if it grew."""
+        new = names - self.voters - self.forgotten
+        self.voters |= new
+        return bool(new)
+
+    def drop_voter(self, name: str, forget: bool) -> None:
+        """A host left gracefully (or is forgotten): it votes no more; if forgotten, the
+        blocks it owned and the grants it held go back to the pool."""
+        self.voters.discard(name)
+        if not forget:
+            return
+        self.forgotten.add(name)
+        for k in [k for k, v in self.others.items() if v == name]:
+            del self.others[k]
+        for k in [k for k, v in self.grants.items() if v == name]:
+            del self.grants[k]
 
     def owner_of(self, subnet: IPv4Network, block: IPv4Network) -> str | None:
         key = (str(subnet), str(block))
@@ -100,12 +132,36 @@ class Ownership:
     def to_json(self) -> dict[str, object]:
         return {
             "owned": sorted(f"{s} {b}" for s, b in self.owned),
-            "grants": {f"{s} {b}": h for (s, b), h in sorted(self.grants.items())},
+            "grants": _pairs(self.grants),
+            "voters": sorted(self.voters),
+            "forgotten": sorted(self.forgotten),
+            "lent": _pairs(self.lent),
+            "borrowed": _pairs(self.borrowed),
         }
 
     def load(self, d: dict[str, object]) -> None:
         owned = d.get("owned") or []
-        grants = d.get("grants") or {}
-        assert isinstance(owned, list) and isinstance(grants, dict)
-        self.owned = {tuple(str(x).split(" ", 1)) for x in owned}  # type: ignore[misc]
-        self.grants = {tuple(str(k).split(" ", 1)): str(v) for k, v in grants.items()}  # type: ignore[misc]
+        assert isinstance(owned, list)
+        self.owned = {_key(x) for x in owned}
+        self.grants = _unpairs(d.get("grants"))
+        self.voters = {str(x) for x in _seq(d.get("voters"))}
+        self.forgotten = {str(x) for x in _seq(d.get("forgotten"))}
+        self.lent = _unpairs(d.get("lent"))
+        self.borrowed = _unpairs(d.get("borrowed"))
+
+
+def _key(text: object) -> tuple[str, str]:
+    a, _, b = str(text).partition(" ")
+    return a, b
+
+
+def _seq(v: object) -> list[object]:
+    return list(v) if isinstance(v, list) else []
+
+
+def _pairs(d: dict[tuple[str, str], str]) -> dict[str, str]:
+    return {f"{s} {b}": h for (s, b), h in sorted(d.items())}
+
+
+def _unpairs(v: object) -> dict[tuple[str, str], str]:
+    return {_key(k): str(x) for k, x in v.items()} if isinstance(v, dict) else {}

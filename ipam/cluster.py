@@ -3,9 +3,14 @@
 The rules and the argument for "no duplicates" are in blocks.py.  This
 module does the talking: a claim asks every reachable voter at once (over
 the gossip transport's authenticated request/response streams), counts
-grants against a strict majority of all voters, and then announces the
-block in the replicated table ("ipam/<subnet>" rows) so others stop
-proposing it.  A failed claim releases the grants it got.
+grants against a strict majority of the union of the voter sets (ours,
+persisted, and every voter's answer), and then announces the block in the
+replicated table ("ipam/<subnet>" rows) so others stop proposing it.  A
+failed claim releases the grants it got.
+
+Also here: single-address loans (`--ip` in another host's block), and
+`forget` (a dead host removed for good, its blocks back to the pool once a
+majority agreed).
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ from typing import Any, Protocol
 
 import structlog
 
-from pyoverlay.state.errors import Conflict, Exhausted
+from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption
 
 from .blocks import Ownership, block_of, blocks, quorum
 
 log = structlog.get_logger("pyoverlay.ipam")
 CLAIM = "ipam-claim"
 RELEASE = "ipam-release"
+LEND = "ipam-lend"
+RETURN = "ipam-return"
+FORGET = "ipam-forget"
 CLAIM_TIMEOUT = 2.0
+LIVE = ("alive", "suspect")
 
 
 def scope(subnet: IPv4Network | str) -> str:
@@ -35,8 +44,8 @@ def scope(subnet: IPv4Network | str) -> str:
 class ClaimTransport(Protocol):
     """What the guard needs from the gossip runtime."""
 
-    def voters(self) -> list[tuple[str, str, bool]]:
-        """(name, address, reachable) of every member that has not left, this host included."""
+    def members(self) -> list[tuple[str, str, str]]:
+        """(name, address, status) of every member the gossip knows, this host included."""
         ...
 
     async def call(
@@ -50,6 +59,9 @@ class ClaimTransport(Protocol):
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]: ...
 
 
+LendHook = Callable[[IPv4Network, IPv4Address, str], str | None]
+
+
 class ClusterGuard:
     clustered = True
 
@@ -59,37 +71,77 @@ class ClusterGuard:
         self.transport = transport
         self.save = save  # persists the IPAM document (which includes ours)
         self.rng = random.Random()
+        self.synced = False  # claims only after the first sync with the cluster
+        # set by the IPAM service: reserve/free an address in our pool for a borrower
+        self.lend_hook: LendHook = lambda subnet, ip, who: "no pool"
+        self.unlend_hook: Callable[[IPv4Network, IPv4Address, str], None] = lambda s, i, w: None
+
+    # -- voters ----------------------------------------------------------------
+
+    def voters(self) -> list[tuple[str, str, bool]]:
+        """(name, address, reachable) of the persisted voter set, after learning from gossip."""
+        o = self.ownership
+        members = self.transport.members()
+        changed = o.learn_voters({self.me} | {n for n, _, st in members if st != "left"})
+        for name, _, status in members:
+            if status == "left" and name in o.voters:
+                o.drop_voter(name, forget=False)
+                changed = True
+        if changed:
+            self.save()
+        where = {n: (a, st in LIVE) for n, a, st in members}
+        return [
+            (n, *where.get(n, ("", False))) if n != self.me else (n, "", True)
+            for n in sorted(o.voters)
+        ]
 
     # -- AddressGuard --------------------------------------------------------
 
     def _refresh(self, subnet: IPv4Network) -> None:
         for key, value, _ in self.transport.rows(scope(subnet)):
             owner = str(value.get("owner", ""))
-            if owner and owner != self.me:
+            if owner and owner != self.me and owner not in self.ownership.forgotten:
                 self.ownership.others[(str(subnet), key)] = owner
 
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
         return self.ownership.owns(subnet, ip)
 
-    async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
-        """Own one more block of `subnet` (the one holding `want`, if given), or raise."""
+    def _not_synced(self) -> Conflict:
+        return Conflict(
+            "this host has not synced with the pyoverlay cluster yet, so it cannot take a new "
+            "address block (it allocates only from blocks it already owns until then); check "
+            "`pyoverlay members` and that --join reaches a live host, then retry"
+        )
+
+    async def claim(
+        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
+    ) -> None:
+        """Own one more block of `subnet` (inside `within`, the --ip-range), or borrow
+        `want` from its owner; or raise why not."""
+        if not self.synced:
+            raise self._not_synced()
         self._refresh(subnet)
         if want is not None:
             block = block_of(subnet, want)
-            owner = self.ownership.owner_of(subnet, block)
+            # the owner as the table says, or as our own grant says (the table may lag)
+            owner = self.ownership.owner_of(subnet, block) or self.ownership.grants.get(
+                (str(subnet), str(block))
+            )
             if owner is not None and owner != self.me:
-                raise Conflict(
-                    f"address {want} is in block {block}, which pyoverlay host {owner} owns; "
-                    "leave --ip out, or pick one from this host's blocks"
-                )
+                await self._borrow(subnet, want, owner)
+                return
             candidates = [block]
         else:
-            candidates = self.ownership.candidates(subnet, set())
+            candidates = [
+                b
+                for b in self.ownership.candidates(subnet, set())
+                if within is None or b.overlaps(within)
+            ]
             self.rng.shuffle(candidates)  # concurrent claimers rarely pick the same block
             if not candidates:
                 raise Exhausted(
                     f"every address block of {subnet} is owned by some pyoverlay host; "
-                    "use a larger --subnet"
+                    "use a larger --subnet (or `pyoverlay forget` hosts that are gone for good)"
                 )
         reason = ""
         for block in candidates[:3]:
@@ -104,8 +156,7 @@ class ClusterGuard:
 
     async def _claim_one(self, subnet: IPv4Network, block: IPv4Network) -> tuple[bool, str]:
         s, b = str(subnet), str(block)
-        voters = self.transport.voters()
-        need = quorum(len(voters))
+        voters = self.voters()
         if not self.ownership.vote(s, b, self.me):
             return False, f"block {b} is promised to another host"
         self.save()
@@ -115,12 +166,21 @@ class ClusterGuard:
             *(self.transport.call(a, CLAIM, body, CLAIM_TIMEOUT) for _, a in others)
         )
         granted = [a for (_, a), r in zip(others, replies, strict=True) if r and r.get("granted")]
+        # every voter's own voter set counts too: a host it knows and we do not raises the bar
+        learnt: set[str] = set()
+        for r in replies:
+            if r and isinstance(r.get("voters"), list):
+                learnt |= {str(v) for v in r["voters"]}
+        if self.ownership.learn_voters(learnt):
+            self.save()
+        total = len(self.ownership.voters)
+        need = quorum(total)
         votes = 1 + len(granted)
         if votes >= need:
             self.ownership.owned.add((s, b))
             self.save()
             self.transport.publish(scope(subnet), b, {"owner": self.me})
-            log.info("address block claimed", pool=s, block=b, votes=votes, voters=len(voters))
+            log.info("address block claimed", pool=s, block=b, votes=votes, voters=total)
             return True, ""
         self.ownership.release(s, b, self.me)
         self.save()
@@ -129,32 +189,106 @@ class ClusterGuard:
         )
         answered = sum(1 for r in replies if r is not None)
         return False, (
-            f"{votes} of {len(voters)} hosts granted block {b} ({answered} of "
-            f"{len(voters) - 1} others answered), {need} are needed"
+            f"{votes} of {total} hosts granted block {b} ({answered} of "
+            f"{total - 1} others answered), {need} are needed"
         )
+
+    async def _borrow(self, subnet: IPv4Network, ip: IPv4Address, owner: str) -> None:
+        addr = next((a for n, a, up in self.voters() if n == owner and up), None)
+        body = {"subnet": str(subnet), "ip": str(ip), "borrower": self.me}
+        reply = await self.transport.call(addr, LEND, body, CLAIM_TIMEOUT) if addr else None
+        if reply is None:
+            raise Conflict(
+                f"address {ip} is in block {block_of(subnet, ip)}, which pyoverlay host {owner} "
+                "owns, and that host does not answer; retry when it is reachable, or leave "
+                "--ip out"
+            )
+        if reply.get("error"):
+            raise Conflict(
+                f"address {ip} cannot be used: pyoverlay host {owner} says {reply['error']}; "
+                "pick another --ip or leave it out"
+            )
+        self.ownership.borrowed[(str(subnet), str(ip))] = owner
+        self.save()
+        log.info("address borrowed", pool=str(subnet), address=str(ip), owner=owner)
+
+    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+        """A borrowed address was released: tell its owner (best effort: a lost
+        return keeps the address reserved on the owner, which is safe)."""
+        owner = self.ownership.borrowed.pop((str(subnet), str(ip)), None)
+        if owner is None:
+            return
+        self.save()
+        addr = next((a for n, a, up in self.voters() if n == owner and up), None)
+        if addr:
+            body = {"subnet": str(subnet), "ip": str(ip), "borrower": self.me}
+            await self.transport.call(addr, RETURN, body, CLAIM_TIMEOUT)
 
     async def release_subnet(self, subnet: IPv4Network) -> None:
         """This host no longer uses `subnet` (ReleasePool): give its blocks back.
 
-        The voters' grants are released too (best effort: a voter that does not
-        answer keeps the block promised to us, which wastes it but is safe).
+        Blocks with addresses lent to other hosts stay ours until those come
+        back.  The voters' grants are released too (best effort: a voter that
+        does not answer keeps the block promised to us, which wastes it but is
+        safe).
         """
         s = str(subnet)
-        released = [k for k in self.ownership.owned if k[0] == s]
-        for key in released:
+        lent_blocks = {
+            str(block_of(subnet, IPv4Address(ip))) for (n, ip) in self.ownership.lent if n == s
+        }
+        released = [k for k in self.ownership.owned if k[0] == s and k[1] not in lent_blocks]
+        await self._release_blocks(subnet, released)
+
+    async def _release_blocks(self, subnet: IPv4Network, keys: list[tuple[str, str]]) -> None:
+        s = str(subnet)
+        for key in keys:
             self.ownership.owned.discard(key)
             self.ownership.grants.pop(key, None)
             self.transport.withdraw(scope(subnet), key[1])
-        others = [a for n, a, reachable in self.transport.voters() if n != self.me and reachable]
+        self.save()
+        others = [a for n, a, reachable in self.voters() if n != self.me and reachable]
         await asyncio.gather(
             *(
                 self.transport.call(
                     a, RELEASE, {"subnet": s, "block": b, "claimer": self.me}, CLAIM_TIMEOUT
                 )
-                for _, b in released
+                for _, b in keys
                 for a in others
             )
         )
+
+    # -- forget --------------------------------------------------------------------
+
+    async def forget(self, node: str) -> dict[str, Any]:
+        """Remove a dead host for good: it votes no more, its blocks go back to the pool.
+
+        Refused for a host that is alive or suspect in our view.  Every reachable
+        voter is asked; each agrees only if the host is not alive in its view
+        either, and drops it at once.  The blocks become claimable as soon as a
+        majority has dropped it (a claim needs a majority of grants, and a voter
+        that still remembers the host's grant refuses).
+        """
+        status = {n: st for n, _, st in self.transport.members()}.get(node)
+        if node == self.me:
+            raise InvalidOption("a host cannot forget itself; use `pyoverlay leave`")
+        if status in LIVE:
+            raise Conflict(
+                f"pyoverlay host {node} is {status}; stop it (or run `pyoverlay leave` on it) "
+                "before forgetting it"
+            )
+        if node not in self.ownership.voters and node not in self.ownership.forgotten:
+            raise InvalidOption(f"pyoverlay host {node} is not known here (`pyoverlay members`)")
+        voters = self.voters()
+        self.ownership.drop_voter(node, forget=True)
+        self.save()
+        others = [a for n, a, reachable in voters if n not in (self.me, node) and reachable]
+        replies = await asyncio.gather(
+            *(self.transport.call(a, FORGET, {"node": node}, CLAIM_TIMEOUT) for a in others)
+        )
+        agreed = 1 + sum(1 for r in replies if r and r.get("forgot"))
+        need = quorum(len(voters))
+        log.info("host forgotten", node=node, agreed=agreed, voters=len(voters))
+        return {"forgot": node, "agreed": agreed, "voters": len(voters), "majority": agreed >= need}
 
     # -- RPC handlers (must not block) ------------------------------------------
 
@@ -167,10 +301,13 @@ class ClusterGuard:
             self._refresh(net)
         except ValueError:
             return {"granted": False}
+        if claimer in self.ownership.forgotten:
+            return {"granted": False}
+        voters = sorted(n for n, _, _ in self.voters())
         granted = self.ownership.vote(s, b, claimer)
         if granted:
             self.save()  # durable before we answer
-        return {"granted": granted}
+        return {"granted": granted, "voters": voters}
 
     def handle_release(self, body: dict[str, Any]) -> dict[str, Any]:
         self.ownership.release(
@@ -178,6 +315,54 @@ class ClusterGuard:
         )
         self.save()
         return {}
+
+    def handle_lend(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            subnet, ip = IPv4Network(str(body.get("subnet"))), IPv4Address(str(body.get("ip")))
+        except ValueError:
+            return {"error": "a malformed request"}
+        who = str(body.get("borrower"))
+        key = (str(subnet), str(ip))
+        if self.ownership.lent.get(key) == who:
+            return {"lent": True}  # a retry
+        if not self.ownership.owns(subnet, ip):
+            return {"error": f"{ip} is not in a block this host owns"}
+        why = self.lend_hook(subnet, ip, who)
+        if why is not None:
+            return {"error": why}
+        self.ownership.lent[key] = who
+        self.save()  # durable before we answer
+        return {"lent": True}
+
+    def handle_return(self, body: dict[str, Any]) -> dict[str, Any]:
+        key = (str(body.get("subnet")), str(body.get("ip")))
+        if self.ownership.lent.get(key) != str(body.get("borrower")):
+            return {}
+        del self.ownership.lent[key]
+        try:
+            self.unlend_hook(IPv4Network(key[0]), IPv4Address(key[1]), str(body.get("borrower")))
+        except ValueError:
+            pass
+        self.save()
+        return {}
+
+    def handle_forget(self, body: dict[str, Any]) -> dict[str, Any]:
+        node = str(body.get("node"))
+        status = {n: st for n, _, st in self.transport.members()}.get(node)
+        if node == self.me or status in LIVE:
+            return {"forgot": False}
+        self.ownership.drop_voter(node, forget=True)
+        self.save()
+        return {"forgot": True}
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {
+            CLAIM: self.handle_claim,
+            RELEASE: self.handle_release,
+            LEND: self.handle_lend,
+            RETURN: self.handle_return,
+            FORGET: self.handle_forget,
+        }
 
     def to_json(self) -> dict[str, object]:
         return self.ownership.to_json()

@@ -3,11 +3,17 @@
 Pools:
 * `--subnet` (+ optional `--ip-range`, `--gateway`, `--aux-address`) as given;
   a subnet that overlaps another pyoverlay pool on this host is refused;
-* without `--subnet`, the first free /24 of DEFAULT_RANGE (10.200.0.0/16).
+* without `--subnet`, the first free /24 of DEFAULT_RANGE (10.200.0.0/16) -
+  on a single host only: in a cluster the subnet names the network on every
+  host, so it must come from the user (refused with a clear message).
 
 Addresses: the gateway is reserved first (the given --gateway, else the
-subnet's first host address); aux addresses are reserved as given; endpoints
-get the requested --ip or the next free one (round-robin, see allocator).
+subnet's first host address); aux addresses are reserved as given - both
+are the network's own, the same on every host, never cluster claims (Docker
+asks for them between RequestPool and CreateNetwork: the pool is not `live`
+yet); endpoints get the requested --ip (any free address of the subnet, on
+any host: borrowed from the block's owner if another host owns it) or the
+next free one (round-robin, see allocator).
 """
 
 from __future__ import annotations
@@ -23,11 +29,21 @@ import structlog
 from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption, NotFound, PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
-from .allocator import ENDPOINT, GATEWAY, Pool, claim, first_host, next_free, release
+from .allocator import (
+    ENDPOINT,
+    GATEWAY,
+    LENT,
+    RESERVED,
+    Pool,
+    claim,
+    first_host,
+    next_free,
+    release,
+)
 
 log = structlog.get_logger("pyoverlay.ipam")
 
-LOCAL_SPACE = "pyoverlay-local"
+LOCAL_SPACE = "pyoverlay-local"  # both start with driver.identity.OWN_SPACE_PREFIX
 GLOBAL_SPACE = "pyoverlay-global"
 DEFAULT_RANGE = IPv4Network("10.200.0.0/16")
 DEFAULT_PREFIX = 24
@@ -42,11 +58,18 @@ class AddressGuard(Protocol):
 
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool: ...
 
-    async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
-        """Make this host own more of `subnet` (the part holding `want`), or raise why not."""
+    async def claim(
+        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
+    ) -> None:
+        """Make this host own more of `subnet` (the part holding `want`, or a part inside
+        `within`), or raise why not."""
         ...
 
     async def release_subnet(self, subnet: IPv4Network) -> None: ...
+
+    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+        """An address borrowed from another host's block is free again."""
+        ...
 
     def to_json(self) -> dict[str, object]: ...
 
@@ -61,10 +84,15 @@ class LocalGuard:
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
         return True
 
-    async def claim(self, subnet: IPv4Network, want: IPv4Address | None) -> None:
+    async def claim(
+        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
+    ) -> None:
         raise Exhausted(f"no free address left in {subnet}")
 
     async def release_subnet(self, subnet: IPv4Network) -> None:
+        return None
+
+    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
         return None
 
     def to_json(self) -> dict[str, object]:
@@ -126,6 +154,12 @@ class IpamService:
             )
         if pool:
             subnet = _network("--subnet", pool)
+        elif self.guard.clustered:
+            raise InvalidOption(
+                "in a pyoverlay cluster a network needs --subnet: the subnet names the network "
+                "on every host (the same --subnet on two hosts is the same network), so a "
+                "per-host default could merge two different networks"
+            )
         else:
             subnet = self._default_subnet()
         ip_range = _network("--ip-range", sub_pool) if sub_pool else None
@@ -138,7 +172,7 @@ class IpamService:
                     "pyoverlay network on this host; pick a different --subnet"
                 )
         pool_id = f"{space or LOCAL_SPACE}:{subnet}" + (f":{ip_range}" if ip_range else "")
-        p = Pool(pool_id, subnet, ip_range)
+        p = Pool(pool_id, subnet, ip_range, live=False)
         self.pools[pool_id] = p
         self._commit(lambda: self.pools.pop(pool_id, None))
         log.info("pool requested", pool=pool_id)
@@ -152,6 +186,36 @@ class IpamService:
             f"every /{DEFAULT_PREFIX} of pyoverlay's default range {DEFAULT_RANGE} is in use; "
             "pass --subnet"
         )
+
+    def network_created(self, space: str, subnet: str) -> None:
+        """The driver made the network of this pool: from now on a specific address
+        is a container's (--ip), not the network's own (--aux-address)."""
+        changed = False
+        for p in self.pools.values():
+            if not p.live and str(p.subnet) == subnet and p.pool_id.startswith(f"{space}:"):
+                p.live = changed = True
+        if changed:
+            self.save()
+
+    # -- loans (called by the cluster guard for another host's --ip) -----------------
+
+    def lend(self, subnet: IPv4Network, ip: IPv4Address, borrower: str) -> str | None:
+        """Reserve `ip` of our pool for another host's container; None, or why not."""
+        p = next((p for p in self.pools.values() if p.subnet == subnet), None)
+        if p is None:
+            return f"this host has no pool for {subnet}"
+        holder = p.allocated.get(ip)
+        if holder is not None:
+            return f"{ip} is in use there ({holder})"
+        if not p.usable(ip):
+            return f"{ip} is not a usable address of {subnet}"
+        p.allocated[ip] = LENT + borrower
+        return None  # the guard saves the document (pools included)
+
+    def unlend(self, subnet: IPv4Network, ip: IPv4Address, borrower: str) -> None:
+        for p in self.pools.values():
+            if p.subnet == subnet and p.allocated.get(ip) == LENT + borrower:
+                del p.allocated[ip]
 
     async def release_pool(self, pool_id: str) -> None:
         p = self.pool(pool_id)
@@ -183,6 +247,9 @@ class IpamService:
         if address and is_gateway:
             # the gateway lives on every host's br0: it is the same everywhere, not owned
             ip = claim(p, _address("--gateway", address), GATEWAY)
+        elif address and not p.live:
+            # --aux-address, asked for while the network is being created: the network's own
+            ip = claim(p, _address("--aux-address", address), RESERVED)
         elif address:
             ip = _address("--ip", address)
             if ip in p.allocated or not p.usable(ip):
@@ -193,12 +260,13 @@ class IpamService:
         elif is_gateway:
             ip = claim(p, first_host(p.subnet), GATEWAY)
         else:
+            p.live = True
             try:
                 ip = next_free(p, ENDPOINT, allowed)
             except Exhausted:
                 if not self.guard.clustered:
                     raise
-                await self.guard.claim(p.subnet, None)
+                await self.guard.claim(p.subnet, None, p.ip_range)
                 ip = next_free(p, ENDPOINT, allowed)
 
         def undo() -> None:
@@ -209,13 +277,14 @@ class IpamService:
         log.info("address requested", pool=pool_id, address=str(ip))
         return ip, p.subnet.prefixlen
 
-    def release_address(self, pool_id: str, address: str) -> None:
+    async def release_address(self, pool_id: str, address: str) -> None:
         p = self.pool(pool_id)
         ip = _address("address", address)
         purpose = p.allocated.get(ip)
         if release(p, ip):
             assert purpose is not None
             self._commit(lambda: p.allocated.__setitem__(ip, purpose))
+            await self.guard.give_back(p.subnet, ip)
             log.info("address released", pool=pool_id, address=str(ip))
 
 

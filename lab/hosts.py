@@ -581,11 +581,27 @@ class Lab:
                 h.start_plugin(*self.default_plugin_args(h))
         return self
 
+    @property
+    def key_file(self) -> Path:
+        """The lab's gossip key, mode 0600 (keys never go on a command line)."""
+        return LIB_ROOT / self.prefix / "gossip.key"
+
+    def write_keys(self, *keys: str) -> None:
+        """Replace the key file's lines (first sends, all receive); atomic, 0600."""
+        self.key_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.key_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(k + "\n" for k in keys))
+        os.replace(tmp, self.key_file)
+
     def default_plugin_args(self, h: Host) -> list[str]:
-        """Every host joins through h1 with the lab's gossip key."""
+        """Every host joins through h1 with the lab's gossip key (from a 0600 file)."""
         args = list(self.plugin_args)
         if self.gossip_key:
-            args += ["--gossip-key", self.gossip_key]
+            if not self.key_file.exists():
+                self.write_keys(self.gossip_key)
+            args += ["--gossip-key-file", str(self.key_file)]
             others = [o.address for o in self.hosts if o is not h]
             if h.index != 1 and others:
                 args += ["--join", ",".join(others)]

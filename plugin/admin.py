@@ -7,6 +7,8 @@ GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
                         each marked ok / missing / stale
 POST /reconcile[?dry_run=1]   what the reconciler would change (or changes now)
 POST /leave             leave the cluster gracefully (decommissioning this host)
+POST /forget?node=ID    remove a dead host for good (its address blocks return to the pool)
+POST /keys/reload       re-read --gossip-key-file (live key rotation; SIGHUP does the same)
 
 The socket lives in the state dir, so several plugins on one machine (one
 per Docker host) never collide: the CLI finds it through the same
@@ -15,6 +17,7 @@ per Docker host) never collide: the CLI finds it through the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -24,10 +27,15 @@ from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver import peers
 from pyoverlay.driver.model import NetworkSpec
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.ipam.cluster import ClusterGuard
+from pyoverlay.ipam.service import IpamService
+from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.metrics import METRICS
 
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
 GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
+IPAM: web.AppKey[IpamService | None] = web.AppKey("admin-ipam", object)  # type: ignore[arg-type]
+RELOAD: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("admin-reload", object)  # type: ignore[arg-type]
 
 ADMIN_SOCKET = "admin.sock"
 MEMBERS_FILE = "members.json"  # last known membership, for the CLI when the plugin is down
@@ -139,7 +147,10 @@ async def status(request: web.Request) -> web.Response:
             "vtep": str(driver.underlay.address),
             "gossip": gossip.node.addr if gossip else None,
             "members": counts,
+            "synced": gossip.synced.is_set() if gossip else True,
+            "peer_pruning": driver.prune_peers,
             "networks": nets,
+            "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
             "counters": dict(gossip.counters) if gossip else {},
         }
     )
@@ -202,14 +213,44 @@ async def leave(request: web.Request) -> web.Response:
     return web.json_response({"left": gossip.node.name, "note": "restart the plugin to join again"})
 
 
-def make_admin_app(driver: OverlayDriver, gossip: GossipRuntime | None) -> web.Application:
+async def forget(request: web.Request) -> web.Response:
+    ipam, gossip = request.app[IPAM], request.app[GOSSIP]
+    if gossip is None or ipam is None or not isinstance(ipam.guard, ClusterGuard):
+        return web.json_response({"error": "single-host mode: there is no cluster"})
+    node = request.query.get("node", "")
+    try:
+        res = await ipam.guard.forget(node)
+    except PyoverlayError as exc:
+        return web.json_response({"error": str(exc)})
+    gossip.forget(node)
+    return web.json_response(res)
+
+
+async def keys_reload(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RELOAD]())
+
+
+def no_reload() -> dict[str, object]:
+    return {"error": "key reload is not available here"}
+
+
+def make_admin_app(
+    driver: OverlayDriver,
+    gossip: GossipRuntime | None,
+    reload_keys: Callable[[], dict[str, object]] = no_reload,
+    ipam: IpamService | None = None,
+) -> web.Application:
     app = web.Application()
+    app[IPAM] = ipam
     app[DRIVER] = driver
     app[GOSSIP] = gossip
+    app[RELOAD] = reload_keys
     app.router.add_get("/status", status)
     app.router.add_get("/members", members)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers_handler)
     app.router.add_post("/reconcile", reconcile)
     app.router.add_post("/leave", leave)
+    app.router.add_post("/keys/reload", keys_reload)
+    app.router.add_post("/forget", forget)
     return app

@@ -12,6 +12,7 @@ import asyncio
 
 import structlog
 
+from pyoverlay.driver.identity import NET_TABLE
 from pyoverlay.driver.peers import PEER_TABLE
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.state.metrics import METRICS
@@ -25,6 +26,7 @@ class PeerSyncer:
         self.driver = driver
         self.interval = interval
         self.dirty: set[int] = set()
+        self.check_specs = False
         self.wake = asyncio.Event()
         self.repairs = 0
 
@@ -34,7 +36,9 @@ class PeerSyncer:
             table, _, vni = scope.partition("/")
             if table == PEER_TABLE and vni.isdigit():
                 self.dirty.add(int(vni))
-        if self.dirty:
+            if table == NET_TABLE:
+                self.check_specs = True
+        if self.dirty or self.check_specs:
             self.wake.set()
 
     async def run_events(self) -> None:
@@ -42,6 +46,13 @@ class PeerSyncer:
             await self.wake.wait()
             self.wake.clear()
             vnis, self.dirty = self.dirty, set()
+            if self.check_specs:
+                self.check_specs = False
+                for nid, hosts in self.driver.disagreements().items():
+                    for host, diffs in hosts.items():
+                        log.warning(
+                            "hosts disagree on a network", nid=nid[:12], node=host, diff=diffs
+                        )
             for vni in sorted(vnis):
                 try:
                     await self.driver.sync_peers(vni)

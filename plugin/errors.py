@@ -7,6 +7,8 @@
 * A body that is not valid JSON or misses a required field is HTTP 400 with
   the same shape, naming the field.
 * Unknown paths stay 404: Docker reads that as "not implemented".
+* Anything else (a bug) is HTTP 500, still in Docker's shape and with a
+  message that says what broke, never aiohttp's bare error page.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
         log.warning("call failed", error=str(exc))
         METRICS.inc("pyoverlay_call_errors_total", labels)
         return reply({key: str(exc)})
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug: say so in Docker's terms, keep serving
+        log.exception("internal error", error=repr(exc))
+        METRICS.inc("pyoverlay_call_errors_total", labels)
+        text = f"internal error in pyoverlay ({type(exc).__name__}: {exc}); see the plugin log"
+        return reply({key: text}, status=500)
     finally:
         structlog.contextvars.unbind_contextvars("method")
         if request.match_info.route.resource is not None:  # a known method, not a 404

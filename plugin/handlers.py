@@ -56,11 +56,16 @@ async def create_network(request: web.Request) -> web.Response:
     await request.app[DRIVER].create_network(
         req.network_id,
         generic,
-        [PoolData(d.pool, d.gateway) for d in req.ipv4_data or []],
+        [
+            PoolData(d.pool, d.gateway, d.address_space, tuple((d.aux_addresses or {}).values()))
+            for d in req.ipv4_data or []
+        ],
         [PoolData(d.pool, d.gateway) for d in req.ipv6_data or []],
         bool(opts.get(ENABLE_IPV6, False)),
         bool(opts.get(INTERNAL, False)),
     )
+    for d in req.ipv4_data or []:
+        request.app[IPAM].network_created(d.address_space, d.pool)
     return reply({})
 
 
@@ -166,7 +171,7 @@ async def request_address(request: web.Request) -> web.Response:
 
 async def release_address(request: web.Request) -> web.Response:
     req = await parse(request, p.ReleaseAddressRequest)
-    request.app[IPAM].release_address(req.pool_id, req.address)
+    await request.app[IPAM].release_address(req.pool_id, req.address)
     return reply({})
 
 

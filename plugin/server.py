@@ -4,10 +4,17 @@ Start-up order:
 1. settings and logging;
 2. the underlay (advertise address and its MTU), a clear error if unknown;
 3. this node's id (state-dir/node-id, made once), the driver and IPAM state;
-4. reconcile: rebuild what the kernel lacks, remove what nothing owns;
-5. serve Docker on the unix socket (a stale socket file is replaced).
+4. reconcile: rebuild what the kernel lacks, remove what nothing owns -
+   but in a cluster, no remote FDB/ARP entry is removed until gossip has
+   synced (the sync gate below): the table is empty after a restart, and
+   the entries in the kernel are what running containers use;
+5. serve Docker on the unix socket (a stale socket file is replaced);
+6. sync gate: at the first full state exchange with a live member (or after
+   SYNC_GRACE seconds with no answer), entries the table no longer wants are
+   removed and IPAM may claim new blocks.
 On SIGTERM/SIGINT the socket is removed; namespaces, VTEPs and veths stay,
 so running containers keep their traffic while the plugin is down.
+SIGHUP re-reads --gossip-key-file (live key rotation).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import asyncio
 import os
 import secrets
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,9 +38,10 @@ from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.kernel import Kernel
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.ipam.cluster import CLAIM, RELEASE, ClusterGuard
+from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state import logs
+from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 from pyoverlay.state.tasks import TaskSet
 
@@ -41,6 +51,7 @@ from .background import PeerSyncer
 from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
+SYNC_GRACE = 10.0  # seconds a restarting plugin waits for a peer before it prunes alone
 
 
 def node_id(state_dir: Path) -> str:
@@ -81,6 +92,53 @@ def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) 
         signal.signal(sig, on_signal)
 
 
+def install_reload_handler(loop: asyncio.AbstractEventLoop, reload: Callable[[], object]) -> None:
+    """SIGHUP re-reads the key file (same main-process rule as the stop handlers)."""
+    main_pid = os.getpid()
+
+    def on_hup(signum: int, frame: object) -> None:
+        if os.getpid() == main_pid:
+            loop.call_soon_threadsafe(reload)
+
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def seeds(settings: PluginSettings, last_known: JsonDocument, me: str) -> list[str]:
+    """--join, then every member we knew before a restart (so a host started without
+    --join finds the cluster again at once, not at the next push-pull from others)."""
+    out = list(settings.join)
+    members = last_known.load().get("members") or []
+    for m in members if isinstance(members, list) else []:
+        addr = str(m.get("addr", "")) if isinstance(m, dict) else ""
+        if addr and ":" in addr and m.get("name") != me and m.get("status") != "left":
+            out.append(addr)
+    return list(dict.fromkeys(out))
+
+
+async def ipam_after_sync(gossip: GossipRuntime, guard: ClusterGuard, alone: bool) -> None:
+    """IPAM claims wait for a real sync (no grace period): a host that cannot reach
+    the cluster must never count itself as a majority of one."""
+    if not alone or guard.ownership.voters - {guard.me}:
+        await gossip.synced.wait()
+    guard.synced = True
+    log.info("ipam may claim blocks", voters=len(guard.voters()))
+
+
+async def prune_after_sync(gossip: GossipRuntime, driver: OverlayDriver, alone: bool) -> None:
+    """The sync gate: prune stale peer entries only once the table is the cluster's."""
+    if not alone:
+        try:
+            await asyncio.wait_for(gossip.synced.wait(), SYNC_GRACE)
+        except TimeoutError:
+            log.warning(
+                "no pyoverlay host answered; pruning with this host's view", grace=SYNC_GRACE
+            )
+    gossip.synced.set()
+    driver.prune_peers = True
+    ops, errors = await driver.reconcile()
+    log.info("synced reconcile", changes=len(ops), errors=len(errors))
+
+
 async def build(settings: PluginSettings, kernel: Kernel) -> tuple[OverlayDriver, IpamService]:
     info = await kernel.underlay(settings.advertise_addr)
     underlay = Underlay(info.address, settings.vxlan_port, info.mtu)
@@ -108,6 +166,8 @@ def make_gossip(
     if not keys:
         log.info("no gossip key: single-host mode (give --gossip-key and --join for a cluster)")
         return None
+    if any(a == "--gossip-key" or a.startswith("--gossip-key=") for a in sys.argv):
+        log.warning("--gossip-key on the command line is visible in `ps`; use --gossip-key-file")
     config = replace(GossipConfig.lan(), pushpull_interval=settings.gossip_pushpull)
     last_known = JsonDocument(settings.state_dir / MEMBERS_FILE)
     runtime: GossipRuntime | None = None
@@ -130,6 +190,27 @@ def make_gossip(
     return runtime
 
 
+def make_key_reloader(
+    settings: PluginSettings, gossip: GossipRuntime | None
+) -> Callable[[], dict[str, object]]:
+    """What SIGHUP and `pyoverlay keys reload` do: re-read the keys, swap them in."""
+
+    def reload() -> dict[str, object]:
+        if gossip is None:
+            return {"error": "single-host mode: no gossip keys to reload"}
+        if not settings.gossip_key_file:
+            return {"error": "keys came from PYOVERLAY_GOSSIP_KEY; reload needs --gossip-key-file"}
+        try:
+            keys = load_keys(None, settings.gossip_key_file)
+        except PyoverlayError as exc:
+            log.error("gossip keys not reloaded", error=str(exc))
+            return {"error": str(exc)}
+        gossip.reload_keys(keys)
+        return {"keys": len(keys), "file": settings.gossip_key_file}
+
+    return reload
+
+
 async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
     if kernel is None:
         from pyoverlay.driver.pyroute import PyrouteKernel
@@ -145,20 +226,30 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         gossip = make_gossip(settings, driver, syncer)
         if gossip is not None:
             driver.directory = gossip
+            driver.clustered = True
             guard = ClusterGuard(driver.node_id, gossip, ipam.save)
+            guard.lend_hook, guard.unlend_hook = ipam.lend, ipam.unlend
             ipam.guard = guard
             ipam.load()  # again, now with the ownership part
-            gossip.register_rpc(CLAIM, guard.handle_claim)
-            gossip.register_rpc(RELEASE, guard.handle_release)
+            for name in guard.ownership.forgotten:
+                gossip.forget(name)
+            for kind, handler in guard.handlers().items():
+                gossip.register_rpc(kind, handler)
         driver.publish_joined()  # into the table before joining: our rows win over old ones
+        driver.prune_peers = gossip is None
         ops, errors = await driver.reconcile()
         log.info("start-up reconcile", changes=len(ops), errors=len(errors))
         if gossip is not None:
-            await gossip.start(settings.join)
+            known = seeds(settings, JsonDocument(settings.state_dir / MEMBERS_FILE), driver.node_id)
+            await gossip.start(known)
+            tasks.spawn("sync-gate", prune_after_sync(gossip, driver, alone=not known))
+            if isinstance(ipam.guard, ClusterGuard):
+                tasks.spawn("ipam-sync-gate", ipam_after_sync(gossip, ipam.guard, alone=not known))
         syncer.start(tasks)
+        reload_keys = make_key_reloader(settings, gossip)
         for app, path in (
             (make_app(driver, ipam), settings.socket),
-            (make_admin_app(driver, gossip), admin_sock),
+            (make_admin_app(driver, gossip, reload_keys, ipam), admin_sock),
         ):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -169,6 +260,7 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         log.info("serving", socket=str(settings.socket), driver=settings.driver_name)
         stop = asyncio.Event()
         install_stop_handlers(asyncio.get_running_loop(), stop)
+        install_reload_handler(asyncio.get_running_loop(), reload_keys)
         await stop.wait()
         log.info("stopping")
     finally:

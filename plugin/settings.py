@@ -63,12 +63,14 @@ SETTINGS = (
     Setting(
         "gossip-key",
         "",
-        "gossip encryption key: base64 of 16, 24 or 32 random bytes (openssl rand -base64 32)",
+        "gossip encryption key: base64 of 16, 24 or 32 random bytes (openssl rand -base64 32); "
+        "prefer --gossip-key-file or the env var: a command line is visible in `ps`",
     ),
     Setting(
         "gossip-key-file",
         "",
-        "file with one key per line; the first encrypts, all decrypt (for rotation)",
+        "file (mode 0600) with one key per line; the first encrypts, all decrypt; "
+        "SIGHUP or `pyoverlay keys reload` re-reads it (live rotation)",
     ),
     Setting(
         "gossip-pushpull",

@@ -1,8 +1,10 @@
 """The real transport on loopback: encrypted gossip between runtimes, and hostile input.
 
-Every datagram and stream frame is AES-GCM sealed; a packet with the wrong
-key, garbage, or an oversized frame is dropped and counted, and the node
-keeps working.
+Every datagram and stream frame is AES-GCM sealed and stamped; a packet with
+the wrong key, garbage, an oversized frame, a replay or a stale stamp is
+dropped and counted, and the node keeps working.  Unauthenticated TCP peers
+cannot make the runtime buffer more than a small header, nor take every
+stream slot.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import resource
 import socket
 import struct
+import sys
+import time
 
 import pytest
 
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys, parse_key
-from pyoverlay.cluster.runtime import GossipRuntime
+from pyoverlay.cluster.replay import Stamp
+from pyoverlay.cluster.runtime import MAX_STREAMS_PER_SOURCE, GossipRuntime
 from pyoverlay.state.errors import InvalidOption
 
 KEY = os.urandom(32)
@@ -111,7 +117,138 @@ def test_keys_are_checked_and_say_how_to_make_one(tmp_path) -> None:
         parse_key("not base64!!", "--gossip-key")
     f = tmp_path / "keys"
     f.write_text(f"# rotation\n{good}\n{base64.b64encode(KEY).decode()}\n")
+    f.chmod(0o644)
+    with pytest.raises(InvalidOption, match=r"readable by group or others .*chmod 600"):
+        load_keys(None, str(f))
+    f.chmod(0o600)
     assert load_keys(None, str(f))[1] == KEY
     f.write_text("\n")
     with pytest.raises(InvalidOption, match="holds no key"):
         load_keys(None, str(f))
+
+
+async def started_pair() -> tuple[GossipRuntime, GossipRuntime]:
+    a, b = runtime("a", [KEY]), runtime("b", [KEY])
+    await a.start([])
+    await b.start([a.node.addr])
+    await wait_until(lambda: len(a.node.alive_members()) == 2 and len(b.node.alive_members()) == 2)
+    return a, b
+
+
+async def test_replayed_and_stale_packets_are_dropped_and_counted() -> None:
+    a, b = await started_pair()
+    try:
+        # a genuine packet from a, sealed with a's key and stamp, sent twice (a capture replayed)
+        packet = a._seal({"t": "gossip", "from": "a"})
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(packet, ("127.0.0.1", b.port))
+            s.sendto(packet, ("127.0.0.1", b.port))
+            # a stamp from ten minutes ago (a capture replayed to a freshly restarted host)
+            old = Stamp("a", a.stamps.epoch, 10**9, int(time.time() * 1000) - 600_000)
+            s.sendto(a._seal({"t": "gossip", "from": "a"}, old), ("127.0.0.1", b.port))
+        await wait_until(
+            lambda: (
+                b.counters.get("dropped_replay", 0) >= 1 and b.counters.get("dropped_stale", 0) >= 1
+            )
+        )
+        assert b.counters["dropped_replay"] == 1, b.counters
+        # a replayed RPC (e.g. a captured ipam-release) is refused too
+        seen: list[dict] = []
+        b.register_rpc("echo", lambda body: seen.append(body) or {"ok": True})
+        frame = a._frame({"t": "rpc", "kind": "echo", "body": {"n": 1}})
+        for _ in range(2):
+            r, w = await asyncio.open_connection("127.0.0.1", b.port)
+            w.write(frame)
+            await w.drain()
+            await r.read()
+            w.close()
+        assert seen == [{"n": 1}], seen
+        assert b.counters["dropped_replay"] == 2, b.counters
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+ATTACKER = r"""
+import os, socket, struct, sys, threading
+port, n_idle, n_hostile = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+idle = []
+for _ in range(n_idle):  # slowloris: one byte, then nothing
+    s = socket.create_connection(("127.0.0.1", port)); s.sendall(b"\x00"); idle.append(s)
+junk = os.urandom(4 << 20)
+def hostile():
+    try:
+        s = socket.create_connection(("127.0.0.1", port)); s.settimeout(5)
+        s.sendall(struct.pack("!H", 256) + junk)  # a max-size header, then 4 MiB of junk
+        s.recv(1)
+    except OSError:
+        pass
+ts = [threading.Thread(target=hostile) for _ in range(n_hostile)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("done", flush=True)
+sys.stdin.read()  # keep the idle connections until told
+"""
+
+
+async def test_hostile_connections_cannot_make_the_plugin_buffer_or_starve_gossip() -> None:
+    """20 unauthenticated connections each sending a large header and 4 MiB (plus idle
+    ones holding slots), from another process: the runtime's RSS grows by at most a few
+    MiB, and the cluster keeps exchanging rows meanwhile."""
+    a, b = await started_pair()
+    try:
+        before = rss_kib()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            ATTACKER,
+            str(b.port),
+            str(MAX_STREAMS_PER_SOURCE + 6),
+            "20",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"done"
+        grown = rss_kib() - before
+        # gossip still flows while the idle connections hold their slots
+        a.publish("peer/3", "e", {"ip": "10.3.0.2"})
+        await wait_until(lambda: b.rows("peer/3") != [])
+        proc.stdin.close()
+        await proc.wait()
+        assert grown < 4 * 1024, f"RSS grew by {grown} KiB"
+        assert b.counters.get("dropped_auth", 0) + b.counters.get("streams_refused", 0) >= 20
+        assert b.counters.get("streams_refused", 0) >= 6, b.counters
+        print(f"RSS growth under 20 hostile connections: {grown} KiB; counters {b.counters}")
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_live_key_rotation_without_a_restart() -> None:
+    """add the new key everywhere, make it primary everywhere, drop the old one: no gap."""
+    a, b = await started_pair()
+    new = os.urandom(32)
+    try:
+        for step, keys in enumerate(([KEY, new], [new, KEY], [new])):
+            a.reload_keys(keys)
+            b.reload_keys(keys)
+            a.publish("peer/5", f"k{step}", {"ip": f"10.5.0.{step + 2}"})
+            await wait_until(lambda step=step: len(b.rows("peer/5")) == step + 1)
+        assert len(a.node.alive_members()) == 2 and len(b.node.alive_members()) == 2
+        # a host still on the old key alone is now shut out
+        c = runtime("c", [KEY])
+        await c.start([a.node.addr])
+        await wait_until(lambda: a.counters.get("dropped_auth", 0) >= 1)
+        assert len(a.node.alive_members()) == 2
+        await c.stop()
+    finally:
+        await a.stop()
+        await b.stop()

@@ -109,7 +109,7 @@ def test_managed_plugin_across_two_hosts_survives_disable_enable_and_live_restor
     h2.docker("plugin", "disable", "-f", PLUGIN, timeout=60)
     h2.docker("plugin", "enable", PLUGIN, timeout=60)
     out, _ = pinger.communicate(timeout=30)
-    assert " 0% packet loss" in out, out
+    assert "20 packets transmitted, 20 packets received" in out, out  # not rounded
     state = json.loads((h2.state_dir / "driver.json").read_text())
     assert len(state["networks"]) == 1 and len(state["endpoints"]) == 1
     scratch.run(h2, "m3", "--network", "mnet", IMAGE, "sleep", "3600")

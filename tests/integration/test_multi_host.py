@@ -134,7 +134,7 @@ def test_plugin_kill9_keeps_cross_host_traffic_and_catches_up(lab: Lab, scratch:
     time.sleep(0.5)
     h2.start_plugin()
     out, _ = pinger.communicate(timeout=30)
-    assert " 0% packet loss" in out, out
+    assert "30 packets transmitted, 30 packets received" in out, out  # busybox rounds 1/30 to 0%
     wait_for("h2 caught up with p3", lambda: ping(h2, "p2", p3), timeout=15)
 
 

@@ -225,3 +225,85 @@ def OverlayDriverFor(
     )
     d.networks = {net.network_id: net}
     return d
+
+
+async def test_fdb_and_neighbour_entries_against_the_real_kernel(
+    kernel: PyrouteKernel, underlay: Underlay
+) -> None:
+    """replace / list / change / delete of the entries peer programming makes, next to
+    entries the kernel (or someone else) owns on the same VTEP: those are never listed as
+    ours, so no sync deletes them."""
+    from pyoverlay.driver import peers
+    from pyoverlay.driver.ops import DeleteFdb, DeleteNeigh, ReplaceFdb, ReplaceNeigh
+
+    net = spec(NID)
+    await apply_all(kernel, plan.create_network(net, "node1", underlay))
+    ns, vx = net.namespace, net.vxlan
+    mac, peer_ip, vtep = "02:42:0a:32:00:07", IPv4Address("10.50.0.7"), IPv4Address("192.0.2.7")
+    # not ours: the default flood entry (all-zero MAC), a bridge-learnt style entry without
+    # a destination, and a dynamic (non-permanent) neighbour
+    subprocess.run(
+        ["bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", "192.0.2.99"],
+        check=True,
+    )
+    subprocess.run(
+        ["bridge", "-n", ns, "fdb", "add", "02:aa:bb:cc:dd:ee", "dev", vx, "master", "static"],
+        check=True,
+    )
+    ip(
+        "-n",
+        ns,
+        "neigh",
+        "add",
+        "10.50.0.99",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        vx,
+        "nud",
+        "reachable",
+    )
+    assert await kernel.peer_entries(ns, vx) == peers.PeerEntries()
+
+    assert await kernel.apply(ReplaceFdb(ns, vx, mac, vtep)) is True
+    assert await kernel.apply(ReplaceNeigh(ns, vx, peer_ip, mac)) is True
+    assert await kernel.apply(ReplaceFdb(ns, vx, mac, vtep)) is True  # replace: idempotent
+    got = await kernel.peer_entries(ns, vx)
+    assert got.fdb == {mac: vtep} and got.neigh == {peer_ip: mac}
+    fdb = json.loads(
+        subprocess.run(
+            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", vx],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    ours = [e for e in fdb if e["mac"] == mac]
+    assert (
+        ours and ours[0]["dst"] == "192.0.2.7" and "permanent" in ours[0].get("state", "permanent")
+    )
+    neigh = ipj("-n", ns, "neigh", "show", "dev", vx)
+    assert {"dst": "10.50.0.7", "lladdr": mac} in [
+        {k: e[k] for k in ("dst", "lladdr")} for e in neigh
+    ]
+
+    # the container moved to another host: the state-based diff moves the entry
+    moved = peers.PeerEntries(fdb={mac: IPv4Address("192.0.2.8")}, neigh={peer_ip: mac})
+    ops = peers.diff(ns, vx, got, moved)
+    assert ops == [DeleteFdb(ns, vx, mac, vtep), ReplaceFdb(ns, vx, mac, IPv4Address("192.0.2.8"))]
+    for op in ops:
+        await kernel.apply(op)
+    assert (await kernel.peer_entries(ns, vx)).fdb == {mac: IPv4Address("192.0.2.8")}
+
+    # gone from the table: a full (pruning) sync deletes ours and nothing else
+    for op in peers.diff(ns, vx, await kernel.peer_entries(ns, vx), peers.PeerEntries()):
+        assert await kernel.apply(op) is True
+    assert await kernel.apply(DeleteFdb(ns, vx, mac, vtep)) is False  # already gone
+    assert await kernel.apply(DeleteNeigh(ns, vx, peer_ip)) is False
+    assert await kernel.peer_entries(ns, vx) == peers.PeerEntries()
+    left = subprocess.run(
+        ["bridge", "-n", ns, "fdb", "show", "dev", vx], capture_output=True, text=True
+    ).stdout
+    assert "00:00:00:00:00:00 dst 192.0.2.99" in left and "02:aa:bb:cc:dd:ee" in left
+    assert "10.50.0.99" in ip("-n", ns, "neigh", "show", "dev", vx)
+    await apply_all(kernel, plan.delete_network(net))

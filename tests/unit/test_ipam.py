@@ -31,7 +31,7 @@ async def test_subnet_gateway_and_next_free(ipam: IpamService) -> None:
 async def test_released_address_is_not_reused_at_once(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "10.1.0.0/29", "", {}, False)
     a = (await ipam.request_address(pool.pool_id, "", None))[0]
-    ipam.release_address(pool.pool_id, str(a))
+    await ipam.release_address(pool.pool_id, str(a))
     b = (await ipam.request_address(pool.pool_id, "", None))[0]
     assert a != b
 

@@ -1,0 +1,187 @@
+"""Two real Docker hosts: restarts lose no packet, identities cannot merge, IPAM works on
+any host, keys rotate live.
+
+The restart tests keep a 20 ms ping running from a container on h2 to one on
+h1 while the plugin on one side is killed with SIGKILL and started again
+0.5 s later; every reply must come back (the plugin keeps the kernel's
+FDB/ARP entries until gossip has synced).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from support import Scratch, both, ip_of, ping
+
+from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+
+pytestmark = pytest.mark.integration
+HOSTS = 2
+SLEEP = ("sleep", "3600")
+
+
+def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
+
+
+def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:
+    """A 20 ms ping (busybox ping's -i takes fractions) from `container` on `h`."""
+    cmd = [DOCKER, "-H", f"unix://{h.docker_sock}", "exec", container]
+    cmd += ["ping", "-c", str(count), "-i", "0.02", "-W", "1", target]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def loss(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("side", ["sender", "receiver"])
+def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, side: str) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    net = f"r{side[0]}"
+    both(scratch, lab, net, "100.0.40.0/24" if side == "sender" else "100.0.41.0/24")
+    scratch.run(h1, f"{net}a", "--network", net, IMAGE, *SLEEP)
+    scratch.run(h2, f"{net}b", "--network", net, IMAGE, *SLEEP)
+    target = ip_of(h1, f"{net}a", net)
+    wait_for("h2 -> h1", lambda: ping(h2, f"{net}b", target), timeout=15)
+    pinger = start_ping(h2, f"{net}b", target, 250)  # 5 s
+    victim = h2 if side == "sender" else h1
+    time.sleep(1.0)  # deliberate: the outage must fall inside the running ping
+    victim.stop_plugin(signal.SIGKILL)
+    time.sleep(0.5)
+    victim.start_plugin()
+    out, _ = pinger.communicate(timeout=30)
+    sent, got = loss(out)
+    assert got == sent, out
+    # and the restarted plugin is in sync again (nothing stale, nothing missing)
+    wait_for(
+        "peers ok after the restart",
+        lambda: all(
+            p["state"] in ("ok", "local") and not v["stale"]
+            for v in json.loads(cli(victim, lab, "peers", "--json").stdout)
+            for p in v["peers"]
+        ),
+        timeout=15,
+    )
+
+
+def test_networks_without_a_user_given_identity_are_refused_in_a_cluster(
+    lab: Lab, scratch: Scratch
+) -> None:
+    h1 = lab.host(1)
+    r = h1.docker(
+        "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", "appA", check=False
+    )
+    assert r.returncode != 0 and "in a pyoverlay cluster a network needs --subnet" in r.stderr
+    r = h1.docker("network", "create", "-d", "pyoverlay", "appB", check=False)
+    assert r.returncode != 0 and "give -o vni=N" in r.stderr, r.stderr
+    # a VNI another host uses for a different subnet is refused, naming the host
+    scratch.network(h1, "vA", "--subnet", "100.0.50.0/24", "-o", "vni=5050")
+    h2 = lab.host(2)
+    out = ""
+
+    def refused() -> bool:
+        nonlocal out
+        r = h2.docker(
+            "network",
+            "create",
+            "-d",
+            "pyoverlay",
+            "--ipam-driver",
+            "pyoverlay",
+            "--subnet",
+            "100.0.51.0/24",
+            "-o",
+            "vni=5050",
+            "vB",
+            check=False,
+        )
+        out = r.stderr
+        if r.returncode == 0:
+            h2.docker("network", "rm", "vB")
+        return r.returncode != 0
+
+    wait_for("the VNI clash refused on h2", refused, timeout=10)
+    assert "VNI 5050 is already a different network on pyoverlay host" in out, out
+    assert "subnet 100.0.51.0/24 here, 100.0.50.0/24 there" in out, out
+    assert h1.docker("network", "ls", "-q", "-f", "name=appA").stdout.strip() == ""
+
+
+def test_aux_address_and_any_ip_work_on_every_host(lab: Lab, scratch: Scratch) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    for h in (h1, h2):
+        scratch.network(
+            h,
+            "nA",
+            "--subnet",
+            "100.1.0.0/24",
+            "--ip-range",
+            "100.1.0.128/25",
+            "--aux-address",
+            "skip=100.1.0.130",
+        )
+    scratch.run(h1, "i1", "--network", "nA", IMAGE, *SLEEP)
+    first = ip_of(h1, "i1", "nA")  # h1 now owns the block holding it
+    neighbour = ".".join(first.split(".")[:3] + [str(int(first.split(".")[3]) + 1)])
+    # --ip on h2 of an address in h1's block: lent by h1, works
+    scratch.run(h2, "i2", "--network", "nA", "--ip", neighbour, IMAGE, *SLEEP)
+    assert ip_of(h2, "i2", "nA") == neighbour
+    wait_for("i2 -> i1", lambda: ping(h2, "i2", first), timeout=15)
+    # h1's own next container does not get it; an address in use is refused by name
+    scratch.run(h1, "i3", "--network", "nA", IMAGE, *SLEEP)
+    assert ip_of(h1, "i3", "nA") not in (first, neighbour, "100.1.0.130")
+    r = h2.docker(
+        "run", "-d", "--name", "i4", "--network", "nA", "--ip", first, IMAGE, *SLEEP, check=False
+    )
+    h2.docker("rm", "-f", "i4", check=False)
+    assert r.returncode != 0 and f"{first} is in use there" in r.stderr, r.stderr
+    # the aux address is never handed out on either host
+    for i in range(5):
+        scratch.run(h2, f"i5{i}", "--network", "nA", IMAGE, *SLEEP)
+        assert ip_of(h2, f"i5{i}", "nA") != "100.1.0.130"
+
+
+def test_live_key_rotation_on_two_hosts_with_traffic_flowing(lab: Lab, scratch: Scratch) -> None:
+    """Add the new key everywhere, make it first everywhere, remove the old one; reload
+    with `pyoverlay keys reload` each time; a 20 ms ping keeps flowing, members stay alive,
+    and a container started after the rotation is reachable (the gossip works)."""
+    h1, h2 = lab.host(1), lab.host(2)
+    both(scratch, lab, "kr", "100.0.60.0/24")
+    scratch.run(h1, "k1", "--network", "kr", IMAGE, *SLEEP)
+    scratch.run(h2, "k2", "--network", "kr", IMAGE, *SLEEP)
+    k1 = ip_of(h1, "k1", "kr")
+    wait_for("k2 -> k1", lambda: ping(h2, "k2", k1), timeout=15)
+    pinger = start_ping(h2, "k2", k1, 200)
+    old, new = lab.gossip_key, base64.b64encode(os.urandom(32)).decode()
+    try:
+        for keys in ((old, new), (new, old), (new,)):
+            lab.write_keys(*keys)
+            for h in (h1, h2):
+                r = cli(h, lab, "keys", "reload")
+                assert r.returncode == 0 and f"reloaded {len(keys)} key(s)" in r.stdout, r
+            time.sleep(0.5)  # deliberate: let gossip run on each step of the rotation
+        out, _ = pinger.communicate(timeout=30)
+        sent, got = loss(out)
+        assert got == sent, out
+        for h in (h1, h2):
+            st = json.loads(cli(h, lab, "status", "--json").stdout)
+            assert st["members"] == {"alive": 2}, st
+            assert st["counters"].get("dropped_auth", 0) == 0, st["counters"]
+        scratch.run(h1, "k3", "--network", "kr", IMAGE, *SLEEP)
+        wait_for(
+            "k2 -> k3 (after the rotation)",
+            lambda: ping(h2, "k2", ip_of(h1, "k3", "kr")),
+            timeout=15,
+        )
+    finally:
+        lab.write_keys(new)
+        lab.gossip_key = new  # restarts in later tests use the current key
