@@ -11,6 +11,11 @@ two hosts
   run-time-2h      `docker run -d` on pyoverlay (cluster IPAM) vs the bridge driver
   tcp-2h           cross-host TCP, pyoverlay vs a hand-built VXLAN path on the same underlay
   crash            a killed host's entries gone from the other; a 2 s stall is no false alarm
+  restart-loss     kill -9 + restart 0.5 s later of the plugin on the sending, then the
+                   receiving host, during a 20 ms ping across hosts; --runs times each; worst loss
+  hostile          20 unauthenticated TCP connections to a plugin's gossip port, each sending a
+                   large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
+                   during the attack vs before it (ratio)
 simulation
   gossip-sim       convergence time and messages/node/s at 10, 50, 200 nodes, 5% loss
 Machines here are noisy: read the ratios, not the absolute numbers.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import statistics
 import subprocess
 import threading
@@ -272,13 +278,19 @@ def bench_reach(lab: Lab, runs: int) -> None:
     )
 
 
-def bench_tcp_2h(lab: Lab) -> None:
+def pair(lab: Lab, subnet: str, on_h1: str, on_h2: str) -> str:
+    """Network "ovl" on every host, a container on h1 and one on h2; h1's overlay address."""
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
-        h.create_network("ovl", "100.6.0.0/24")
-    h1.docker("run", "-d", "--name", "srv", "--network", "ovl", IMAGE, "sleep", "3600")
-    h2.docker("run", "-d", "--name", "cli", "--network", "ovl", IMAGE, "sleep", "3600")
-    target = ip_of(h1, "srv", "ovl")
+        h.create_network("ovl", subnet)
+    h1.docker("run", "-d", "--name", on_h1, "--network", "ovl", IMAGE, "sleep", "3600")
+    h2.docker("run", "-d", "--name", on_h2, "--network", "ovl", IMAGE, "sleep", "3600")
+    return ip_of(h1, on_h1, "ovl")
+
+
+def bench_tcp_2h(lab: Lab) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    target = pair(lab, "100.6.0.0/24", "srv", "cli")
     wait_for(
         "cli -> srv",
         lambda: h2.docker("exec", "cli", "ping", "-c1", "-W1", target, check=False).returncode == 0,
@@ -495,6 +507,143 @@ def bench_crash(lab: Lab) -> None:
     )
 
 
+def ping_loss(h: Host, container: str, target: str, count: int) -> tuple[int, int]:
+    import re
+
+    out = h.docker(
+        "exec",
+        container,
+        "ping",
+        "-c",
+        str(count),
+        "-i",
+        "0.02",
+        "-W",
+        "1",
+        target,
+        check=False,
+        timeout=120,
+    ).stdout
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (count, 0)
+
+
+def bench_restart_loss(lab: Lab, runs: int) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    target = pair(lab, "100.2.0.0/24", "rx", "tx")
+    wait_for("tx -> rx", lambda: ping_loss(h2, "tx", target, 1)[1] == 1, timeout=20)
+    worst: dict[str, tuple[int, int]] = {}
+    for side, victim in (("sender", h2), ("receiver", h1)):
+        for _ in range(runs):
+            result: list[tuple[int, int]] = []
+            t = threading.Thread(
+                target=lambda out=result: out.append(ping_loss(h2, "tx", target, 150))
+            )
+            t.start()
+            time.sleep(0.8)
+            victim.stop_plugin(signal.SIGKILL)
+            time.sleep(0.5)
+            victim.start_plugin()
+            t.join()
+            sent, got = result[0]
+            if side not in worst or sent - got > worst[side][0] - worst[side][1]:
+                worst[side] = (sent, got)
+            time.sleep(1.0)
+    remove(h1, ["rx"])
+    remove(h2, ["tx"])
+    for h in lab.hosts:
+        h.docker("network", "rm", "ovl", check=False)
+    report(
+        "restart-loss",
+        runs_per_side=runs,
+        **{f"worst_{k}": f"{s - g}/{s} lost" for k, (s, g) in worst.items()},
+    )
+
+
+ATTACKER = r"""
+import os, socket, struct, sys, threading, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+junk = os.urandom(4 << 20)
+stop = False
+def hostile():
+    while not stop:
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(struct.pack("!H", 256) + junk)
+            s.recv(1)
+            s.close()
+        except OSError:
+            time.sleep(0.05)
+ts = [threading.Thread(target=hostile, daemon=True) for _ in range(n)]
+[t.start() for t in ts]
+print("attacking", flush=True)
+sys.stdin.read()
+stop = True
+"""
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_hostile(lab: Lab, runs: int) -> None:
+    import sys
+
+    h1 = lab.host(1)
+    h1.create_network("ovl", "100.1.0.0/24")
+    assert h1.plugin_pid is not None
+    before_runs = timed_runs(h1, "ovl", runs, "hb")
+    rss0 = rss_mib(h1.plugin_pid)
+    attacker = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.underlay_ns,
+            sys.executable,
+            "-c",
+            ATTACKER,
+            h1.address,
+            "7966",
+            "20",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert attacker.stdout is not None and attacker.stdin is not None
+    attacker.stdout.readline()
+    time.sleep(2.0)
+    during_runs = timed_runs(h1, "ovl", runs, "hd")
+    rss1 = rss0
+    for _ in range(5):
+        time.sleep(0.2)
+        rss1 = max(rss1, rss_mib(h1.plugin_pid))
+    attacker.stdin.close()
+    attacker.wait(timeout=30)
+    st = json.loads(
+        h1.run(lab.pyoverlay, "status", "--json", "--state-dir", str(h1.state_dir)).stdout
+    )
+    remove(h1, [f"hb{i}" for i in range(runs)] + [f"hd{i}" for i in range(runs)])
+    h1.docker("network", "rm", "ovl", check=False)
+    c = st.get("counters", {})
+    report(
+        "hostile",
+        rss_before_mib=round(rss0, 1),
+        rss_growth_mib=round(rss1 - rss0, 1),
+        run_during_vs_before=round(
+            statistics.median(during_runs) / statistics.median(before_runs), 2
+        ),
+        refused=c.get("streams_refused", 0),
+        dropped_auth=c.get("dropped_auth", 0),
+        dropped_oversized=c.get("dropped_oversized", 0),
+    )
+
+
 # -- simulation ---------------------------------------------------------------------------
 
 
@@ -546,6 +695,8 @@ DOUBLE: dict[str, Callable[[Lab, int], None]] = {
     "run-time-2h": lambda lab, runs: bench_run_time(lab, runs, "run-time-2h", "100.3.0.0/24"),
     "tcp-2h": lambda lab, runs: bench_tcp_2h(lab),
     "crash": lambda lab, runs: bench_crash(lab),
+    "restart-loss": bench_restart_loss,
+    "hostile": bench_hostile,
 }
 
 

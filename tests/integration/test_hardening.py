@@ -20,7 +20,7 @@ import time
 import pytest
 from support import Scratch, both, ip_of, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+from pyoverlay.lab.hosts import DOCKER, IMAGE, CommandFailed, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -57,11 +57,22 @@ def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, si
     victim = h2 if side == "sender" else h1
     time.sleep(1.0)  # deliberate: the outage must fall inside the running ping
     victim.stop_plugin(signal.SIGKILL)
+    # the victim misses this event (a new container on the other host) while it is down
+    other = h1 if victim is h2 else h2
+    scratch.run(other, f"{net}c", "--network", net, IMAGE, *SLEEP)
     time.sleep(0.5)
     victim.start_plugin()
     out, _ = pinger.communicate(timeout=30)
     sent, got = loss(out)
     assert got == sent, out
+    # and catches up with it
+    late = ip_of(other, f"{net}c", net)
+    mine = f"{net}b" if victim is h2 else f"{net}a"
+    wait_for(
+        "the restarted host reaches the late container",
+        lambda: ping(victim, mine, late),
+        timeout=15,
+    )
     # and the restarted plugin is in sync again (nothing stale, nothing missing)
     wait_for(
         "peers ok after the restart",
@@ -91,24 +102,13 @@ def test_networks_without_a_user_given_identity_are_refused_in_a_cluster(
 
     def refused() -> bool:
         nonlocal out
-        r = h2.docker(
-            "network",
-            "create",
-            "-d",
-            "pyoverlay",
-            "--ipam-driver",
-            "pyoverlay",
-            "--subnet",
-            "100.0.51.0/24",
-            "-o",
-            "vni=5050",
-            "vB",
-            check=False,
-        )
-        out = r.stderr
-        if r.returncode == 0:
-            h2.docker("network", "rm", "vB")
-        return r.returncode != 0
+        try:
+            h2.create_network("vB", "100.0.51.0/24", "-o", "vni=5050")
+        except CommandFailed as exc:
+            out = str(exc)
+            return True
+        h2.docker("network", "rm", "vB")
+        return False
 
     wait_for("the VNI clash refused on h2", refused, timeout=10)
     assert "VNI 5050 is already a different network on pyoverlay host" in out, out

@@ -42,11 +42,16 @@ def plugins(lab: Lab):
     for h in lab.hosts:
         assert build(h) == PLUGIN
         others = ",".join(o.address for o in lab.hosts if o is not h)
+        # the README's way: the key in a 0600 file in the state mount, not in the plugin's env
+        h.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(h.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(lab.gossip_key + "\n")
         h.docker(
             "plugin",
             "set",
             PLUGIN,
-            f"PYOVERLAY_GOSSIP_KEY={lab.gossip_key}",
+            "PYOVERLAY_GOSSIP_KEY_FILE=/var/lib/pyoverlay/gossip.key",
             f"PYOVERLAY_JOIN={others}",
             f"PYOVERLAY_ADVERTISE_ADDR={h.address}",
             f"state.source={h.state_dir}",
