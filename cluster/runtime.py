@@ -49,6 +49,8 @@ MAX_DATAGRAM = 64 * 1024
 MAX_STREAMS = 32  # inbound streams at once
 MAX_STREAMS_PER_SOURCE = 4  # from one address: a flood from one host cannot take every slot
 HEADER_TIMEOUT = 1.0  # a peer that has not authenticated within this is cut off
+PENALTY_FAILURES = 8  # failed stream authentications from one address within PENALTY_S ...
+PENALTY_S = 10.0  # ... get its next connections closed unread for PENALTY_S
 
 
 def wall_ms() -> int:
@@ -96,6 +98,7 @@ class GossipRuntime:
         self.stamps = StampSource(name, wall_ms())
         self.replay = ReplayGuard()
         self._inbound: dict[str, int] = {}  # source address -> open inbound streams
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, since)
         # set at the first full state exchange with a live member (either way)
         self.synced = asyncio.Event()
         self.on_rows = on_rows or (lambda scopes: None)
@@ -317,16 +320,20 @@ class GossipRuntime:
         if (
             sum(self._inbound.values()) >= MAX_STREAMS
             or self._inbound.get(host, 0) >= MAX_STREAMS_PER_SOURCE
+            or self._penalised(host)
         ):
             self.count("streams_refused")
             writer.close()
             return
         self._inbound[host] = self._inbound.get(host, 0) + 1
+        authenticated = False
         try:
-            await self._serve_one(src, reader, writer)
+            authenticated = await self._serve_one(src, reader, writer)
         except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
             self.count("stream_errors")
         finally:
+            if not authenticated:
+                self._failed(host)
             self._inbound[host] -= 1
             if not self._inbound[host]:
                 del self._inbound[host]
@@ -334,28 +341,47 @@ class GossipRuntime:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _penalised(self, host: str) -> bool:
+        count, since = self._failures.get(host, (0, 0.0))
+        if time.monotonic() - since > PENALTY_S:
+            self._failures.pop(host, None)
+            return False
+        return count >= PENALTY_FAILURES
+
+    def _failed(self, host: str) -> None:
+        """A stream from `host` did not authenticate: count it (bounded per address)."""
+        now = time.monotonic()
+        count, since = self._failures.get(host, (0, now))
+        if now - since > PENALTY_S:
+            count, since = 0, now
+        if host not in self._failures and len(self._failures) >= 1024:
+            self._failures.clear()  # bounded memory under a spoofed-source flood
+        self._failures[host] = (count + 1, since)
+
     async def _serve_one(
         self, src: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    ) -> bool:
+        """Serve one request; False if the peer never authenticated."""
         msg = await self._read_frame(reader, self.config.stream_timeout, HEADER_TIMEOUT)
         if msg is None:
-            return
+            return False
         if msg.get("t") == "rpc":
             handler = self._rpc.get(str(msg.get("kind")))
             body = msg.get("body")
             if handler is None or not isinstance(body, dict):
                 self.count("dropped_malformed")
-                return
+                return True
             reply = {"t": "rpcr", "body": handler(body)}
         elif msg.get("t") == "pp":
             self.count("streams_in")
             reply = self.node.on_stream(time.monotonic(), src, msg)
             self._mark_synced(msg)
         else:
-            return
+            return True
         writer.write(self._frame(reply))
         await asyncio.wait_for(writer.drain(), self.config.stream_timeout)
         self._after()
+        return True
 
     def _mark_synced(self, msg: dict[str, Any]) -> None:
         """A full state from a live member was merged: the table is as good as the cluster's."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import signal
 import statistics
@@ -590,6 +591,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_hostile(lab: Lab, runs: int) -> None:
     import sys
 
@@ -618,7 +625,9 @@ def bench_hostile(lab: Lab, runs: int) -> None:
     assert attacker.stdout is not None and attacker.stdin is not None
     attacker.stdout.readline()
     time.sleep(2.0)
+    cpu0, t0 = cpu_seconds(h1.plugin_pid), time.monotonic()
     during_runs = timed_runs(h1, "ovl", runs, "hd")
+    plugin_cpu = (cpu_seconds(h1.plugin_pid) - cpu0) / (time.monotonic() - t0)
     rss1 = rss0
     for _ in range(5):
         time.sleep(0.2)
@@ -638,6 +647,7 @@ def bench_hostile(lab: Lab, runs: int) -> None:
         run_during_vs_before=round(
             statistics.median(during_runs) / statistics.median(before_runs), 2
         ),
+        plugin_cpu_during_pct=round(plugin_cpu * 100, 1),
         refused=c.get("streams_refused", 0),
         dropped_auth=c.get("dropped_auth", 0),
         dropped_oversized=c.get("dropped_oversized", 0),
