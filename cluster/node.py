@@ -123,6 +123,15 @@ class GossipNode:
         for s in self.seeds:
             self._pushpull(s)
 
+    def add_seed(self, addr: str) -> None:
+        """A host to join through, learnt later (swarm's node discovery): exchange state with it
+        unless it is a member we already know alive."""
+        if addr == self.addr or addr in self.seeds:
+            return
+        self.seeds.append(addr)
+        if not any(m.addr == addr for m in self.members.others(ALIVE, SUSPECT)):
+            self._pushpull(addr)
+
     def publish(
         self, now: float, scope: str, key: str, value: dict[str, Any], stamp: int | None = None
     ) -> None:

@@ -168,6 +168,11 @@ class GossipRuntime:
         self._after()
         log.info("gossip started", node=self.node.name, addr=self.node.addr)
 
+    def add_seed(self, addr: str) -> None:
+        """Join through one more host (e.g. a swarm node Docker told us about)."""
+        self.node.add_seed(self._normalise(addr))
+        self._after()
+
     def _normalise(self, seed: str) -> str:
         host, port = split_addr(seed, self.port)
         return f"{host}:{port}"

@@ -80,7 +80,7 @@ def disagreements(
 
 def needs_identity(net: NetworkSpec, address_space: str) -> str | None:
     """In a cluster: why this network's identity is not the user's, or None if it is."""
-    if "vni" in net.options or address_space.startswith(OWN_SPACE_PREFIX):
+    if net.swarm or "vni" in net.options or address_space.startswith(OWN_SPACE_PREFIX):
         return None
     return (
         f"in a pyoverlay cluster the VNI names the network on every host, and subnet "

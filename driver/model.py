@@ -109,6 +109,11 @@ class NetworkSpec:
         return namespace_name(self.network_id)
 
     @property
+    def swarm(self) -> bool:
+        """A swarm-scoped network: its VNI came from the swarm leader (AllocateNetwork)."""
+        return "pyoverlay.vni" in self.options
+
+    @property
     def vxlan(self) -> str:
         return vxlan_name(self.vni, self.network_id)
 

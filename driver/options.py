@@ -5,6 +5,8 @@ pyoverlay accepts:
 
     vni=N                             1..16777215; default: derived from --subnet
     com.docker.network.driver.mtu=N   576..(underlay MTU - 50); default: underlay MTU - 50
+    pyoverlay.vni=N                   (swarm networks) the VNI the leader allocated
+                                      (driver.swarm), which every node gets
 
 Anything else is refused, so a typo never silently becomes a default.
 """
@@ -21,7 +23,8 @@ from .model import MIN_MTU, VNI_MAX, VNI_MIN, NetworkSpec, Underlay, derive_vni
 
 OPT_VNI = "vni"
 OPT_MTU = "com.docker.network.driver.mtu"
-KNOWN_OPTIONS = (OPT_VNI, OPT_MTU)
+ALLOCATED_VNI = "pyoverlay.vni"  # what AllocateNetwork returns; nodes read it in CreateNetwork
+KNOWN_OPTIONS = (OPT_VNI, OPT_MTU, ALLOCATED_VNI)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,11 @@ def parse_network(
     gateway = IPv4Interface(ipv4[0].gateway) if ipv4[0].gateway else None
 
     opts = {k: str(v) for k, v in generic.items()}
-    if OPT_VNI in opts:
+    if ALLOCATED_VNI in opts:
+        vni = _int_option(
+            ALLOCATED_VNI, opts[ALLOCATED_VNI], VNI_MIN, VNI_MAX, "the allocated VXLAN network id"
+        )
+    elif OPT_VNI in opts:
         vni = _int_option(OPT_VNI, opts[OPT_VNI], VNI_MIN, VNI_MAX, "the VXLAN network id")
     else:
         vni = derive_vni(subnet)

@@ -150,6 +150,12 @@ class OverlayDriver:
             if nid in self.networks:
                 return self.networks[nid]
             spec = parse_network(nid, generic, ipv4, ipv6, enable_ipv6, internal, self.underlay)
+            if spec.swarm and not self.clustered:
+                raise InvalidOption(
+                    "a swarm network needs pyoverlay's gossip on every node: set "
+                    "PYOVERLAY_GOSSIP_KEY_FILE (the same key file on every node) with "
+                    "`docker plugin set`, then enable the plugin again"
+                )
             if self.clustered:
                 self._check_identity(spec, ipv4[0].address_space)
             for other in self.networks.values():

@@ -36,7 +36,7 @@ LIB_ROOT = Path("/var/lib/pyo")
 DOCKER = os.environ.get("PYOVERLAY_DOCKER_CLI", "/usr/bin/docker")
 DOCKERD = os.environ.get("PYOVERLAY_DOCKERD", "/usr/sbin/dockerd")
 IMAGE = "bb:latest"
-IMAGE_VERSION = 2  # bump when the image's contents change (the tarball is cached)
+IMAGE_VERSION = 3  # bump when the image's contents change (the tarball is cached)
 # The seed's three-tier application, in busybox: a redis-like counter on
 # 6379, a web app (httpd + CGI) that asks it over TCP by IP, and a front end
 # that forwards its port 80 to the web app.
@@ -48,9 +48,17 @@ APP_FILES = {
         "n=$(cat /tmp/hits 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/hits\n"
         'echo ":$n"\n'
     ),
+    "app/resolve": (
+        "#!/bin/sh\n"
+        "# an address stays as it is; a name (a swarm service) is looked up in Docker's DNS\n"
+        'case "$1" in *[a-z]*)\n'
+        "  nslookup \"$1\" 2>/dev/null | awk '/^Address: / {a=$2} END {print a}' ;;\n"
+        '  *) echo "$1" ;; esac\n'
+    ),
+    "app/proxy.sh": "#!/bin/sh\nexec nc $(/app/resolve $(cat /etc/web-addr)) 8888\n",
     "www/cgi-bin/app": (
         "#!/bin/sh\n"
-        "kv=$(cat /etc/kv-addr)\n"
+        "kv=$(/app/resolve $(cat /etc/kv-addr))\n"
         "hits=$(echo INCR hits | nc -w 2 $kv 6379)\n"
         "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
         "me=$(ip -4 -o addr show eth0 | awk '{print $4}')\n"
@@ -58,12 +66,14 @@ APP_FILES = {
     ),
     "app/kv-server": "#!/bin/sh\nexec nc -ll -p 6379 -e /app/kv.sh\n",
     "app/web-server": '#!/bin/sh\necho "$1" > /etc/kv-addr\nexec httpd -f -p 8888 -h /www\n',
-    "app/front-server": '#!/bin/sh\nexec nc -ll -p 80 -e nc "$1" 8888\n',
+    "app/front-server": (
+        '#!/bin/sh\necho "$1" > /etc/web-addr\nexec nc -ll -p 80 -e /app/proxy.sh\n'
+    ),
 }
 BUSYBOX = "/bin/busybox"
 APPLETS = (
     "sh ip ping nc httpd sleep cat ifconfig ls echo hostname route ps grep arp netstat awk "
-    "sed env true false cut head tail wc seq printf date tr kill sort uniq".split()
+    "sed env true false cut head tail wc seq printf date tr kill sort uniq nslookup".split()
 )
 
 
@@ -413,6 +423,18 @@ class Host:
             name,
         ).stdout.strip()
 
+    @property
+    def node_id(self) -> str:
+        """This host's swarm node ID."""
+        return self.docker("info", "-f", "{{.Swarm.NodeID}}").stdout.strip()
+
+    def service_containers(self, service: str) -> list[str]:
+        """Names of this host's running containers of a swarm service."""
+        out = self.docker(
+            "ps", "-f", f"label=com.docker.swarm.service.name={service}", "--format", "{{.Names}}"
+        ).stdout
+        return out.split()
+
     def set_link(self, up: bool) -> None:
         """The host's underlay link down (a crash, a cable) or up again with its default route."""
         self.run("ip", "link", "set", "eth0", "up" if up else "down")
@@ -594,6 +616,29 @@ class Lab:
         with os.fdopen(fd, "w") as f:
             f.write("".join(k + "\n" for k in keys))
         os.replace(tmp, self.key_file)
+
+    def swarm(self, managers: int = 1) -> None:
+        """A Docker swarm of the lab's hosts: h1 initialises it, the next `managers - 1`
+        hosts join as managers, the rest as workers (control plane and swarm's own data
+        path on the underlay)."""
+        h1 = self.hosts[0]
+        h1.docker("swarm", "init", "--advertise-addr", h1.address, timeout=120)
+        token = {
+            role: h1.docker("swarm", "join-token", "-q", role).stdout.strip()
+            for role in ("manager", "worker")
+        }
+        for h in self.hosts[1:]:
+            role = "manager" if h.index <= managers else "worker"
+            h.docker(
+                "swarm",
+                "join",
+                "--token",
+                token[role],
+                "--advertise-addr",
+                h.address,
+                f"{h1.address}:2377",
+                timeout=120,
+            )
 
     def default_plugin_args(self, h: Host) -> list[str]:
         """Every host joins through h1 with the lab's gossip key (from a 0600 file)."""

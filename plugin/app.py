@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.driver.swarm import SwarmAllocations
 from pyoverlay.ipam.service import IpamService
 
 from .errors import docker_errors
-from .handlers import DRIVER, IPAM, ROUTES
+from .handlers import DISCOVER, DRIVER, IPAM, ROUTES, SCOPE, SWARM
 
 
-def make_app(driver: OverlayDriver, ipam: IpamService) -> web.Application:
+def ignore_discovery(addr: str, self_: bool) -> None:
+    return None
+
+
+def make_app(
+    driver: OverlayDriver,
+    ipam: IpamService,
+    scope: str = "local",
+    allocations: SwarmAllocations | None = None,
+    on_discover: Callable[[str, bool], None] = ignore_discovery,
+) -> web.Application:
     app = web.Application(middlewares=[docker_errors])
     app[DRIVER] = driver
     app[IPAM] = ipam
+    app[SCOPE] = scope
+    app[SWARM] = allocations
+    app[DISCOVER] = on_discover
     for path, handler in ROUTES.items():
         app.router.add_post(path, handler)
     return app

@@ -6,6 +6,7 @@ or docs/ipam.md (IpamDriver); none holds logic of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 
 from pyoverlay.driver.options import PoolData
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.driver.swarm import SwarmAllocations
 from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE, IpamService
 from pyoverlay.state.errors import InvalidOption
 
@@ -22,6 +24,9 @@ from .errors import reply
 M = TypeVar("M", bound=BaseModel)
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("driver", OverlayDriver)
 IPAM: web.AppKey[IpamService] = web.AppKey("ipam", IpamService)
+SCOPE: web.AppKey[str] = web.AppKey("scope", str)
+SWARM: web.AppKey[SwarmAllocations | None] = web.AppKey("swarm", object)  # type: ignore[arg-type]
+DISCOVER: web.AppKey[Callable[[str, bool], None]] = web.AppKey("discover", object)  # type: ignore[arg-type]
 
 GENERIC = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
@@ -44,7 +49,10 @@ async def activate(request: web.Request) -> web.Response:
 
 
 async def get_capabilities(request: web.Request) -> web.Response:
-    return reply({"Scope": "local"})
+    # global: swarm networks (only managed plugins are accepted for them); a plugin that
+    # says global on a non-swarm engine makes every `network create` fail, hence a setting
+    scope = request.app[SCOPE]
+    return reply({"Scope": scope, "ConnectivityScope": scope})
 
 
 async def create_network(request: web.Request) -> web.Response:
@@ -117,21 +125,40 @@ async def external_connectivity(request: web.Request) -> web.Response:
     return reply({})
 
 
+NODE_DISCOVERY = 1
+
+
 async def discover(request: web.Request) -> web.Response:
-    await parse(request, p.DiscoveryRequest)
+    """DiscoverNew: swarm tells a global-scope plugin about this node (Self, its data-path
+    address) and every other swarm node (control-plane address): gossip seeds."""
+    req = await parse(request, p.DiscoveryRequest)
+    data = req.discovery_data or {}
+    if req.discovery_type == NODE_DISCOVERY and request.path.endswith("DiscoverNew"):
+        addr = str(data.get("Address") or "")
+        if addr:
+            request.app[DISCOVER](addr, bool(data.get("Self")))
     return reply({})
 
 
 async def allocate_network(request: web.Request) -> web.Response:
-    await parse(request, p.AllocateNetworkRequest)
-    raise InvalidOption(
-        "pyoverlay does not run swarm-scoped networks: create the network on each host "
-        "without --scope swarm (the same --subnet gives the same overlay)"
-    )
+    req = await parse(request, p.AllocateNetworkRequest)
+    allocations = request.app[SWARM]
+    if allocations is None:
+        raise InvalidOption(
+            "this pyoverlay runs with --scope local: swarm networks need the managed plugin "
+            "with PYOVERLAY_SCOPE=global on every node (`docker plugin set`)"
+        )
+    if req.ipv6_data:
+        raise InvalidOption("IPv6 is not supported by pyoverlay yet: remove --ipv6")
+    options = allocations.allocate(req.network_id, req.options or {})
+    return reply({"Options": options})
 
 
 async def free_network(request: web.Request) -> web.Response:
-    await parse(request, p.NetworkRequest)
+    req = await parse(request, p.NetworkRequest)
+    allocations = request.app[SWARM]
+    if allocations is not None:
+        allocations.free(req.network_id)
     return reply({})
 
 
@@ -150,6 +177,11 @@ async def default_address_spaces(request: web.Request) -> web.Response:
 
 async def request_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestPoolRequest)
+    if req.address_space == GLOBAL_SPACE:
+        raise InvalidOption(
+            "pyoverlay's IPAM does not serve swarm networks: leave out --ipam-driver (the "
+            "swarm leader's own IPAM allocates every task's address, cluster-wide)"
+        )
     pool = request.app[IPAM].request_pool(
         req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
     )

@@ -82,6 +82,8 @@ class DiscoveryRequest(Wire):
 class AllocateNetworkRequest(Wire):
     network_id: str = Field(alias="NetworkID", min_length=1)
     options: dict[str, Any] | None = Field(None, alias="Options")
+    ipv4_data: list[IPAMData] | None = Field(None, alias="IPv4Data")
+    ipv6_data: list[IPAMData] | None = Field(None, alias="IPv6Data")
 
 
 # -- IpamDriver ------------------------------------------------------------------

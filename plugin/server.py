@@ -38,6 +38,7 @@ from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.kernel import Kernel
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.driver.swarm import SwarmAllocations
 from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state import logs
@@ -162,7 +163,7 @@ async def build(settings: PluginSettings, kernel: Kernel) -> tuple[OverlayDriver
 def make_gossip(
     settings: PluginSettings, driver: OverlayDriver, syncer: PeerSyncer
 ) -> GossipRuntime | None:
-    keys = load_keys(settings.gossip_key or None, settings.gossip_key_file or None)
+    keys = load_keys(settings.gossip_key or None, settings.key_file or None)
     if not keys:
         log.info("no gossip key: single-host mode (give --gossip-key and --join for a cluster)")
         return None
@@ -190,6 +191,31 @@ def make_gossip(
     return runtime
 
 
+def make_discovery(
+    settings: PluginSettings, driver: OverlayDriver, gossip: GossipRuntime | None
+) -> Callable[[str, bool], None]:
+    """DiscoverNew from swarm: other nodes become gossip seeds (so a swarm needs no --join);
+    our own (Self) data-path address is checked against the VTEP address in use."""
+
+    def discovered(addr: str, self_: bool) -> None:
+        if self_:
+            if addr != str(driver.underlay.address):
+                log.warning(
+                    "swarm's data-path address differs from the VTEP address in use; set "
+                    "PYOVERLAY_ADVERTISE_ADDR if containers must use the former",
+                    vtep=str(driver.underlay.address),
+                    addr=addr,
+                )
+            return
+        if gossip is None:
+            log.warning("swarm node discovered, but gossip is off (no key)", addr=addr)
+            return
+        log.info("swarm node discovered", addr=addr)
+        gossip.add_seed(f"{addr}:{settings.gossip_port}")
+
+    return discovered
+
+
 def make_key_reloader(
     settings: PluginSettings, gossip: GossipRuntime | None
 ) -> Callable[[], dict[str, object]]:
@@ -198,15 +224,15 @@ def make_key_reloader(
     def reload() -> dict[str, object]:
         if gossip is None:
             return {"error": "single-host mode: no gossip keys to reload"}
-        if not settings.gossip_key_file:
+        if not settings.key_file:
             return {"error": "keys came from PYOVERLAY_GOSSIP_KEY; reload needs --gossip-key-file"}
         try:
-            keys = load_keys(None, settings.gossip_key_file)
+            keys = load_keys(None, settings.key_file)
         except PyoverlayError as exc:
             log.error("gossip keys not reloaded", error=str(exc))
             return {"error": str(exc)}
         gossip.reload_keys(keys)
-        return {"keys": len(keys), "file": settings.gossip_key_file}
+        return {"keys": len(keys), "file": settings.key_file}
 
     return reload
 
@@ -247,8 +273,16 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
                 tasks.spawn("ipam-sync-gate", ipam_after_sync(gossip, ipam.guard, alone=not known))
         syncer.start(tasks)
         reload_keys = make_key_reloader(settings, gossip)
+        allocations = (
+            SwarmAllocations(settings.state_dir / "swarm.json")
+            if settings.scope == "global"
+            else None
+        )
+        docker_app = make_app(
+            driver, ipam, settings.scope, allocations, make_discovery(settings, driver, gossip)
+        )
         for app, path in (
-            (make_app(driver, ipam), settings.socket),
+            (docker_app, settings.socket),
             (make_admin_app(driver, gossip, reload_keys, ipam), admin_sock),
         ):
             runner = web.AppRunner(app, access_log=None)

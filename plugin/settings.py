@@ -69,8 +69,8 @@ SETTINGS = (
     Setting(
         "gossip-key-file",
         "",
-        "file (mode 0600) with one key per line; the first encrypts, all decrypt; "
-        "SIGHUP or `pyoverlay keys reload` re-reads it (live rotation)",
+        "file (mode 0600) with one key per line; the first encrypts, all decrypt; a relative "
+        "path is inside --state-dir; SIGHUP or `pyoverlay keys reload` re-reads it",
     ),
     Setting(
         "gossip-pushpull",
@@ -81,6 +81,12 @@ SETTINGS = (
         "reconcile-interval",
         "10",
         "seconds between comparisons of kernel state (links, FDB, ARP) with the tables",
+    ),
+    Setting(
+        "scope",
+        "local",
+        "local: networks of standalone engines (create them on every host); global: swarm "
+        "networks (managed plugin on every swarm node, `docker network create --scope swarm`)",
     ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
@@ -101,6 +107,15 @@ class PluginSettings:
     gossip_key_file: str = ""
     gossip_pushpull: float = 30.0
     reconcile_interval: float = 10.0
+    scope: str = "local"
+
+    @property
+    def key_file(self) -> str:
+        """--gossip-key-file; a relative path is inside --state-dir (for the managed plugin,
+        whose state dir is a mount of the host's /var/lib/pyoverlay)."""
+        if not self.gossip_key_file:
+            return ""
+        return str(self.state_dir / self.gossip_key_file)  # an absolute path stays as it is
 
     @property
     def driver_name(self) -> str:
@@ -144,6 +159,11 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
             "--join needs a shared key: --gossip-key or --gossip-key-file "
             "(the same on every host; make one with `openssl rand -base64 32`)"
         )
+    if ns.scope not in ("local", "global"):
+        raise InvalidOption(
+            f"--scope {ns.scope!r} must be local (standalone engines) or global (swarm) "
+            "(PYOVERLAY_SCOPE)"
+        )
     if ns.log_format not in ("json", "console"):
         raise InvalidOption(f"--log-format {ns.log_format!r} must be json or console")
     if ns.log_level not in ("debug", "info", "warning", "error"):
@@ -161,6 +181,7 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         gossip_key_file=ns.gossip_key_file,
         gossip_pushpull=_seconds("--gossip-pushpull", ns.gossip_pushpull),
         reconcile_interval=_seconds("--reconcile-interval", ns.reconcile_interval),
+        scope=ns.scope,
     )
 
 

@@ -15,7 +15,13 @@ to the in-memory kernel.  The test keeps its own model of what should exist
 * IPAM pools and addresses follow Docker's requests (PoolIDs of the recording
   are mapped to pyoverlay's);
 * at "75-plugin-restart-state-loss" the plugin is restarted from its state
-  dir, and what follows still works (Docker never re-sends CreateNetwork).
+  dir, and what follows still works (Docker never re-sends CreateNetwork);
+* the managed-plugin recording (a real swarm) is replayed with the plugin in
+  global scope and gossip on: AllocateNetwork allocates a VNI and the nodes'
+  CreateNetwork gets what it returned (as Docker forwards it; the recorder
+  had returned nothing), pyoverlay's IPAM refuses the swarm (global) space,
+  and a local network without a user-given identity is refused.
+The recorder's address-space names are mapped to pyoverlay's.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from support import Services
 
 from pyoverlay.driver.fake import HOST
 from pyoverlay.driver.model import mac_from_ip, namespace_name, veth_names
-from pyoverlay.driver.options import KNOWN_OPTIONS
+from pyoverlay.driver.options import ALLOCATED_VNI, KNOWN_OPTIONS
+from pyoverlay.driver.swarm import SwarmAllocations
+from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE
 from pyoverlay.plugin.app import make_app
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "docker-20.10"
 DIRS = ["", "managed-plugin", "swarm-legacy-plugin"]
 RESTART_SCENARIO = "75-plugin-restart-state-loss"
+SPACES = {'"RecorderLocal"': f'"{LOCAL_SPACE}"', '"RecorderGlobal"': f'"{GLOBAL_SPACE}"'}
 
 
 def load(directory: str) -> list[dict[str, Any]]:
@@ -56,9 +65,11 @@ class Model:
         self.endpoints: dict[str, str] = {}  # eid -> nid
         self.pool_ids: dict[str, str] = {}  # recorded PoolID -> ours
         self.pools: dict[str, IPv4Network] = {}  # ours -> subnet
+        self.allocated: dict[str, dict[str, str]] = {}  # swarm network -> AllocateNetwork's answer
+        self.swarm_created = 0  # CreateNetworks accepted with an allocated VNI
 
 
-def expected_network_error(req: dict[str, Any]) -> list[str]:
+def expected_network_error(req: dict[str, Any], clustered: bool) -> list[str]:
     """Substrings the error must contain, or [] when the network must be accepted."""
     opts = req.get("Options") or {}
     generic = opts.get("com.docker.network.generic") or {}
@@ -67,6 +78,11 @@ def expected_network_error(req: dict[str, Any]) -> list[str]:
         return unknown
     if opts.get("com.docker.network.enable_ipv6") or req.get("IPv6Data"):
         return ["IPv6", "--ipv6"]
+    space = (req.get("IPv4Data") or [{}])[0].get("AddressSpace", "")
+    ours = space.startswith(("pyoverlay-", "Recorder"))  # the recorder's names map to ours
+    named = ALLOCATED_VNI in generic or "vni" in generic or ours
+    if clustered and not named:
+        return ["-o vni=N"]
     return []
 
 
@@ -92,8 +108,15 @@ def strip_ipam_options(req: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("ipam_opts", ["as-recorded", "stripped"])
 @pytest.mark.parametrize("directory", DIRS, ids=lambda d: d or "main")
 async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_client: Any) -> None:
+    scope = "global" if directory == "managed-plugin" else "local"
+
+    def app(svc: Services) -> Any:
+        svc.driver.clustered = scope == "global"  # swarm networks need the gossip
+        swarm = SwarmAllocations(tmp_path / "swarm.json") if scope == "global" else None
+        return make_app(svc.driver, svc.ipam, scope, swarm)
+
     svc = Services(tmp_path)
-    client = await aiohttp_client(make_app(svc.driver, svc.ipam))
+    client = await aiohttp_client(app(svc))
     model = Model()
     restarted = False
     checked = 0
@@ -104,7 +127,7 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
             await client.close()
             svc = svc.restarted()
             await svc.driver.reconcile()
-            client = await aiohttp_client(make_app(svc.driver, svc.ipam))
+            client = await aiohttp_client(app(svc))
             restarted = True
 
         path: str = fx["path"]
@@ -115,6 +138,14 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
             raw = json.dumps(req)
         for recorded, ours in model.pool_ids.items():
             raw = raw.replace(json.dumps(recorded), json.dumps(ours))
+        for recorded, ours in SPACES.items():
+            raw = raw.replace(recorded, ours)
+        if path == "/NetworkDriver.CreateNetwork" and req.get("NetworkID") in model.allocated:
+            # what Docker forwards to every node: AllocateNetwork's answer (ours, not the
+            # recorder's empty one)
+            req = json.loads(raw)
+            req["Options"]["com.docker.network.generic"] = model.allocated[req["NetworkID"]]
+            raw = json.dumps(req)
         status, body = await post(client, path, raw)
         where = f"{directory}/{fx['file']} ({fx['scenario']})"
         assert status == 200, (where, status, body)
@@ -129,13 +160,13 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
             case "/Plugin.Activate":
                 assert body == {"Implements": ["NetworkDriver", "IpamDriver"]}
             case "/NetworkDriver.GetCapabilities":
-                assert body == {"Scope": "local"}
+                assert body == {"Scope": scope, "ConnectivityScope": scope}
             case "/IpamDriver.GetCapabilities":
                 assert body["RequiresMACAddress"] is False
             case "/IpamDriver.GetDefaultAddressSpaces":
                 assert set(body) == {"LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}
             case "/NetworkDriver.CreateNetwork":
-                want = expected_network_error(req)
+                want = expected_network_error(req, scope == "global")
                 if want:
                     assert err, (where, body)
                     for text in want:
@@ -149,6 +180,7 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                     vx = [link for link in ns.values() if link.kind == "vxlan"]
                     assert len(vx) == 1 and vx[0].master == "br0" and vx[0].mtu == 1450
                     model.networks[nid] = req
+                    model.swarm_created += nid in model.allocated
             case "/NetworkDriver.DeleteNetwork":
                 if nid in model.networks:
                     assert err is None, (where, err)
@@ -195,11 +227,23 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                 else:
                     assert err, (where, body)
             case "/NetworkDriver.AllocateNetwork":
-                assert err and "--scope swarm" in err, (where, body)
+                unknown = [k for k in req.get("Options") or {} if k not in KNOWN_OPTIONS]
+                if scope == "local":
+                    assert err and "PYOVERLAY_SCOPE=global" in err, (where, body)
+                elif unknown:  # refused on the manager, before any node sees the network
+                    assert err and all(f"-o {k}=" in err for k in unknown), (where, body)
+                else:
+                    assert err is None, (where, body)
+                    assert body["Options"][ALLOCATED_VNI].isdigit(), body
+                    model.allocated[nid] = body["Options"]
+            case "/NetworkDriver.FreeNetwork":
+                assert err is None, (where, body)
             case "/IpamDriver.RequestPool":
                 options = req.get("Options") or {}
                 bad = [k for k in options if not k.startswith("com.docker.network.")]
-                if bad:
+                if req.get("AddressSpace") in ("RecorderGlobal", GLOBAL_SPACE):
+                    assert err and "does not serve swarm networks" in err, (where, body)
+                elif bad:
                     assert err and all(f"--ipam-opt {k}" in err for k in bad), (where, body)
                 elif req.get("V6"):
                     assert err and "IPv6" in err, (where, body)
@@ -237,6 +281,10 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
     host_veths = {n for n in svc.kernel.namespaces[HOST] if n.startswith("pyc")}
     assert host_veths <= {veth_names(e)[0] for e in model.endpoints}
     assert checked == len(load(directory))
+    if directory == "managed-plugin":  # a swarm network allocated, created on the node, used
+        assert succeeded.get("AllocateNetwork", 0) >= 1, succeeded
+        assert model.swarm_created >= 1, succeeded
+        assert succeeded.get("Join", 0) >= 1, succeeded
     if directory == "":  # the main recording must exercise the whole life cycle
         for method in ("CreateNetwork", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint"):
             assert succeeded.get(method, 0) >= 5, (method, succeeded)

@@ -10,13 +10,11 @@ traffic and the plugin's state.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from support import Scratch, ip_of, ping
+from support import PLUGIN, Scratch, install_plugin, ip_of, ping, remove_plugin
 
 from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
 
@@ -24,52 +22,16 @@ pytestmark = pytest.mark.integration
 HOSTS = 2
 LEGACY_PLUGIN = False
 DOCKERD_ARGS = ("--live-restore",)
-ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = "pyoverlay:latest"
-
-
-def build(h: Host) -> str:
-    env = {**os.environ, "DOCKER_HOST": f"unix://{h.docker_sock}"}
-    r = subprocess.run(
-        [str(ROOT / "scripts/build-plugin")], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
 def plugins(lab: Lab):
     for h in lab.hosts:
-        assert build(h) == PLUGIN
         others = ",".join(o.address for o in lab.hosts if o is not h)
-        # the README's way: the key in a 0600 file in the state mount, not in the plugin's env
-        h.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(h.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(lab.gossip_key + "\n")
-        h.docker(
-            "plugin",
-            "set",
-            PLUGIN,
-            "PYOVERLAY_GOSSIP_KEY_FILE=/var/lib/pyoverlay/gossip.key",
-            f"PYOVERLAY_JOIN={others}",
-            f"PYOVERLAY_ADVERTISE_ADDR={h.address}",
-            f"state.source={h.state_dir}",
-        )
-        h.docker("plugin", "enable", PLUGIN, timeout=120)
+        install_plugin(h, lab, f"PYOVERLAY_JOIN={others}")
     yield
     for h in lab.hosts:
-        h.docker("ps", "-q", check=False)
-        ids = h.docker("ps", "-aq", check=False).stdout.split()
-        if ids:
-            h.docker("rm", "-f", *ids, check=False)
-        nets = h.docker(
-            "network", "ls", "-q", "--filter", f"driver={PLUGIN}", check=False
-        ).stdout.split()
-        if nets:
-            h.docker("network", "rm", *nets, check=False)
-        h.docker("plugin", "disable", "-f", PLUGIN, check=False)
-        h.docker("plugin", "rm", "-f", PLUGIN, check=False)
+        remove_plugin(h)
 
 
 def network(scratch: Scratch, h: Host, name: str, subnet: str) -> None:
