@@ -49,6 +49,13 @@ def _int_option(key: str, value: str, low: int, high: int, what: str) -> int:
     return n
 
 
+def _aux(text: str) -> str:
+    try:
+        return str(IPv4Interface(text).ip)
+    except ValueError as exc:
+        raise InvalidOption(f"--aux-address {text}: {exc}") from None
+
+
 def parse_network(
     network_id: str,
     generic: Mapping[str, object],
@@ -79,7 +86,12 @@ def parse_network(
         subnet = IPv4Network(ipv4[0].pool, strict=True)
     except ValueError as exc:
         raise InvalidOption(f"--subnet {ipv4[0].pool}: {exc}") from None
-    gateway = IPv4Interface(ipv4[0].gateway) if ipv4[0].gateway else None
+    try:
+        gateway = IPv4Interface(ipv4[0].gateway) if ipv4[0].gateway else None
+    except ValueError as exc:
+        raise InvalidOption(f"--gateway {ipv4[0].gateway}: {exc}") from None
+    if gateway is not None and gateway.ip not in subnet:
+        raise InvalidOption(f"--gateway {gateway.ip} is outside --subnet {subnet}")
 
     opts = {k: str(v) for k, v in generic.items()}
     if ALLOCATED_VNI in opts:
@@ -111,5 +123,5 @@ def parse_network(
         mtu=mtu,
         internal=internal,
         options=opts,
-        aux=tuple(sorted(a.split("/")[0] for a in ipv4[0].aux)),
+        aux=tuple(sorted(_aux(a) for a in ipv4[0].aux)),
     )

@@ -16,6 +16,9 @@ two hosts
   hostile          20 unauthenticated TCP connections to a plugin's gossip port, each sending a
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
+swarm (two hosts, a real swarm, the managed plugin)
+  swarm-reach      `docker service create` of a task on h2 -> it answers a ping from an
+                   attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
 simulation
   gossip-sim       convergence time and messages/node/s at 10, 50, 200 nodes, 5% loss
 Machines here are noisy: read the ratios, not the absolute numbers.
@@ -37,7 +40,7 @@ from functools import partial
 
 from pyoverlay.cluster.node import GossipNode
 
-from .hosts import IMAGE, Host, Lab, sh, wait_for
+from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
 from .hosts import overlay_ip as ip_of
 
 RESULTS: dict[str, object] = {}
@@ -654,6 +657,90 @@ def bench_hostile(lab: Lab, runs: int) -> None:
     )
 
 
+def bench_swarm_reach(runs: int) -> None:
+    lab = Lab("bsw" + secrets.token_hex(1), hosts=2)
+    with lab.running(plugin=False):
+        h1, h2 = lab.host(1), lab.host(2)
+        for h in lab.hosts:
+            h.install_plugin("PYOVERLAY_SCOPE=global")
+        lab.swarm(managers=1)
+        target = h2.node_id
+        results: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
+        after_start: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
+        for driver, net, subnet in (
+            ("overlay", "bo", "100.12.0.0/24"),
+            (PLUGIN, "bp", "100.13.0.0/24"),
+        ):
+            h1.docker(
+                "network",
+                "create",
+                "-d",
+                driver,
+                "--scope",
+                "swarm",
+                "--attachable",
+                "--subnet",
+                subnet,
+                net,
+            )
+            h1.docker(
+                "run", "-d", "--name", f"probe-{net}", "--network", net, IMAGE, "sleep", "3600"
+            )
+        for i in range(runs):  # alternate, so drift hits both alike
+            for key, net in (("overlay", "bo"), ("pyoverlay", "bp")):
+                name = f"s{net}{i}"
+                t0 = time.perf_counter()
+                h1.docker(
+                    "service",
+                    "create",
+                    "--detach",
+                    "--no-resolve-image",  # no registry here
+                    "--name",
+                    name,
+                    "--network",
+                    net,
+                    "--endpoint-mode",
+                    "dnsrr",
+                    "--constraint",
+                    f"node.id=={target}",
+                    IMAGE,
+                    "sleep",
+                    "3600",
+                )
+                found: list[str] = []
+                started: list[float] = []
+
+                def answered(
+                    net: str = net,
+                    name: str = name,
+                    found: list[str] = found,
+                    at: list[float] = started,
+                ) -> bool:
+                    if not found:
+                        found[:] = [ip_of(h2, c, net) for c in h2.service_containers(name)]
+                        at[:] = [time.perf_counter()] if found else []
+                    return bool(found) and ping_loss(h1, f"probe-{net}", found[0], 1)[1] == 1
+
+                wait_for(f"{name} reachable", answered, timeout=120, interval=0.05)
+                results[key].append(time.perf_counter() - t0)
+                after_start[key].append(time.perf_counter() - started[0])
+                h1.docker("service", "rm", name)
+        for h in lab.hosts:
+            h.docker("swarm", "leave", "--force", check=False, timeout=120)
+            h.remove_plugin()
+    report(
+        "swarm-reach",
+        runs=runs,
+        pyoverlay_median_ms=ms(statistics.median(results["pyoverlay"])),
+        overlay_median_ms=ms(statistics.median(results["overlay"])),
+        ratio=round(
+            statistics.median(results["pyoverlay"]) / statistics.median(results["overlay"]), 2
+        ),
+        after_task_start_pyoverlay_ms=ms(statistics.median(after_start["pyoverlay"])),
+        after_task_start_overlay_ms=ms(statistics.median(after_start["overlay"])),
+    )
+
+
 # -- simulation ---------------------------------------------------------------------------
 
 
@@ -733,6 +820,8 @@ def main() -> int:
             for name, fn in DOUBLE.items():
                 if want(name):
                     fn(lab, args.runs)
+    if want("swarm-reach"):
+        bench_swarm_reach(min(args.runs, 5))
     if want("gossip-sim"):
         bench_gossip_sim()
     if args.json:

@@ -1,6 +1,7 @@
 """The README's demo: two Docker hosts on this machine running the seed's application.
 
     sudo scripts/demo            (= python -m pyoverlay.lab.demo)
+    sudo scripts/demo --swarm    the same application as swarm services (three hosts)
 
 Host h1 runs the key-value store ("redis") and the web app ("node"); host h2
 runs the front end ("nginx") publishing port 1080.  A request to h2:1080
@@ -8,6 +9,11 @@ goes front(h2) -> web(h1) -> kv(h1) and back, across the VXLAN overlay;
 the demo prints where everything runs, what pyoverlay built in each host's
 kernel, and VXLAN packets captured on the underlay to prove the traffic
 crossed hosts.  Everything is removed at the end.
+
+With --swarm: three hosts form a Docker swarm (h1 manager, h2 and h3
+workers), pyoverlay runs on each as the managed plugin in global scope,
+the network is created once on the manager (`--scope swarm`), and the three
+tiers are `docker service create`s, found by name through Docker's DNS.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import secrets
 import sys
 
-from .hosts import Lab, start_seed_app, wait_for
+from .hosts import IMAGE, PLUGIN, Host, Lab, start_seed_app, wait_for
 
 SUBNET = "100.0.0.0/24"
 
@@ -95,16 +101,7 @@ def run(lab: Lab) -> None:
     show(f"h2$ ip -n {ns2} neigh", h2.ns_exec(ns2, "ip", "neigh").stdout)
 
     for h in lab.hosts:
-        diagram = h.run(
-            "env",
-            f"DOCKER_HOST=unix://{h.docker_sock}",
-            lab.pyoverlay,
-            "diagram",
-            "--state-dir",
-            str(h.state_dir),
-            check=False,
-        ).stdout
-        show(f"{h.name}$ pyoverlay diagram", diagram)
+        show(f"{h.name}$ pyoverlay diagram", diagram_of(lab, h))
 
     out, _ = tap.communicate(timeout=20)
     say("VXLAN packets captured on the underlay bridge: the traffic crossed hosts")
@@ -114,12 +111,115 @@ def run(lab: Lab) -> None:
     print("\ndemo: OK")
 
 
+def run_swarm(lab: Lab) -> None:
+    h1, h2, h3 = lab.hosts
+    say(
+        "three Docker hosts; on each: scripts/build-plugin, docker plugin set "
+        "PYOVERLAY_SCOPE=global PYOVERLAY_GOSSIP_KEY_FILE=gossip.key, docker plugin enable"
+    )
+    for h in lab.hosts:
+        h.install_plugin("PYOVERLAY_SCOPE=global")
+        print(f"  {h.name}: underlay {h.address}, pyoverlay:latest enabled")
+    say("docker swarm init on h1; h2 and h3 join as workers (no pyoverlay --join needed)")
+    lab.swarm(managers=1)
+    show("h1$ docker node ls", h1.docker("node", "ls").stdout)
+    say(f"h1$ docker network create -d {PLUGIN} --scope swarm --attachable --subnet {SUBNET} net1")
+    h1.docker(
+        "network",
+        "create",
+        "-d",
+        PLUGIN,
+        "--scope",
+        "swarm",
+        "--attachable",
+        "--subnet",
+        SUBNET,
+        "net1",
+    )
+    placed = (
+        ("kv", h1, ("/app/kv-server",)),
+        ("web", h2, ("/app/web-server", "kv")),
+        ("front", h3, ("/app/front-server", "web")),
+    )
+    for name, h, cmd in placed:
+        extra = ["--publish", "mode=host,target=80,published=1080"] if name == "front" else []
+        say(
+            f"docker service create --name {name} --network net1 --endpoint-mode dnsrr "
+            f"{' '.join(extra)} (on {h.name})"
+        )
+        h1.docker(
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            name,
+            "--network",
+            "net1",
+            "--endpoint-mode",
+            "dnsrr",
+            "--constraint",
+            f"node.id=={h.node_id}",
+            *extra,
+            IMAGE,
+            *cmd,
+            timeout=120,
+        )
+    for name, h, _ in placed:
+        wait_for(
+            f"{name}'s task on {h.name}",
+            lambda h=h, n=name: bool(h.service_containers(n)),
+            timeout=120,
+            interval=0.5,
+        )
+    show("h1$ docker service ls", h1.docker("service", "ls").stdout)
+    say("a client on the underlay asks h3:1080 (front on h3 -> web on h2 -> kv on h1, by name)")
+    wait_for(
+        "the application",
+        lambda: "says hits=" in lab.http_get(h3, 1080, "/cgi-bin/app"),
+        timeout=60,
+    )
+    for _ in range(2):
+        print(f"  {lab.http_get(h3, 1080, '/cgi-bin/app').strip().splitlines()[-1]}")
+    show(
+        "h1$ docker network inspect net1 (Scope, Driver, IPAM)",
+        h1.docker(
+            "network",
+            "inspect",
+            "-f",
+            "scope={{.Scope}} driver={{.Driver}} subnet={{(index .IPAM.Config 0).Subnet}}",
+            "net1",
+        ).stdout,
+    )
+    show("h2$ pyoverlay diagram", diagram_of(lab, h2))
+    for h in lab.hosts:
+        h.docker("swarm", "leave", "--force", check=False, timeout=120)
+        h.remove_plugin()
+    print("\ndemo: OK")
+
+
+def diagram_of(lab: Lab, h: Host) -> str:
+    return h.run(
+        "env",
+        f"DOCKER_HOST=unix://{h.docker_sock}",
+        lab.pyoverlay,
+        "diagram",
+        "--state-dir",
+        str(h.state_dir),
+        check=False,
+    ).stdout
+
+
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
-    lab = Lab("demo" + secrets.token_hex(1), hosts=2)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--swarm", action="store_true", help="the seed's scenario as swarm services"
+    )
+    args = parser.parse_args()
+    lab = Lab("demo" + secrets.token_hex(1), hosts=3 if args.swarm else 2)
     try:
-        lab.up()
-        run(lab)
+        lab.up(plugin=not args.swarm)
+        run_swarm(lab) if args.swarm else run(lab)
     except Exception:
         for h in lab.hosts:
             print(f"--- {h.name} plugin log (tail) ---\n{h.plugin_log()[-2000:]}", file=sys.stderr)

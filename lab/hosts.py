@@ -36,6 +36,8 @@ LIB_ROOT = Path("/var/lib/pyo")
 DOCKER = os.environ.get("PYOVERLAY_DOCKER_CLI", "/usr/bin/docker")
 DOCKERD = os.environ.get("PYOVERLAY_DOCKERD", "/usr/sbin/dockerd")
 IMAGE = "bb:latest"
+PLUGIN = "pyoverlay:latest"  # the managed plugin's full name
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (lab/ is never installed elsewhere)
 IMAGE_VERSION = 3  # bump when the image's contents change (the tarball is cached)
 # The seed's three-tier application, in busybox: a redis-like counter on
 # 6379, a web app (httpd + CGI) that asks it over TCP by IP, and a front end
@@ -422,6 +424,46 @@ class Host:
             *extra,
             name,
         ).stdout.strip()
+
+    def install_plugin(self, *settings: str) -> None:
+        """pyoverlay as a managed plugin on this host's dockerd (scripts/build-plugin), the
+        lab's key in a 0600 file in the state mount (as the README says), `settings` for
+        `docker plugin set`, enabled."""
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.docker_sock}"}
+        r = subprocess.run(
+            [str(ROOT / "scripts/build-plugin")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if r.returncode != 0 or r.stdout.strip().splitlines()[-1:] != [PLUGIN]:
+            raise RuntimeError(f"scripts/build-plugin failed: {r.stderr[-3000:]}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.lab.gossip_key + "\n")
+        self.docker(
+            "plugin",
+            "set",
+            PLUGIN,
+            "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key",
+            f"PYOVERLAY_ADVERTISE_ADDR={self.address}",
+            f"state.source={self.state_dir}",
+            *settings,
+        )
+        self.docker("plugin", "enable", PLUGIN, timeout=120)
+
+    def remove_plugin(self) -> None:
+        """Every container, network and the managed plugin itself, whatever state is left."""
+        ids = self.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids, check=False)
+        nets = self.docker("network", "ls", "-q", "--filter", f"driver={PLUGIN}", check=False)
+        if nets.stdout.split():
+            self.docker("network", "rm", *nets.stdout.split(), check=False)
+        self.docker("plugin", "disable", "-f", PLUGIN, check=False)
+        self.docker("plugin", "rm", "-f", PLUGIN, check=False)
 
     @property
     def node_id(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -94,44 +93,3 @@ def both(scratch: Scratch, lab: Lab, name: str, subnet: str) -> dict[str, str]:
         nid = scratch.network(h, name, "--subnet", subnet)
         out[h.name] = f"1-{nid[:10]}"
     return out
-
-
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN = "pyoverlay:latest"
-
-
-def install_plugin(h: Host, lab: Lab, *settings: str) -> None:
-    """scripts/build-plugin for this host's dockerd, the key in a 0600 file in the state
-    mount (as the README says), the given `docker plugin set` settings, enabled."""
-    env = {**os.environ, "DOCKER_HOST": f"unix://{h.docker_sock}"}
-    r = subprocess.run(
-        [str(ROOT / "scripts/build-plugin")], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == PLUGIN
-    h.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(h.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(lab.gossip_key + "\n")
-    h.docker(
-        "plugin",
-        "set",
-        PLUGIN,
-        "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key",
-        f"PYOVERLAY_ADVERTISE_ADDR={h.address}",
-        f"state.source={h.state_dir}",
-        *settings,
-    )
-    h.docker("plugin", "enable", PLUGIN, timeout=120)
-
-
-def remove_plugin(h: Host) -> None:
-    """Every container, network and the plugin itself, whatever state the test left."""
-    ids = h.docker("ps", "-aq", check=False).stdout.split()
-    if ids:
-        h.docker("rm", "-f", *ids, check=False)
-    nets = h.docker("network", "ls", "-q", "--filter", f"driver={PLUGIN}", check=False)
-    if nets.stdout.split():
-        h.docker("network", "rm", *nets.stdout.split(), check=False)
-    h.docker("plugin", "disable", "-f", PLUGIN, check=False)
-    h.docker("plugin", "rm", "-f", PLUGIN, check=False)

@@ -15,6 +15,7 @@ The property test fails when the quorum rule is weakened on purpose
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -30,6 +31,10 @@ from pyoverlay.ipam.allocator import ENDPOINT
 from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.state.errors import Conflict, InvalidOption, PyoverlayError
+
+# CI runs the same cases every time (a random failure would be a flaky CI);
+# PYOVERLAY_EXPLORE=1 draws new ones (with --hypothesis-seed=N to reproduce)
+FIXED = os.environ.get("PYOVERLAY_EXPLORE") != "1"
 
 SUBNET = "10.40.0.0/24"  # 16 blocks of 16
 GW = {"RequestAddressType": "com.docker.network.gateway"}
@@ -351,6 +356,7 @@ async def scenario(
 @settings(
     max_examples=150,
     deadline=None,
+    derandomize=FIXED,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=OPS, seed=st.integers(0, 2**16))
@@ -369,7 +375,13 @@ def test_the_property_catches_a_weakened_quorum(
     quorum bug needs, on a /27 of two blocks, so that it is found in seconds)."""
     monkeypatch.setattr(cluster_mod, "quorum", lambda n: max(1, n // 2))
 
-    @settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate])
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        derandomize=FIXED,
+    )
     @given(ops=SPLIT_OPS, seed=st.integers(0, 2**16))
     def weakened(ops, seed: int) -> None:
         asyncio.run(scenario(ops, seed, tmp_path_factory.mktemp("weak"), "10.44.0.0/27"))

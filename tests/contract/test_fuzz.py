@@ -34,6 +34,10 @@ from pyoverlay.cluster.node import GossipNode
 from pyoverlay.plugin.app import make_app
 from pyoverlay.plugin.handlers import ROUTES
 
+# CI runs the same cases every time (a random failure would be a flaky CI);
+# PYOVERLAY_EXPLORE=1 draws new ones (with --hypothesis-seed=N to reproduce)
+FIXED = os.environ.get("PYOVERLAY_EXPLORE") != "1"
+
 COUNT = {"http": 0, "gossip": 0}
 
 ids = st.sampled_from(["a" * 64, "b" * 64, "c" * 64, "", "x", "../../etc", "a" * 5000])
@@ -158,6 +162,7 @@ async def run_calls(seq: list[tuple[str, Any]]) -> None:
 @settings(
     max_examples=400,
     deadline=None,
+    derandomize=FIXED,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(seq=calls)
@@ -171,7 +176,7 @@ KEY = os.urandom(32)
 RING = Keyring([KEY])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=FIXED)
 @given(data=st.binary(max_size=400), seal=st.booleans())
 def test_gossip_frames_of_random_bytes_are_refused_cleanly(data: bytes, seal: bool) -> None:
     frame = RING.seal(data) if seal else data
@@ -226,7 +231,7 @@ messages = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600, deadline=None, derandomize=FIXED)
 @given(msgs=st.lists(messages, min_size=1, max_size=10))
 def test_random_gossip_messages_never_raise_out_of_the_node(msgs: list[dict[str, Any]]) -> None:
     node = GossipNode("me", "me:1", GossipConfig.lan(), random.Random(1), 0.0)

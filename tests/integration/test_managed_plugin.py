@@ -14,9 +14,9 @@ import subprocess
 import time
 
 import pytest
-from support import PLUGIN, Scratch, install_plugin, ip_of, ping, remove_plugin
+from support import Scratch, ip_of, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+from pyoverlay.lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -28,10 +28,10 @@ DOCKERD_ARGS = ("--live-restore",)
 def plugins(lab: Lab):
     for h in lab.hosts:
         others = ",".join(o.address for o in lab.hosts if o is not h)
-        install_plugin(h, lab, f"PYOVERLAY_JOIN={others}")
+        h.install_plugin(f"PYOVERLAY_JOIN={others}")
     yield
     for h in lab.hosts:
-        remove_plugin(h)
+        h.remove_plugin()
 
 
 def network(scratch: Scratch, h: Host, name: str, subnet: str) -> None:

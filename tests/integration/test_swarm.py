@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import PLUGIN, install_plugin, ping, remove_plugin
+from support import ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, Host, Lab, wait_for
+from pyoverlay.lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 3
@@ -29,7 +29,7 @@ SUBNET = "100.0.0.0/24"
 @pytest.fixture(scope="module")
 def swarm(lab: Lab) -> Iterator[Lab]:
     for h in lab.hosts:
-        install_plugin(h, lab, "PYOVERLAY_SCOPE=global")
+        h.install_plugin("PYOVERLAY_SCOPE=global")
     lab.swarm(managers=1)
     yield lab
     h1 = lab.host(1)
@@ -38,7 +38,7 @@ def swarm(lab: Lab) -> Iterator[Lab]:
     for h in reversed(lab.hosts):
         h.docker("swarm", "leave", "--force", check=False, timeout=120)
     for h in lab.hosts:
-        remove_plugin(h)
+        h.remove_plugin()
 
 
 def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,6 +50,7 @@ def service(h: Host, name: str, node: Host, *args: str) -> None:
         "service",
         "create",
         "--detach",
+        "--no-resolve-image",  # no registry here: do not wait for a digest lookup
         "--name",
         name,
         "--network",
@@ -136,6 +137,7 @@ def test_scale_drain_and_rm_leave_nothing_behind(swarm: Lab) -> None:
         "service",
         "create",
         "--detach",
+        "--no-resolve-image",
         "--name",
         "many",
         "--network",
