@@ -1,0 +1,26 @@
+"""scripts/prepare-host: a fresh host gets the directories the managed plugin mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_fresh_host_gets_the_plugin_mount_sources_now_and_at_boot(tmp_path: Path) -> None:
+    env = {**os.environ, "ROOT": str(tmp_path)}
+    for _ in range(2):  # idempotent
+        subprocess.run([str(ROOT / "scripts/prepare-host")], env=env, check=True)
+    state = tmp_path / "var/lib/pyoverlay"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert (tmp_path / "run/netns").is_dir()
+    conf = (tmp_path / "etc/tmpfiles.d/pyoverlay.conf").read_text()
+    assert "d /run/netns 0755 root root -" in conf
+    assert "d /var/lib/pyoverlay 0700 root root -" in conf
+    # the mounts config.json declares are exactly these sources
+    mounts = json.loads((ROOT / "config.json").read_text())["mounts"]
+    assert {m["source"] for m in mounts} == {"/var/lib/pyoverlay", "/run/netns"}
