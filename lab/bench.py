@@ -664,25 +664,13 @@ def bench_swarm_reach(runs: int) -> None:
         for h in lab.hosts:
             h.install_plugin("PYOVERLAY_SCOPE=global")
         lab.swarm(managers=1)
-        target = h2.node_id
         results: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
         after_start: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
         for driver, net, subnet in (
             ("overlay", "bo", "100.12.0.0/24"),
             (PLUGIN, "bp", "100.13.0.0/24"),
         ):
-            h1.docker(
-                "network",
-                "create",
-                "-d",
-                driver,
-                "--scope",
-                "swarm",
-                "--attachable",
-                "--subnet",
-                subnet,
-                net,
-            )
+            h1.create_swarm_network(net, subnet, driver)
             h1.docker(
                 "run", "-d", "--name", f"probe-{net}", "--network", net, IMAGE, "sleep", "3600"
             )
@@ -690,23 +678,7 @@ def bench_swarm_reach(runs: int) -> None:
             for key, net in (("overlay", "bo"), ("pyoverlay", "bp")):
                 name = f"s{net}{i}"
                 t0 = time.perf_counter()
-                h1.docker(
-                    "service",
-                    "create",
-                    "--detach",
-                    "--no-resolve-image",  # no registry here
-                    "--name",
-                    name,
-                    "--network",
-                    net,
-                    "--endpoint-mode",
-                    "dnsrr",
-                    "--constraint",
-                    f"node.id=={target}",
-                    IMAGE,
-                    "sleep",
-                    "3600",
-                )
+                h1.create_service(name, net, h2, IMAGE, "sleep", "3600")
                 found: list[str] = []
                 started: list[float] = []
 

@@ -124,18 +124,7 @@ def run_swarm(lab: Lab) -> None:
     lab.swarm(managers=1)
     show("h1$ docker node ls", h1.docker("node", "ls").stdout)
     say(f"h1$ docker network create -d {PLUGIN} --scope swarm --attachable --subnet {SUBNET} net1")
-    h1.docker(
-        "network",
-        "create",
-        "-d",
-        PLUGIN,
-        "--scope",
-        "swarm",
-        "--attachable",
-        "--subnet",
-        SUBNET,
-        "net1",
-    )
+    h1.create_swarm_network("net1", SUBNET)
     placed = (
         ("kv", h1, ("/app/kv-server",)),
         ("web", h2, ("/app/web-server", "kv")),
@@ -147,24 +136,7 @@ def run_swarm(lab: Lab) -> None:
             f"docker service create --name {name} --network net1 --endpoint-mode dnsrr "
             f"{' '.join(extra)} (on {h.name})"
         )
-        h1.docker(
-            "service",
-            "create",
-            "--detach",
-            "--no-resolve-image",
-            "--name",
-            name,
-            "--network",
-            "net1",
-            "--endpoint-mode",
-            "dnsrr",
-            "--constraint",
-            f"node.id=={h.node_id}",
-            *extra,
-            IMAGE,
-            *cmd,
-            timeout=120,
-        )
+        h1.create_service(name, "net1", h, *extra, IMAGE, *cmd)
     for name, h, _ in placed:
         wait_for(
             f"{name}'s task on {h.name}",

@@ -465,6 +465,41 @@ class Host:
         self.docker("plugin", "disable", "-f", PLUGIN, check=False)
         self.docker("plugin", "rm", "-f", PLUGIN, check=False)
 
+    def create_swarm_network(self, name: str, subnet: str, driver: str = PLUGIN) -> str:
+        """`docker network create --scope swarm --attachable` on this manager; its ID."""
+        return self.docker(
+            "network",
+            "create",
+            "-d",
+            driver,
+            "--scope",
+            "swarm",
+            "--attachable",
+            "--subnet",
+            subnet,
+            name,
+        ).stdout.strip()
+
+    def create_service(self, name: str, network: str, on: Host, *args: str) -> None:
+        """`docker service create` on this manager: one dnsrr task on host `on` (no registry
+        here, so no image digest lookup)."""
+        self.docker(
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--endpoint-mode",
+            "dnsrr",
+            "--constraint",
+            f"node.id=={on.node_id}",
+            *args,
+            timeout=120,
+        )
+
     @property
     def node_id(self) -> str:
         """This host's swarm node ID."""

@@ -45,25 +45,6 @@ def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
 
 
-def service(h: Host, name: str, node: Host, *args: str) -> None:
-    h.docker(
-        "service",
-        "create",
-        "--detach",
-        "--no-resolve-image",  # no registry here: do not wait for a digest lookup
-        "--name",
-        name,
-        "--network",
-        "net1",
-        "--endpoint-mode",
-        "dnsrr",
-        "--constraint",
-        f"node.id=={node.node_id}",
-        *args,
-        timeout=120,
-    )
-
-
 def task_on(h: Host, service_name: str) -> str:
     """The name of a running container of `service_name` on host `h` (waits for one)."""
     found: list[str] = []
@@ -88,25 +69,14 @@ def peer_vteps(h: Host, lab: Lab) -> set[str]:
 
 def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     h1, h2, h3 = swarm.hosts
-    nid = h1.docker(
-        "network",
-        "create",
-        "-d",
-        PLUGIN,
-        "--scope",
-        "swarm",
-        "--attachable",
-        "--subnet",
-        SUBNET,
-        "net1",
-    ).stdout.strip()
+    nid = h1.create_swarm_network("net1", SUBNET)
     info = json.loads(h1.docker("network", "inspect", "net1").stdout)[0]
     assert info["Scope"] == "swarm" and info["IPAM"]["Config"][0]["Subnet"] == SUBNET
-    service(h1, "kv", h1, IMAGE, "/app/kv-server")
-    service(h1, "web", h2, IMAGE, "/app/web-server", "kv")
-    service(
-        h1,
+    h1.create_service("kv", "net1", h1, IMAGE, "/app/kv-server")
+    h1.create_service("web", "net1", h2, IMAGE, "/app/web-server", "kv")
+    h1.create_service(
         "front",
+        "net1",
         h3,
         "--publish",
         "mode=host,target=80,published=1080",
@@ -229,18 +199,7 @@ def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> No
         web, front = task_on(h2, "web"), task_on(h3, "front")
         wait_for("front -> web", lambda: ping(h3, front, overlay_addr(h2, web)), timeout=30)
         # a new swarm network: AllocateNetwork on the new leader, a VNI of its own
-        h2.docker(
-            "network",
-            "create",
-            "-d",
-            PLUGIN,
-            "--scope",
-            "swarm",
-            "--attachable",
-            "--subnet",
-            "100.0.1.0/24",
-            "net2",
-        )
+        h2.create_swarm_network("net2", "100.0.1.0/24")
         a = h2.docker("run", "-d", "--name", "n2a", "--network", "net2", IMAGE, "sleep", "3600")
         b = h3.docker("run", "-d", "--name", "n2b", "--network", "net2", IMAGE, "sleep", "3600")
         assert a.returncode == 0 and b.returncode == 0
