@@ -16,6 +16,7 @@ from typing import Any
 from .entries import describe_entry
 
 COL = 20
+LABEL = 10  # what fits in a container's box
 
 
 def _docker(*args: str) -> Any:
@@ -75,7 +76,7 @@ def draw(
     eth1 = []
     for p in local:
         name, gw_ip = names.get(p["endpoint"], (p["endpoint"], ""))
-        labels.append(name[: COL - 6])
+        labels.append(name[:LABEL])  # swarm task names are long: web.1.<task id>
         eth1.append(gw_ip)
     n = max(1, len(local))
     bar = " +" + ("----+" + "-" * (COL - 5)) * n + "-+ "
@@ -85,7 +86,12 @@ def draw(
         out.append(_row(["      |eth1"] + ["     |eth1"] * (n - 1)))
     out.append(_row(["  +---+-------+"] + [" +---+-------+"] * (n - 1)) if local else "")
     out.append(
-        _row([f"  | {lab:<10}|" if i == 0 else f" | {lab:<10}|" for i, lab in enumerate(labels)])
+        _row(
+            [
+                f"  | {lab:<{LABEL}}|" if i == 0 else f" | {lab:<{LABEL}}|"
+                for i, lab in enumerate(labels)
+            ]
+        )
         if local
         else "  (no local containers)"
     )

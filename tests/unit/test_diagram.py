@@ -1,0 +1,43 @@
+"""`pyoverlay diagram`: container boxes stay aligned whatever the names (swarm task names)."""
+
+from __future__ import annotations
+
+from pyoverlay.cli.diagram import draw
+
+
+def test_long_container_names_fit_their_boxes() -> None:
+    status = {"vtep": "192.168.99.2", "node": "687b7185", "networks": []}
+    view = {
+        "network": "a27ycqwyl5xx",
+        "vni": 11292642,
+        "subnet": "100.0.0.0/24",
+        "gateway": "100.0.0.1/24",
+        "namespace": "1-a27ycqwyl5",
+        "vxlan": "pvxac4fe2-a27yc",
+        "peers": [
+            {
+                "endpoint": "e1",
+                "ip": "100.0.0.3",
+                "mac": "02:42:64:00:00:03",
+                "vtep": "x",
+                "state": "local",
+            },
+            {
+                "endpoint": "e2",
+                "ip": "100.0.0.5",
+                "mac": "02:42:64:00:00:05",
+                "vtep": "x",
+                "state": "local",
+            },
+        ],
+    }
+    names = {"e1": ("web.1.2bkc9je3xyz", "172.18.0.3"), "e2": ("kv", "172.18.0.4")}
+    lines = draw(status, view, names, "172.18.0.1/16").splitlines()
+    boxes = [line for line in lines if line.lstrip().startswith("| ")]
+    edges = [line for line in lines if line.lstrip().startswith("+---+")]
+    assert boxes and edges
+    # every side of a box sits on a corner of its top edge (a long name would push it out)
+    corners = {i for i, c in enumerate(edges[0]) if c == "+"}
+    for line in boxes:
+        assert {i for i, c in enumerate(line) if c == "|"} <= corners, (line, edges[0])
+    assert "web.1.2bkc" in boxes[0] and "kv" in boxes[0]
