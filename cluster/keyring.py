@@ -80,14 +80,12 @@ class Keyring:
         if not keys:
             raise ValueError("a keyring needs at least one key")
         self._ciphers = [AESGCM(k) for k in keys]
-        self.count = len(keys)
 
     def replace(self, keys: Sequence[bytes]) -> None:
         """Swap the keys (live rotation): the first one sends from now on."""
         if not keys:
             raise ValueError("a keyring needs at least one key")
         self._ciphers = [AESGCM(k) for k in keys]
-        self.count = len(keys)
 
     def seal(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE)

@@ -94,6 +94,3 @@ class ReplayGuard:
                 floor = s.top - self.window
                 s.recent = {c for c in s.recent if c > floor}
         return None
-
-    def forget(self, sender: str) -> None:
-        self.seen.pop(sender, None)
