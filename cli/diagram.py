@@ -123,4 +123,11 @@ def draw(
         out.append(" " * 11 + f"+-- udp/4789 --> VTEP {vtep}: {shown}")
     for s in view.get("stale", []):
         out.append(" " * 11 + f"!   stale {describe_entry(s)} (no row in the table)")
+    services = view.get("services") or []
+    if services:
+        out.append("")
+        out.append("  service VIPs (nftables DNAT in each container's own namespace):")
+        for svc in services:
+            tasks = ", ".join(b["ip"] for b in svc["backends"])
+            out.append(f"    {svc['service']:<12} {svc['vip']:<15} -> {tasks}")
     return "\n".join(line for line in out if line is not None)

@@ -203,6 +203,40 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
     return 1 if bad else 0
 
 
+def cmd_services(state_dir: Path, network: str, as_json: bool) -> int:
+    views = admin(state_dir, "GET", f"/services?network={network}")
+    if as_json:
+        print(json.dumps(views, indent=1))
+        return 0
+    bad = 0
+    for v in views:
+        print(f"network {v['network']}  vni {v['vni']}  subnet {v['subnet']}")
+        rows = [
+            [s["service"], s["vip"], " ".join(f"{b['ip']}@{b['host']}" for b in s["backends"])]
+            for s in v["services"]
+        ]
+        print(_table(rows, ["SERVICE", "VIP", "TASKS (ip@host)"]) if rows else "  no VIP service")
+        for c in v["containers"]:
+            marks = [f"{vip} {st}" for vip, st in sorted(c["vips"].items())]
+            broken = [m for m in marks if not m.endswith(" ok")]
+            if c["error"] or not c["intact"]:
+                broken.append(c["error"] or "table not as pyoverlay makes it")
+            bad += len(broken)
+            shown = "; ".join(broken) if broken else f"{len(marks)} VIP(s) ok"
+            print(f"  container ns {Path(c['sandbox']).name}: {'! ' if broken else ''}{shown}")
+        docker = v.get("docker")
+        if isinstance(docker, str):
+            print(f"  dockerd: {docker}")
+        elif docker:
+            bad += len(docker)
+            for d in docker:
+                print(f"  ! {d}")
+        print()
+    if bad:
+        print(f"{bad} disagreement(s); `pyoverlay reconcile` repairs the rules")
+    return 1 if bad else 0
+
+
 def cmd_reconcile(state_dir: Path, dry_run: bool, as_json: bool) -> int:
     res = admin(state_dir, "POST", f"/reconcile?dry_run={'1' if dry_run else '0'}")
     if as_json:
@@ -222,6 +256,9 @@ def cmd_diagram(state_dir: Path, network: str, as_json: bool) -> int:
 
     status = admin(state_dir, "GET", "/status")
     views = admin(state_dir, "GET", f"/peers?network={network}")
+    vips = {v["network"]: v["services"] for v in admin(state_dir, "GET", "/services")}
+    for view in views:
+        view["services"] = vips.get(view["network"], [])
     if as_json:
         print(json.dumps({"status": status, "networks": views}, indent=1))
         return 0
@@ -255,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         ("status", "health, members and networks"),
         ("members", "what the gossip knows about every host"),
         ("peers", "table rows next to programmed FDB/ARP entries"),
+        ("services", "swarm service VIPs, their tasks and each container's nftables rules"),
         ("reconcile", "compare the kernel with the tables and repair"),
         ("diagram", "one host's data path drawn like the seed article"),
         ("leave", "leave the cluster gracefully: others drop this host at once"),
@@ -264,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--state-dir", default=default_dir, help="the plugin's --state-dir")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        if name in ("peers", "diagram"):
+        if name in ("peers", "diagram", "services"):
             p.add_argument("network", nargs="?", default="", help="network ID (prefix)")
         if name == "reconcile":
             p.add_argument("--dry-run", action="store_true", help="only show what would change")
@@ -289,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_members(state_dir, args.json)
         if args.command == "peers":
             return cmd_peers(state_dir, args.network, args.json)
+        if args.command == "services":
+            return cmd_services(state_dir, args.network, args.json)
         if args.command == "reconcile":
             return cmd_reconcile(state_dir, args.dry_run, args.json)
         if args.command == "diagram":

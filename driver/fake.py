@@ -8,13 +8,24 @@ first op whose text contains a given string, to test roll-back.
 
 from __future__ import annotations
 
+import copy
 import errno
 from dataclasses import replace
 from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
 
-from pyoverlay.state.errors import KernelError
+from pyoverlay.state.errors import KernelError, PyoverlayError
 
-from .kernel import Kernel, KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
+from .kernel import (
+    Kernel,
+    KernelSnapshot,
+    LinkView,
+    NamespaceView,
+    PeerEntries,
+    RuleTables,
+    UnderlayInfo,
+)
 from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
 from .ops import (
     CreateNamespace,
@@ -212,3 +223,116 @@ class FakeKernel:
 
 
 _: Kernel = FakeKernel()
+
+
+class FakeTables:
+    """nftables of many namespaces, in memory, for the subset vips.py uses.
+
+    Like the kernel, a batch is one transaction (all or nothing), `add` of an
+    existing table/chain/map is a no-op while `add rule` appends, deleting a
+    missing object or a chain a map element still jumps to fails, and an
+    element cannot jump to a chain that does not exist.  `listing()` has the
+    shape of `nft -j list table`.  Tests can poke `tables` to simulate drift.
+    """
+
+    def __init__(self) -> None:
+        # netns -> (family, table) -> {"maps": {name: {...}}, "chains": {name: {...}}}
+        self.tables: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        self.batches: list[tuple[str, list[dict[str, Any]]]] = []
+        self.fail_next: str | None = None
+
+    async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
+        key = str(netns)
+        if not commands:
+            return
+        if self.fail_next is not None:
+            why, self.fail_next = self.fail_next, None
+            raise PyoverlayError(f"nft in {key}: {why}")
+        work = copy.deepcopy(self.tables.get(key, {}))
+        for cmd in commands:
+            ((verb, body),) = cmd.items()
+            ((kind, obj),) = body.items()
+            _fake_nft(work, verb, kind, obj, key)
+        self.tables[key] = work
+        self.batches.append((key, commands))
+
+    async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
+        t = self.tables.get(str(netns), {}).get((family, name))
+        if t is None:
+            return None
+        items: list[dict[str, Any]] = [{"table": {"family": family, "name": name}}]
+        for m in t["maps"].values():
+            items.append({"map": {"family": family, "table": name, **m}})
+        for cname, c in t["chains"].items():
+            items.append({"chain": {"family": family, "table": name, "name": cname, **c["spec"]}})
+        for cname, c in t["chains"].items():
+            for r in c["rules"]:
+                items.append({"rule": {"family": family, "table": name, "chain": cname, **r}})
+        return {"nftables": items}
+
+    def close(self) -> None:
+        pass
+
+
+def _fake_nft(work: dict[tuple[str, str], Any], verb: str, kind: str, o: Any, ns: str) -> None:
+    def fail(why: str) -> None:
+        raise PyoverlayError(f"nft in {ns}: {verb} {kind}: {why}")
+
+    tkey = (o["family"], o["table"] if kind != "table" else o["name"])
+    if kind == "table":
+        if verb == "add":
+            work.setdefault(tkey, {"maps": {}, "chains": {}})
+        elif verb == "delete":
+            if work.pop(tkey, None) is None:
+                fail("No such file or directory")
+        return
+    t = work.get(tkey)
+    if t is None:
+        fail("No such file or directory (table)")
+        return
+    if kind == "map" and verb == "add":
+        t["maps"].setdefault(o["name"], {"name": o["name"], "type": o["type"], "map": o["map"]})
+    elif kind == "chain":
+        spec = {k: o[k] for k in ("type", "hook", "prio", "policy") if k in o}
+        if verb == "add":
+            t["chains"].setdefault(o["name"], {"spec": spec, "rules": []})
+        elif verb == "flush":
+            if o["name"] not in t["chains"]:
+                fail("No such file or directory")
+            t["chains"][o["name"]]["rules"] = []
+        elif verb == "delete":
+            if o["name"] not in t["chains"]:
+                fail("No such file or directory")
+            for m in t["maps"].values():
+                if any(e[1]["goto"]["target"] == o["name"] for e in m.get("elem", [])):
+                    fail("Device or resource busy")
+            del t["chains"][o["name"]]
+    elif kind == "rule" and verb == "add":
+        if o["chain"] not in t["chains"]:
+            fail("No such file or directory (chain)")
+        rule = {k: copy.deepcopy(v) for k, v in o.items() if k in ("expr", "comment")}
+        t["chains"][o["chain"]]["rules"].append(rule)
+    elif kind == "element":
+        m = t["maps"].get(o["name"])
+        if m is None:
+            fail("No such file or directory (map)")
+            return
+        elems = m.setdefault("elem", [])
+        for e in o["elem"]:
+            present = [x for x in elems if x[0] == e[0]]
+            if verb == "add":
+                if e[1]["goto"]["target"] not in t["chains"]:
+                    fail("No such file or directory (goto)")
+                if not present:
+                    elems.append(copy.deepcopy(e))
+            elif verb == "delete":
+                if not present:
+                    fail("No such file or directory (element)")
+                elems.remove(present[0])
+        if not elems:
+            m.pop("elem")
+    else:
+        fail("not modelled")
+
+
+_t: RuleTables = FakeTables()

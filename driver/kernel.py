@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from .ops import Op
 
@@ -86,3 +87,17 @@ class Kernel(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class RuleTables(Protocol):
+    """nftables in a network namespace (driver/nft.py; fake.FakeTables in tests)."""
+
+    async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
+        """Run libnftables JSON commands as one transaction in the namespace at `netns`."""
+        ...
+
+    async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
+        """`nft -j list table` there, or None if the table does not exist."""
+        ...
+
+    def close(self) -> None: ...

@@ -159,6 +159,9 @@ class EndpointSpec:
     address: IPv4Interface
     mac: str
     joined: bool = False
+    sandbox: str = ""  # the container's namespace file (Join's SandboxKey) while joined
+    service: str = ""  # swarm service of this task and its VIP on the network, once
+    vip: str = ""  # the local dockerd reported them (driver/vips.py); "" otherwise
 
     @property
     def container_ifname(self) -> str:
@@ -175,6 +178,9 @@ class EndpointSpec:
             "address": str(self.address),
             "mac": self.mac,
             "joined": self.joined,
+            "sandbox": self.sandbox,
+            "service": self.service,
+            "vip": self.vip,
         }
 
     @classmethod
@@ -185,6 +191,9 @@ class EndpointSpec:
             address=IPv4Interface(str(d["address"])),
             mac=str(d["mac"]),
             joined=bool(d.get("joined", False)),
+            sandbox=str(d.get("sandbox") or ""),
+            service=str(d.get("service") or ""),
+            vip=str(d.get("vip") or ""),
         )
 
 

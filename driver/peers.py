@@ -56,8 +56,14 @@ class RemoteEndpoint:
             return None
 
 
-def row_value(ip: IPv4Address, mac: str, vtep: IPv4Address) -> dict[str, Any]:
-    return {"ip": str(ip), "mac": mac, "vtep": str(vtep)}
+def row_value(
+    ip: IPv4Address, mac: str, vtep: IPv4Address, service: str = "", vip: str = ""
+) -> dict[str, Any]:
+    """An endpoint's row; a swarm task's row also names its service and VIP (vips.py)."""
+    row = {"ip": str(ip), "mac": mac, "vtep": str(vtep)}
+    if service and vip:
+        row |= {"service": service, "vip": vip}
+    return row
 
 
 def desired(remotes: Iterable[RemoteEndpoint], local_vtep: IPv4Address) -> PeerEntries:

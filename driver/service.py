@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -31,9 +31,9 @@ import structlog
 from pyoverlay.state.errors import Conflict, InvalidOption, NotFound, PyoverlayError
 from pyoverlay.state.store import JsonDocument
 
-from . import identity, peers, plan
+from . import identity, peers, plan, vips
 from .directory import LocalDirectory, PeerDirectory
-from .kernel import Kernel
+from .kernel import Kernel, RuleTables
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
 from .ops import Op, undo
 from .options import PoolData, parse_network
@@ -71,6 +71,11 @@ async def rollback(kernel: Kernel, done: Sequence[Op]) -> str:
     return "; ".join(problems)
 
 
+# Where Docker keeps container namespaces; a managed plugin sees them through the
+# `sandboxes` mount of config.json (a SandboxKey path is looked up there by name).
+DEFAULT_SANDBOX_DIR = Path("/var/run/docker/netns")
+
+
 def _short(id_: str) -> str:
     return id_[:12]
 
@@ -83,8 +88,17 @@ class OverlayDriver:
         node_id: str,
         underlay: Underlay,
         directory: PeerDirectory | None = None,
+        tables: RuleTables | None = None,
+        sandbox_dir: Path = DEFAULT_SANDBOX_DIR,
     ) -> None:
         self.kernel = kernel
+        # nftables in container namespaces (service VIPs); None: VIPs are not served
+        self.tables = tables
+        self.sandbox_dir = sandbox_dir
+        self._sandbox_locks: dict[str, asyncio.Lock] = {}
+        self.vip_errors: dict[str, str] = {}  # sandbox -> why its rules are not as wanted
+        # called after every successful Join (the service watcher asks dockerd about it)
+        self.on_join: Callable[[str, str], None] = lambda nid, eid: None
         self.directory: PeerDirectory = directory or LocalDirectory(node_id)
         self.doc = JsonDocument(state_file)
         self.node_id = node_id
@@ -243,6 +257,10 @@ class OverlayDriver:
             self.save()
             self._withdraw(nid, eid)
             log.info("endpoint deleted", nid=_short(nid), eid=_short(eid))
+            if ep.sandbox:
+                await self._sync_sandbox_quietly(ep.sandbox)
+            if ep.vip and net is not None:
+                await self.sync_vips(net.vni)
 
     async def join(self, nid: str, eid: str, sandbox_key: str) -> JoinResult:
         async with self._lock(nid):
@@ -250,18 +268,16 @@ class OverlayDriver:
             ep = self.endpoint(nid, eid)
             ops = plan.join(net, ep)
             await apply_all(self.kernel, ops)
-            self.endpoints[eid] = replace(ep, joined=True)
+            joined = self.endpoints[eid] = replace(ep, joined=True, sandbox=sandbox_key)
             try:
                 self.save()
             except PyoverlayError:
                 self.endpoints[eid] = ep
                 await rollback(self.kernel, ops)
                 raise
-            self.directory.publish(
-                peers.scope(net.vni),
-                eid,
-                peers.row_value(ep.address.ip, ep.mac, self.underlay.address),
-            )
+            self.directory.publish(peers.scope(net.vni), eid, self._row(joined))
+            await self._sync_sandbox_quietly(sandbox_key)  # the VIPs, before the task starts
+            self.on_join(nid, eid)
             log.info(
                 "joined",
                 nid=_short(nid),
@@ -274,10 +290,13 @@ class OverlayDriver:
     async def leave(self, nid: str, eid: str) -> None:
         async with self._lock(nid):
             ep = self.endpoint(nid, eid)
-            self.endpoints[eid] = replace(ep, joined=False)
+            self.endpoints[eid] = replace(ep, joined=False, sandbox="", service="", vip="")
             self.save()
             self._withdraw(nid, eid)
             log.info("left", nid=_short(nid), eid=_short(eid))
+            await self._sync_sandbox_quietly(ep.sandbox)  # this network's VIPs leave it
+            if ep.vip:
+                await self.sync_vips(self.networks[nid].vni)  # and the task its VIP
 
     def endpoint_info(self, nid: str, eid: str) -> dict[str, Any]:
         ep = self.endpoint(nid, eid)
@@ -329,11 +348,10 @@ class OverlayDriver:
         for ep in self.endpoints.values():
             net = self.networks.get(ep.network_id)
             if ep.joined and net is not None:
-                self.directory.publish(
-                    peers.scope(net.vni),
-                    ep.endpoint_id,
-                    peers.row_value(ep.address.ip, ep.mac, self.underlay.address),
-                )
+                self.directory.publish(peers.scope(net.vni), ep.endpoint_id, self._row(ep))
+
+    def _row(self, ep: EndpointSpec) -> dict[str, Any]:
+        return peers.row_value(ep.address.ip, ep.mac, self.underlay.address, ep.service, ep.vip)
 
     def remote_endpoints(self, vni: int) -> list[peers.RemoteEndpoint]:
         out = []
@@ -400,4 +418,97 @@ class OverlayDriver:
                     errors.append(str(exc))
                     log.error("reconcile op failed", op=str(op), error=str(exc))
         ops += await self.sync_peers()
+        await self.sync_vips()
         return ops, errors
+
+    # -- service VIPs (vips.py) ------------------------------------------------
+
+    async def bind_service(self, nid: str, eid: str, service: str, vip: str) -> bool:
+        """The local dockerd says endpoint `eid` is a task of `service` with `vip` on `nid`:
+        publish it (every host balances the VIP over it). True if that changed anything."""
+        async with self._lock(nid):
+            ep = self.endpoints.get(eid)
+            net = self.networks.get(nid)
+            if ep is None or net is None or not ep.joined or ep.network_id != nid:
+                return False
+            if (ep.service, ep.vip) == (service, vip):
+                return False
+            bound = self.endpoints[eid] = replace(ep, service=service, vip=vip)
+            self.save()
+            self.directory.publish(peers.scope(net.vni), eid, self._row(bound))
+            log.info("service task", nid=_short(nid), eid=_short(eid), service=service, vip=vip)
+            await self.sync_vips(net.vni)
+            return True
+
+    def sandbox_path(self, key: str) -> Path:
+        """Docker's SandboxKey as this process sees it (a managed plugin: by name, under
+        its `sandboxes` mount)."""
+        path = Path(key)
+        return path if path.exists() else self.sandbox_dir / path.name
+
+    def vips_of(self, vni: int) -> vips.Vips:
+        return vips.services(vips.backends_of(self.directory.rows(peers.scope(vni))))
+
+    def sandboxes(self, vni: int | None = None) -> dict[str, list[EndpointSpec]]:
+        """Joined container namespaces -> their pyoverlay endpoints (on networks with `vni`)."""
+        out: dict[str, list[EndpointSpec]] = {}
+        for ep in self.endpoints.values():
+            net = self.networks.get(ep.network_id)
+            if ep.joined and ep.sandbox and net is not None and vni in (None, net.vni):
+                out.setdefault(ep.sandbox, []).append(ep)
+        return out
+
+    def wanted_vips(self, sandbox: str) -> vips.Vips:
+        nets = {e.network_id for e in self.sandboxes().get(sandbox, [])}
+        return vips.merge(self.vips_of(self.networks[n].vni) for n in sorted(nets))
+
+    async def programmed_vips(self, sandbox: str) -> vips.Programmed | None:
+        if self.tables is None:
+            return None
+        path = self.sandbox_path(sandbox)
+        return vips.parse(await self.tables.list_table(path, vips.FAMILY, vips.TABLE))
+
+    async def sync_sandbox(self, sandbox: str) -> int:
+        """Make one container namespace's VIP rules match the table; the number of nft
+        commands run (one transaction).  A namespace that is gone needs nothing."""
+        if self.tables is None or not sandbox:
+            return 0
+        lock = self._sandbox_locks.setdefault(sandbox, asyncio.Lock())
+        async with lock:
+            path = self.sandbox_path(sandbox)
+            want = self.wanted_vips(sandbox)
+            if not path.exists():
+                self.vip_errors.pop(sandbox, None)
+                if sandbox not in self.sandboxes():
+                    self._sandbox_locks.pop(sandbox, None)
+                return 0
+            try:
+                have = await self.programmed_vips(sandbox)
+                cmds = vips.plan(have, want)
+                await self.tables.apply(path, cmds)
+            except PyoverlayError as exc:
+                self.vip_errors[sandbox] = str(exc)
+                raise
+            self.vip_errors.pop(sandbox, None)
+            if sandbox not in self.sandboxes() and not cmds:
+                self._sandbox_locks.pop(sandbox, None)
+            if cmds:
+                log.info("vips programmed", sandbox=Path(sandbox).name, changes=len(cmds))
+            return len(cmds)
+
+    async def _sync_sandbox_quietly(self, sandbox: str) -> None:
+        try:
+            await self.sync_sandbox(sandbox)
+        except PyoverlayError as exc:
+            log.error("vip rules failed", sandbox=Path(sandbox).name, error=str(exc))
+
+    async def sync_vips(self, vni: int | None = None) -> int:
+        """Make the VIP rules of every local container on networks with `vni` (or all)
+        match the table; returns the number of nft commands run."""
+        changed = 0
+        for sandbox in sorted(self.sandboxes(vni)):
+            try:
+                changed += await self.sync_sandbox(sandbox)
+            except PyoverlayError as exc:
+                log.error("vip rules failed", sandbox=Path(sandbox).name, error=str(exc))
+        return changed

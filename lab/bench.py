@@ -678,7 +678,7 @@ def bench_swarm_reach(runs: int) -> None:
             for key, net in (("overlay", "bo"), ("pyoverlay", "bp")):
                 name = f"s{net}{i}"
                 t0 = time.perf_counter()
-                h1.create_service(name, net, h2, IMAGE, "sleep", "3600")
+                h1.create_service(name, net, h2, IMAGE, "sleep", "3600", mode="dnsrr")
                 found: list[str] = []
                 started: list[float] = []
 

@@ -133,8 +133,8 @@ def run_swarm(lab: Lab) -> None:
     for name, h, cmd in placed:
         extra = ["--publish", "mode=host,target=80,published=1080"] if name == "front" else []
         say(
-            f"docker service create --name {name} --network net1 --endpoint-mode dnsrr "
-            f"{' '.join(extra)} (on {h.name})"
+            f"docker service create --name {name} --network net1 {' '.join(extra)} "
+            f"(on {h.name}; a VIP, balanced by pyoverlay's nftables rules)"
         )
         h1.create_service(name, "net1", h, *extra, IMAGE, *cmd)
     for name, h, _ in placed:
@@ -164,6 +164,11 @@ def run_swarm(lab: Lab) -> None:
         ).stdout,
     )
     show("h2$ pyoverlay diagram", diagram_of(lab, h2))
+    front = h3.service_containers("front")[0]
+    show(
+        f"h3$ nft list table ip pyoverlay   (in {front}'s namespace)",
+        h3.in_container_netns(front, "nft", "list", "table", "ip", "pyoverlay").stdout,
+    )
     for h in lab.hosts:
         h.docker("swarm", "leave", "--force", check=False, timeout=120)
         h.remove_plugin()

@@ -203,6 +203,11 @@ class Host:
         return RUN_ROOT / self.lab.prefix / f"{self.name}.mnt"
 
     @property
+    def sandbox_dir(self) -> Path:
+        """dockerd's container namespaces (its --exec-root/netns)."""
+        return self.run_dir / "exec" / "netns"
+
+    @property
     def docker_sock(self) -> Path:
         return self.run_dir / "docker.sock"
 
@@ -265,7 +270,12 @@ class Host:
             # would outlive it and show up in every other host's `ip netns`)
             "mount -t tmpfs -o mode=755 pyoverlay-lab-netns /run/netns; "
             # shared, so a managed plugin's rshared bind of /run/netns propagates back
-            "mount --make-shared /run/netns"
+            "mount --make-shared /run/netns; "
+            # dockerd's container namespaces, shared so a managed plugin's rslave
+            # mount (config.json `sandboxes`) sees the ones made after it started
+            f"mkdir -p {self.sandbox_dir}; "
+            f"mount --bind {self.sandbox_dir} {self.sandbox_dir}; "
+            f"mount --make-shared {self.sandbox_dir}"
         )
         sh(
             "unshare",
@@ -341,6 +351,10 @@ class Host:
                 str(self.state_dir),
                 "--log-format",
                 "json",
+                "--docker-host",
+                f"unix://{self.docker_sock}",
+                "--sandbox-dir",
+                str(self.sandbox_dir),
                 *self.plugin_args,
             ],
             stdout=log,
@@ -450,6 +464,8 @@ class Host:
             "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key",
             f"PYOVERLAY_ADVERTISE_ADDR={self.address}",
             f"state.source={self.state_dir}",
+            f"sandboxes.source={self.sandbox_dir}",
+            f"docker-sock.source={self.docker_sock}",
             *settings,
         )
         self.docker("plugin", "enable", PLUGIN, timeout=120)
@@ -480,9 +496,13 @@ class Host:
             name,
         ).stdout.strip()
 
-    def create_service(self, name: str, network: str, on: Host, *args: str) -> None:
-        """`docker service create` on this manager: one dnsrr task on host `on` (no registry
-        here, so no image digest lookup)."""
+    def create_service(
+        self, name: str, network: str, on: Host | None, *args: str, mode: str = "vip"
+    ) -> None:
+        """`docker service create` on this manager: a task on host `on` (None: anywhere),
+        in endpoint mode `mode` (vip, Docker's default, or dnsrr); no registry here, so
+        no image digest lookup."""
+        where = ["--constraint", f"node.id=={on.node_id}"] if on is not None else []
         self.docker(
             "service",
             "create",
@@ -493,12 +513,19 @@ class Host:
             "--network",
             network,
             "--endpoint-mode",
-            "dnsrr",
-            "--constraint",
-            f"node.id=={on.node_id}",
+            mode,
+            *where,
             *args,
             timeout=120,
         )
+
+    def service_vip(self, service: str, network_id: str) -> str:
+        """The VIP swarm gave `service` on a network (ask a manager)."""
+        fmt = "{{json .Endpoint.VirtualIPs}}"
+        for v in json.loads(self.docker("service", "inspect", "-f", fmt, service).stdout):
+            if v["NetworkID"] == network_id:
+                return str(v["Addr"]).split("/")[0]
+        raise LookupError(f"service {service} has no VIP on network {network_id}")
 
     @property
     def node_id(self) -> str:

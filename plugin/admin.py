@@ -5,6 +5,9 @@ GET  /metrics           Prometheus text (pyoverlay.state.metrics)
 GET  /members           every member the gossip knows, with state and VTEP
 GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
                         each marked ok / missing / stale
+GET  /services[?network=]  per network: service VIPs and tasks from the table, what
+                        each local container has programmed (ok / missing / differs),
+                        and where dockerd's own view differs
 POST /reconcile[?dry_run=1]   what the reconciler would change (or changes now)
 POST /leave             leave the cluster gracefully (decommissioning this host)
 POST /forget?node=ID    remove a dead host for good (its address blocks return to the pool)
@@ -24,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from pyoverlay.cluster.runtime import GossipRuntime
-from pyoverlay.driver import peers
+from pyoverlay.driver import peers, vips
 from pyoverlay.driver.model import NetworkSpec
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.ipam.cluster import ClusterGuard
@@ -32,9 +35,12 @@ from pyoverlay.ipam.service import IpamService
 from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.metrics import METRICS
 
+from .docker_api import DockerApi
+
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
 GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
 IPAM: web.AppKey[IpamService | None] = web.AppKey("admin-ipam", object)  # type: ignore[arg-type]
+DOCKER: web.AppKey[DockerApi | None] = web.AppKey("admin-docker", object)  # type: ignore[arg-type]
 RELOAD: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("admin-reload", object)  # type: ignore[arg-type]
 
 ADMIN_SOCKET = "admin.sock"
@@ -167,6 +173,92 @@ async def peers_handler(request: web.Request) -> web.Response:
     return web.json_response([await peers_view(driver, n) for n in nets])
 
 
+async def services_view(
+    driver: OverlayDriver, net: NetworkSpec, docker: DockerApi | None
+) -> dict[str, Any]:
+    rows = driver.directory.rows(peers.scope(net.vni))
+    where = {str(v.get("ip")): (k, str(v.get("vtep", ""))) for k, v, _ in rows}
+    want = driver.vips_of(net.vni)
+    services = [
+        {
+            "vip": str(vip),
+            "service": svc.name,
+            "backends": [
+                {
+                    "ip": str(b),
+                    "endpoint": where.get(str(b), ("", ""))[0][:12],
+                    "host": where.get(str(b), ("", ""))[1],
+                }
+                for b in svc.backends
+            ],
+        }
+        for vip, svc in sorted(want.items())
+    ]
+    containers = []
+    for sandbox, eps in sorted(driver.sandboxes(net.vni).items()):
+        wanted = driver.wanted_vips(sandbox)
+        state: dict[str, str] = {}
+        error = driver.vip_errors.get(sandbox, "")
+        try:
+            have = await driver.programmed_vips(sandbox)
+        except PyoverlayError as exc:
+            have, error = None, str(exc)
+        got = have.vips if have is not None else {}
+        for vip in sorted(set(wanted) | set(got)):
+            if vip not in wanted:
+                state[str(vip)] = "stale"
+            elif vip not in got:
+                state[str(vip)] = "missing"
+            else:
+                state[str(vip)] = "ok" if got[vip] == wanted[vip] else "differs"
+        containers.append(
+            {
+                "sandbox": sandbox,
+                "endpoints": [e.endpoint_id[:12] for e in eps],
+                "intact": have.intact if have is not None else not wanted,
+                "vips": state,
+                "error": error,
+            }
+        )
+    view: dict[str, Any] = {**network_summary(net), "services": services, "containers": containers}
+    if docker is not None and net.swarm:
+        view["docker"] = await docker_disagreements(docker, net, want)
+    return view
+
+
+async def docker_disagreements(
+    docker: DockerApi, net: NetworkSpec, want: vips.Vips
+) -> list[str] | str:
+    """Where dockerd's `network inspect --verbose` differs from the table (or why unknown)."""
+    try:
+        info = await docker.network(net.network_id)
+    except PyoverlayError as exc:
+        return f"dockerd not readable: {exc}"
+    theirs: dict[str, tuple[str, set[str]]] = {}
+    for name, svc in ((info or {}).get("Services") or {}).items():
+        if svc.get("VIP"):
+            ips = {str(t.get("EndpointIP")) for t in svc.get("Tasks") or []}
+            theirs[str(svc["VIP"])] = (str(name), ips)
+    ours = {str(v): (s.name, {str(b) for b in s.backends}) for v, s in want.items()}
+    out = []
+    for vip in sorted(set(theirs) | set(ours)):
+        name = (theirs.get(vip) or ours[vip])[0]
+        t_ips, o_ips = theirs.get(vip, ("", set()))[1], ours.get(vip, ("", set()))[1]
+        for ip in sorted(t_ips - o_ips):
+            out.append(f"{name} {vip}: dockerd lists task {ip}, the table does not (yet)")
+        for ip in sorted(o_ips - t_ips):
+            out.append(f"{name} {vip}: the table has task {ip}, dockerd does not list it")
+    return out
+
+
+async def services_handler(request: web.Request) -> web.Response:
+    driver = request.app[DRIVER]
+    want = request.query.get("network", "")
+    nets = [n for n in driver.networks.values() if not want or n.network_id.startswith(want)]
+    docker = request.app[DOCKER]
+    return web.json_response([await services_view(driver, n, docker) for n in nets])
+
+
 async def reconcile(request: web.Request) -> web.Response:
     dry = request.query.get("dry_run", "") in ("1", "true", "yes")
     ops, errors = await request.app[DRIVER].reconcile(dry_run=dry)
@@ -239,8 +331,10 @@ def make_admin_app(
     gossip: GossipRuntime | None,
     reload_keys: Callable[[], dict[str, object]] = no_reload,
     ipam: IpamService | None = None,
+    docker: DockerApi | None = None,
 ) -> web.Application:
     app = web.Application()
+    app[DOCKER] = docker
     app[IPAM] = ipam
     app[DRIVER] = driver
     app[GOSSIP] = gossip
@@ -249,6 +343,7 @@ def make_admin_app(
     app.router.add_get("/members", members)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers_handler)
+    app.router.add_get("/services", services_handler)
     app.router.add_post("/reconcile", reconcile)
     app.router.add_post("/leave", leave)
     app.router.add_post("/keys/reload", keys_reload)

@@ -56,6 +56,7 @@ class PeerSyncer:
             for vni in sorted(vnis):
                 try:
                     await self.driver.sync_peers(vni)
+                    await self.driver.sync_vips(vni)
                 except Exception as exc:  # keep the loop alive whatever one sync does
                     log.error("peer sync failed", vni=vni, error=repr(exc))
 

@@ -35,7 +35,7 @@ from aiohttp import web
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys
 from pyoverlay.cluster.runtime import GossipRuntime
-from pyoverlay.driver.kernel import Kernel
+from pyoverlay.driver.kernel import Kernel, RuleTables
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.driver.swarm import SwarmAllocations
@@ -49,6 +49,8 @@ from pyoverlay.state.tasks import TaskSet
 from .admin import ADMIN_SOCKET, MEMBERS_FILE, make_admin_app, members_view
 from .app import make_app
 from .background import PeerSyncer
+from .docker_api import DockerApi
+from .service_watch import ServiceWatcher
 from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
@@ -140,11 +142,20 @@ async def prune_after_sync(gossip: GossipRuntime, driver: OverlayDriver, alone: 
     log.info("synced reconcile", changes=len(ops), errors=len(errors))
 
 
-async def build(settings: PluginSettings, kernel: Kernel) -> tuple[OverlayDriver, IpamService]:
+async def build(
+    settings: PluginSettings, kernel: Kernel, tables: RuleTables | None = None
+) -> tuple[OverlayDriver, IpamService]:
     info = await kernel.underlay(settings.advertise_addr)
     underlay = Underlay(info.address, settings.vxlan_port, info.mtu)
     nid = node_id(settings.state_dir)
-    driver = OverlayDriver(kernel, settings.state_dir / "driver.json", nid, underlay)
+    driver = OverlayDriver(
+        kernel,
+        settings.state_dir / "driver.json",
+        nid,
+        underlay,
+        tables=tables,
+        sandbox_dir=settings.sandbox_dir,
+    )
     ipam = IpamService(settings.state_dir / "ipam.json")
     driver.load()
     ipam.load()
@@ -237,17 +248,36 @@ def make_key_reloader(
     return reload
 
 
-async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
+def make_tables(settings: PluginSettings) -> RuleTables | None:
+    """libnftables for service VIPs, when they are on (--docker-host) and it is installed."""
+    if settings.docker_socket is None:
+        log.info("service VIPs off (--docker-host none)")
+        return None
+    from pyoverlay.driver.nft import Nft, NftError, available
+
+    try:
+        available()
+    except NftError as exc:
+        log.error("service VIPs off", error=str(exc))
+        return None
+    return Nft()
+
+
+async def serve(
+    settings: PluginSettings, kernel: Kernel | None = None, tables: RuleTables | None = None
+) -> None:
     if kernel is None:
         from pyoverlay.driver.pyroute import PyrouteKernel
 
         kernel = PyrouteKernel()
+        tables = make_tables(settings)
     tasks = TaskSet()
+    docker_api: DockerApi | None = None
     runners: list[web.AppRunner] = []
     gossip: GossipRuntime | None = None
     admin_sock = settings.state_dir / ADMIN_SOCKET
     try:
-        driver, ipam = await build(settings, kernel)
+        driver, ipam = await build(settings, kernel, tables)
         syncer = PeerSyncer(driver, settings.reconcile_interval)
         gossip = make_gossip(settings, driver, syncer)
         if gossip is not None:
@@ -272,6 +302,11 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
             if isinstance(ipam.guard, ClusterGuard):
                 tasks.spawn("ipam-sync-gate", ipam_after_sync(gossip, ipam.guard, alone=not known))
         syncer.start(tasks)
+        if settings.scope == "global" and settings.docker_socket and driver.tables is not None:
+            docker_api = DockerApi(settings.docker_socket)
+            watcher = ServiceWatcher(driver, docker_api)
+            driver.on_join = watcher.want
+            watcher.start(tasks)
         reload_keys = make_key_reloader(settings, gossip)
         allocations = (
             SwarmAllocations(settings.state_dir / "swarm.json")
@@ -283,7 +318,7 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         )
         for app, path in (
             (docker_app, settings.socket),
-            (make_admin_app(driver, gossip, reload_keys, ipam), admin_sock),
+            (make_admin_app(driver, gossip, reload_keys, ipam, docker_api), admin_sock),
         ):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -303,11 +338,15 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         for runner in runners:
             await runner.cleanup()
         await tasks.close()
+        if docker_api is not None:
+            await docker_api.close()
         if gossip is not None:
             # not a graceful leave: containers keep running while the plugin is
             # down, so other hosts must keep their entries until it is declared dead
             await gossip.stop(leave=False)
         await kernel.close()
+        if tables is not None:
+            tables.close()
 
 
 def run(settings: PluginSettings) -> None:

@@ -88,6 +88,17 @@ SETTINGS = (
         "local: networks of standalone engines (create them on every host); global: swarm "
         "networks (managed plugin on every swarm node, `docker network create --scope swarm`)",
     ),
+    Setting(
+        "docker-host",
+        "unix:///var/run/docker.sock",
+        "dockerd's API socket, only read: which swarm service and VIP each local task has "
+        "(scope global); none turns VIP load balancing off",
+    ),
+    Setting(
+        "sandbox-dir",
+        "/var/run/docker/netns",
+        "where dockerd keeps container namespaces (its --exec-root/netns); VIP rules go there",
+    ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
 )
@@ -108,6 +119,15 @@ class PluginSettings:
     gossip_pushpull: float = 30.0
     reconcile_interval: float = 10.0
     scope: str = "local"
+    docker_host: str = "unix:///var/run/docker.sock"
+    sandbox_dir: Path = Path("/var/run/docker/netns")
+
+    @property
+    def docker_socket(self) -> Path | None:
+        """The unix socket of --docker-host, or None when VIPs are off."""
+        if self.docker_host == "none":
+            return None
+        return Path(self.docker_host.removeprefix("unix://"))
 
     @property
     def key_file(self) -> str:
@@ -164,6 +184,11 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
             f"--scope {ns.scope!r} must be local (standalone engines) or global (swarm) "
             "(PYOVERLAY_SCOPE)"
         )
+    if ns.docker_host != "none" and not ns.docker_host.startswith("unix:///"):
+        raise InvalidOption(
+            f"--docker-host {ns.docker_host!r} must be unix:///PATH (dockerd's local socket) "
+            "or none (PYOVERLAY_DOCKER_HOST)"
+        )
     if ns.log_format not in ("json", "console"):
         raise InvalidOption(f"--log-format {ns.log_format!r} must be json or console")
     if ns.log_level not in ("debug", "info", "warning", "error"):
@@ -182,6 +207,8 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         gossip_pushpull=_seconds("--gossip-pushpull", ns.gossip_pushpull),
         reconcile_interval=_seconds("--reconcile-interval", ns.reconcile_interval),
         scope=ns.scope,
+        docker_host=ns.docker_host,
+        sandbox_dir=Path(ns.sandbox_dir),
     )
 
 

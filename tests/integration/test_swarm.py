@@ -3,17 +3,22 @@ global-scope managed plugin, the three tiers as `docker service create` on one n
 
 Hosts: h1 is the manager, h2 and h3 workers (h2 and h3 are promoted for the leader
 failover test at the end).  The plugins get no --join: they find each other from
-swarm's node discovery (DiscoverNew).  Services use `--endpoint-mode dnsrr` (Docker's
-VIPs need its IPVS load balancer, which plugin networks do not get); Docker's DNS
-resolves service names across nodes.
+swarm's node discovery (DiscoverNew).  Services use Docker's default endpoint mode: a
+service name resolves (Docker's DNS) to a VIP, and pyoverlay balances the VIP with
+nftables rules in every container's namespace (Docker's IPVS balancer is never made for
+plugin networks, and this kernel has no IPVS).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from support import ping
@@ -89,9 +94,18 @@ def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     assert len(addrs) == 3 and all(a.startswith("100.0.0.") for a in addrs), addrs
     # the seed's data path on a worker: the namespace of this swarm network, br0, VTEP
     assert f"1-{nid[:10]}" in h2.overlay_namespaces()
-    # names resolve across nodes (Docker's DNS), and the chain front -> web -> kv works
+    # names resolve across nodes to VIPs (Docker's DNS), which pyoverlay balances
+    kv_vip = h1.service_vip("kv", nid)
     r = h3.docker("exec", front, "/app/resolve", "kv")
-    assert r.stdout.strip() == overlay_addr(h1, kv), r
+    assert r.stdout.strip() == kv_vip != overlay_addr(h1, kv), r
+    wait_for(
+        "front's rules send kv's VIP to its task",
+        lambda: f"{kv_vip} : goto svc-{kv_vip}" in nft_table(h3, front),
+        timeout=30,
+    )
+    assert f"dnat to numgen random mod 1 map {{ 0 : {overlay_addr(h1, kv)} }}" in nft_table(
+        h3, front
+    )
     wait_for(
         "front(h3) -> web(h2) -> kv(h1)",
         lambda: "says hits=" in swarm.http_get(h3, 1080, "/cgi-bin/app"),
@@ -169,6 +183,272 @@ def test_plugin_disable_enable_on_a_worker_keeps_traffic(swarm: Lab) -> None:
     h3.docker("plugin", "enable", PLUGIN, timeout=60)
     out, _ = pinger.communicate(timeout=60)
     assert "40 packets transmitted, 40 packets received" in out, out
+
+
+def nft_table(h: Host, container: str) -> str:
+    """`nft list table ip pyoverlay` in a container's namespace ("" if there is none)."""
+    r = subprocess.run(
+        ["nsenter", f"--net=/proc/{h.container_pid(container)}/ns/net"]
+        + ["nft", "list", "table", "ip", "pyoverlay"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return r.stdout
+
+
+def rule_ips(h: Host, container: str, vip: str) -> set[str]:
+    """The task addresses a container's rules send `vip` to."""
+    text = nft_table(h, container)
+    chain = text.partition(f"chain svc-{vip} {{")[2].partition("}")[0]
+    pairs = chain.partition("map {")[2]
+    return {p.split(":")[1].strip() for p in pairs.split(",") if ":" in p}
+
+
+def services_json(h: Host, lab: Lab) -> list[dict[str, Any]]:
+    r = cli(h, lab, "services", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def backends(h: Host, lab: Lab, vip: str) -> set[str] | None:
+    """The tasks of `vip` in host h's table, if every local container has programmed
+    exactly that (None while some container's rules still differ)."""
+    found: set[str] = set()
+    for view in services_json(h, lab):
+        for c in view["containers"]:
+            if any(st != "ok" for st in c["vips"].values()) or c["error"]:
+                return None
+        for svc in view["services"]:
+            if svc["vip"] == vip:
+                found = {b["ip"] for b in svc["backends"]}
+    return found
+
+
+def hostnames_via(h: Host, container: str, target: str, n: int) -> list[str]:
+    """`n` TCP connections from a container to target:7000; who answered each."""
+    loop = f"for i in $(seq {n}); do nc -w 2 {target} 7000 </dev/null; done"
+    r = h.docker("exec", container, "sh", "-c", loop, timeout=240)
+    return r.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def node_service(swarm: Lab) -> Iterator[tuple[str, str]]:
+    """The seed's `node` tier: 3 tasks over the two workers, each answering port 7000 with
+    its hostname; a client container on h1 (the `nginx` side).  Yields (VIP, client)."""
+    h1, h2, h3 = swarm.hosts
+    nid = h1.docker("network", "inspect", "-f", "{{.Id}}", "net1").stdout.strip()
+    h1.create_service(
+        "node",
+        "net1",
+        None,
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        IMAGE,
+        "nc",
+        "-ll",
+        "-p",
+        "7000",
+        "-e",
+        "/bin/hostname",
+    )
+    wait_for(
+        "3 node tasks on h2 and h3",
+        lambda: len(h2.service_containers("node")) + len(h3.service_containers("node")) == 3,
+        timeout=120,
+        interval=0.5,
+    )
+    h1.docker("run", "-d", "--name", "client", "--network", "net1", IMAGE, "sleep", "3600")
+    vip = h1.service_vip("node", nid)
+    yield vip, "client"
+    h1.docker("rm", "-f", "client", check=False)
+    h1.docker("service", "rm", "node", check=False)
+
+
+def test_vip_spreads_300_connections_over_tasks_on_two_hosts(
+    swarm: Lab, node_service: tuple[str, str]
+) -> None:
+    h1, h2, h3 = swarm.hosts
+    vip, client = node_service
+    tasks = {
+        overlay_addr(h, c): h.docker("inspect", "-f", "{{.Config.Hostname}}", c).stdout.strip()
+        for h in (h2, h3)
+        for c in h.service_containers("node")
+    }
+    wait_for(
+        "every host's rules list the 3 node tasks",
+        lambda: all(backends(h, swarm) == set(tasks) for h in swarm.hosts),
+        timeout=30,
+        interval=0.5,
+    )
+    answers = hostnames_via(h1, client, vip, 300)
+    assert len(answers) == 300, answers
+    spread = {name: answers.count(name) / 300 for name in tasks.values()}
+    print(f"spread of 300 connections: {spread}")
+    assert set(answers) == set(tasks.values()), spread
+    assert all(0.20 <= share <= 0.47 for share in spread.values()), spread
+    # the task sees the client's own address (no SNAT): its conntrack entry in h2's view
+    table = nft_table(h1, client)
+    assert "numgen random mod 3" in table and vip in table, table
+
+
+def test_killed_task_leaves_every_hosts_rules_within_2s(
+    swarm: Lab, node_service: tuple[str, str]
+) -> None:
+    h1, h2, h3 = swarm.hosts
+    vip, client = node_service
+    victim = h3.service_containers("node")[0]
+    victim_ip = overlay_addr(h3, victim)
+    victim_name = h3.docker("inspect", "-f", "{{.Config.Hostname}}", victim).stdout.strip()
+    wait_for(
+        "the victim in every host's rules",
+        lambda: all(victim_ip in (backends(h, swarm) or set()) for h in swarm.hosts),
+        timeout=30,
+        interval=0.5,
+    )
+    # one container per host whose rules we read directly (cheap: nsenter + nft)
+    watch = [(h1, client), (h2, task_on(h2, "web")), (h3, task_on(h3, "front"))]
+    assert all(victim_ip in rule_ips(h, c, vip) for h, c in watch)
+    h3.docker("kill", victim)
+    wait_for(
+        "Docker removed the task's endpoint",
+        lambda: victim_ip not in h3.docker("network", "inspect", "net1").stdout,
+        timeout=30,
+        interval=0.02,
+    )
+    removed = time.monotonic()
+    wait_for(
+        "the task gone from every host's rules",
+        lambda: all(victim_ip not in rule_ips(h, c, vip) for h, c in watch),
+        timeout=10,
+        interval=0.02,
+    )
+    took = time.monotonic() - removed
+    print(f"killed task out of every host's rules {took:.2f} s after Docker removed it")
+    assert took <= 2.0, took
+    answers = hostnames_via(h1, client, vip, 60)
+    assert len(answers) == 60 and victim_name not in answers, answers
+
+
+def test_scale_to_zero_and_back(swarm: Lab, node_service: tuple[str, str]) -> None:
+    h1 = swarm.host(1)
+    vip, client = node_service
+    h1.docker("service", "scale", "--detach", "node=0")
+    wait_for(
+        "no node task and no rules for its VIP",
+        lambda: (
+            all(not backends(h, swarm) for h in swarm.hosts)
+            and f"svc-{vip}" not in nft_table(h1, client)
+        ),
+        timeout=60,
+        interval=0.5,
+    )
+    r = h1.docker("exec", client, "nc", "-w", "2", vip, "7000", check=False)
+    assert r.returncode != 0 and not r.stdout.strip(), r
+    h1.docker("service", "scale", "--detach", "node=3")
+    wait_for(
+        "3 tasks again, in every host's rules",
+        lambda: all(len(backends(h, swarm) or ()) == 3 for h in swarm.hosts),
+        timeout=120,
+        interval=0.5,
+    )
+    assert len(set(hostnames_via(h1, client, vip, 30))) >= 2
+
+
+def test_vip_rules_survive_a_plugin_kill_and_are_repaired_by_hand(
+    swarm: Lab, node_service: tuple[str, str]
+) -> None:
+    h1 = swarm.host(1)
+    vip, client = node_service
+    wait_for("rules in the client", lambda: f"svc-{vip}" in nft_table(h1, client), timeout=30)
+    pid = managed_plugin_pid(h1)
+    os.kill(pid, signal.SIGKILL)
+    # the rules live in the kernel: connections go on while the plugin is down
+    assert len(hostnames_via(h1, client, vip, 10)) == 10
+    wait_for(
+        "dockerd restarted the plugin",
+        lambda: (
+            managed_plugin_pid(h1, check=False) not in (None, pid)
+            and cli(h1, swarm, "status").returncode == 0
+        ),
+        timeout=60,
+        interval=0.5,
+    )
+    assert f"svc-{vip}" in nft_table(h1, client)
+    # deleted by hand: the reconciler puts them back
+    subprocess.run(
+        ["nsenter", f"--net=/proc/{h1.container_pid(client)}/ns/net"]
+        + ["nft", "delete", "table", "ip", "pyoverlay"],
+        check=True,
+    )
+    assert cli(h1, swarm, "services").returncode == 1  # the disagreement is shown
+    wait_for(
+        "the reconciler restored the rules",
+        lambda: f"svc-{vip}" in nft_table(h1, client),
+        timeout=30,
+        interval=0.5,
+    )
+    assert len(hostnames_via(h1, client, vip, 10)) == 10
+
+
+def managed_plugin_pid(h: Host, check: bool = True) -> int | None:
+    """The pid of host h's managed pyoverlay plugin (it shares h's network namespace)."""
+    want = os.stat(f"/run/netns/{h.netns}").st_ino
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"plugin" in cmd and any(c.endswith(b"/pyoverlay") for c in cmd):
+                if os.stat(proc / "ns" / "net").st_ino == want:
+                    return int(proc.name)
+        except OSError:
+            continue
+    if check:
+        raise LookupError(f"no managed pyoverlay plugin on {h.name}")
+    return None
+
+
+def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:
+    h1, h2, h3 = swarm.hosts
+    nid2 = h1.create_swarm_network("net3", "100.0.3.0/24")
+    nid1 = h1.docker("network", "inspect", "-f", "{{.Id}}", "net1").stdout.strip()
+    try:
+        h1.create_service(
+            "dual",
+            "net1",
+            h2,
+            "--network",
+            "net3",
+            IMAGE,
+            "nc",
+            "-ll",
+            "-p",
+            "7000",
+            "-e",
+            "/bin/hostname",
+        )
+        task_on(h2, "dual")
+        h3.docker("run", "-d", "--name", "c3", "--network", "net3", IMAGE, "sleep", "3600")
+        h3.docker("run", "-d", "--name", "c1", "--network", "net1", IMAGE, "sleep", "3600")
+        for c, nid in (("c3", nid2), ("c1", nid1)):
+            vip = h1.service_vip("dual", nid)
+            wait_for(
+                f"{c} reaches dual's VIP {vip}",
+                lambda c=c, vip=vip: len(hostnames_via(h3, c, vip, 3)) == 3,
+                timeout=30,
+                interval=0.5,
+            )
+            assert f"svc-{vip}" in nft_table(h3, c)
+    finally:
+        h3.docker("rm", "-f", "c3", "c1", check=False)
+        h1.docker("service", "rm", "dual", check=False)
+        wait_for("dual gone", lambda: not h2.service_containers("dual"), timeout=60)
+        h1.docker("network", "rm", "net3", check=False)
 
 
 def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> None:

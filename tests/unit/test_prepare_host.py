@@ -21,6 +21,9 @@ def test_a_fresh_host_gets_the_plugin_mount_sources_now_and_at_boot(tmp_path: Pa
     conf = (tmp_path / "etc/tmpfiles.d/pyoverlay.conf").read_text()
     assert "d /run/netns 0755 root root -" in conf
     assert "d /var/lib/pyoverlay 0700 root root -" in conf
-    # the mounts config.json declares are exactly these sources
+    assert "d /run/docker/netns 0755 root root -" in conf
+    # the directories config.json mounts are exactly these (dockerd makes its own socket)
     mounts = json.loads((ROOT / "config.json").read_text())["mounts"]
-    assert {m["source"] for m in mounts} == {"/var/lib/pyoverlay", "/run/netns"}
+    dirs = {m["source"] for m in mounts} - {"/var/run/docker.sock"}
+    assert dirs == {"/var/lib/pyoverlay", "/run/netns", "/run/docker/netns"}
+    assert all((tmp_path / d.lstrip("/")).is_dir() for d in dirs)

@@ -1,0 +1,131 @@
+"""ADAPTER: libnftables (Debian's python3-nftables), the only module that imports it.
+
+nftables is per network namespace, and libnftables talks to the namespace
+of the thread that opens its netlink socket.  So every call runs on one
+dedicated thread: it enters the target namespace (setns on the file Docker
+gave as SandboxKey), makes a fresh libnftables context there, runs one JSON
+batch (one kernel transaction: all of it or nothing), and returns to the
+plugin's own namespace.  No other code runs on that thread, so a failure
+half-way can never leave plugin work in a container's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pyoverlay.state.errors import PyoverlayError
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)  # os.setns is Python 3.12+; Debian 12 has 3.11
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class NftError(PyoverlayError):
+    """libnftables refused a batch, or a namespace could not be entered."""
+
+
+def _load() -> Any:
+    try:
+        import nftables
+    except ImportError as exc:  # pragma: no cover - scripts/install provides it
+        raise NftError(
+            "python3-nftables is missing (apt install python3-nftables; the venv needs "
+            "--system-site-packages)"
+        ) from exc
+    return nftables
+
+
+def available() -> None:
+    """Raise NftError (with the fix) if libnftables cannot be loaded."""
+    _load().Nftables()
+
+
+class Nft:
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft")
+        self._home: int | None = None
+
+    def _enter(self, netns: Path | None) -> None:
+        if self._home is None:
+            self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        if netns is None:
+            _setns(self._home)
+            return
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NftError(f"namespace {netns}: {exc.strerror}") from exc
+        try:
+            _setns(fd)
+        except OSError as exc:
+            raise NftError(f"namespace {netns}: setns: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def _run(self, netns: Path | None, batch: dict[str, Any]) -> Any:
+        try:
+            self._enter(netns)
+            ctx = _load().Nftables()
+            ctx.set_json_output(True)
+            rc, out, err = ctx.json_cmd(batch)
+        finally:
+            if netns is not None and self._home is not None:
+                _setns(self._home)
+        return rc, out, err
+
+    async def _call(self, netns: Path | None, batch: dict[str, Any]) -> tuple[int, Any, str]:
+        loop = asyncio.get_running_loop()
+        rc, out, err = await loop.run_in_executor(self._pool, self._run, netns, batch)
+        if isinstance(out, str) and out:
+            out = json.loads(out)
+        return int(rc), out, str(err or "")
+
+    async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
+        """Run `commands` as one transaction in the namespace at `netns` (None: ours)."""
+        if not commands:
+            return
+        rc, _, err = await self._call(netns, {"nftables": commands})
+        if rc != 0:
+            raise NftError(f"nft in {netns or 'host'}: {err.strip() or f'error {rc}'}")
+
+    async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
+        """`nft -j list table FAMILY NAME` in a namespace, or None if there is no such table."""
+        cmd = {"nftables": [{"list": {"table": {"family": family, "name": name}}}]}
+        rc, out, err = await self._call(netns, cmd)
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise NftError(f"nft list in {netns or 'host'}: {err.strip() or f'error {rc}'}")
+        return out
+
+    async def text(self, netns: Path | None, family: str, name: str) -> str:
+        """The table as `nft list table` prints it (for people)."""
+
+        def run() -> str:
+            try:
+                self._enter(netns)
+                ctx = _load().Nftables()
+                rc, out, err = ctx.cmd(f"list table {family} {name}")
+            finally:
+                if netns is not None and self._home is not None:
+                    _setns(self._home)
+            return str(out if rc == 0 else err)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._home is not None:
+            os.close(self._home)
+            self._home = None

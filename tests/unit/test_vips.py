@@ -1,0 +1,202 @@
+"""Service VIPs: gossip rows -> wanted services -> nft plan, checked on an nft model.
+
+The property: whatever a namespace's table holds (nothing, an older wanted
+state, or drift made by hand), one plan applied as one transaction leaves
+exactly the wanted services, and planning again gives nothing to do.  The
+model (FakeTables) is checked against the real kernel in
+tests/kernel/test_vips_nft.py with the same random sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyoverlay.driver import peers, vips
+from pyoverlay.driver.fake import FakeTables
+
+NS = Path("/run/test/ns1")
+
+
+def ip(i: int) -> IPv4Address:
+    return IPv4Address("10.0.0.0") + i
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def programmed(t: FakeTables) -> vips.Programmed | None:
+    return vips.parse(await t.list_table(NS, vips.FAMILY, vips.TABLE))
+
+
+async def converge(t: FakeTables, want: vips.Vips) -> list[dict[str, Any]]:
+    cmds = vips.plan(await programmed(t), want)
+    await t.apply(NS, cmds)
+    return cmds
+
+
+def test_rows_become_services_by_vip() -> None:
+    rows = [
+        ("e1", peers.row_value(ip(5), "m1", ip(200), "web", "10.0.0.2"), (1, "a")),
+        ("e2", peers.row_value(ip(6), "m2", ip(201), "web", "10.0.0.2"), (2, "b")),
+        ("e3", peers.row_value(ip(7), "m3", ip(201)), (3, "b")),  # not a VIP task
+        ("e4", {"ip": "10.0.0.9", "vip": "not-an-ip", "service": "x"}, (1, "c")),
+    ]
+    got = vips.services(vips.backends_of(rows))
+    assert got == {ip(2): vips.Service("web", (ip(5), ip(6)))}
+
+
+def test_plan_builds_the_kube_proxy_shaped_table_once() -> None:
+    t = FakeTables()
+    want = {ip(2): vips.Service("web", (ip(5), ip(6))), ip(3): vips.Service("kv", (ip(7),))}
+    cmds = run(converge(t, want))
+    assert cmds[0] == {"add": {"table": {"family": "ip", "name": "pyoverlay"}}}
+    got = run(programmed(t))
+    assert got == vips.Programmed(True, want)
+    assert run(converge(t, want)) == []  # nothing to do the second time
+
+
+def test_one_backend_change_touches_only_that_service() -> None:
+    t = FakeTables()
+    want = {ip(i): vips.Service(f"s{i}", (ip(100 + i), ip(150 + i))) for i in range(2, 52)}
+    run(converge(t, want))
+    want[ip(7)] = vips.Service("s7", (ip(107),))
+    cmds = run(converge(t, want))
+    assert [next(iter(c)) for c in cmds] == ["flush", "add"]
+    assert all("svc-10.0.0.7" in str(c) for c in cmds)
+
+
+def test_no_services_means_no_table() -> None:
+    t = FakeTables()
+    run(converge(t, {ip(2): vips.Service("web", (ip(5),))}))
+    run(converge(t, {ip(2): vips.Service("web", ())}))  # scaled to 0
+    assert run(programmed(t)) is None
+    assert run(converge(t, {})) == []
+
+
+def test_drift_by_hand_is_seen_and_repaired() -> None:
+    t = FakeTables()
+    want = {ip(2): vips.Service("web", (ip(5), ip(6))), ip(3): vips.Service("kv", (ip(7),))}
+    run(converge(t, want))
+    table = t.tables[str(NS)][("ip", "pyoverlay")]
+    table["maps"]["vips"]["elem"].pop(0)  # `nft delete element ...` by hand
+    got = run(programmed(t))
+    assert got is not None and not got.intact
+    run(converge(t, want))
+    assert run(programmed(t)) == vips.Programmed(True, want)
+    table = t.tables[str(NS)][("ip", "pyoverlay")]
+    table["chains"]["svc-10.0.0.3"]["rules"][0]["expr"][0]["dnat"]["addr"] = "10.0.0.99"
+    run(converge(t, want))
+    assert run(programmed(t)) == vips.Programmed(True, want)
+
+
+services_st = st.dictionaries(
+    st.integers(2, 9).map(ip),
+    st.builds(
+        vips.Service,
+        st.sampled_from(["web", "kv", "front"]),
+        st.frozensets(st.integers(10, 30).map(ip), max_size=4).map(lambda s: tuple(sorted(s))),
+    ),
+    max_size=5,
+)
+
+
+def drift(t: FakeTables, how: int) -> None:
+    table = t.tables.get(str(NS), {}).get(("ip", "pyoverlay"))
+    if table is None:
+        return
+    if how == 1 and table["maps"]["vips"].get("elem"):
+        table["maps"]["vips"]["elem"].pop()
+        if not table["maps"]["vips"]["elem"]:
+            table["maps"]["vips"].pop("elem")
+    elif how == 2:
+        table["chains"]["output"]["rules"].clear()
+    elif how == 3:
+        table["chains"]["svc-10.0.0.200"] = {"spec": {}, "rules": []}
+    elif how == 4:
+        for chain in table["chains"].values():
+            if chain["rules"] and "comment" in chain["rules"][0]:
+                chain["rules"].append(chain["rules"][0])
+                break
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(services_st, st.integers(0, 4)), min_size=1, max_size=6))
+def test_any_history_converges_in_one_transaction(steps: list[tuple[vips.Vips, int]]) -> None:
+    t = FakeTables()
+    for want, how in steps:
+        drift(t, how)
+        run(converge(t, want))
+        live = {v: s for v, s in want.items() if s.backends}
+        got = run(programmed(t))
+        assert (got is None) if not live else (got == vips.Programmed(True, live))
+        assert run(converge(t, want)) == []
+
+
+# -- the driver: Join/Leave/bind_service keep every local container's rules right --
+
+
+def make_driver(tmp: Path) -> tuple[Any, FakeTables]:
+    from support import UNDERLAY
+
+    from pyoverlay.driver.fake import FakeKernel
+    from pyoverlay.driver.model import Underlay
+    from pyoverlay.driver.service import OverlayDriver
+
+    tables = FakeTables()
+    d = OverlayDriver(
+        FakeKernel(UNDERLAY),
+        tmp / "driver.json",
+        "node1",
+        Underlay(UNDERLAY.address, 4789, 1500),
+        tables=tables,
+        sandbox_dir=tmp / "netns",
+    )
+    d.load()
+    return d, tables
+
+
+def test_driver_serves_a_vip_to_every_local_container_and_follows_leave(tmp_path: Path) -> None:
+    from pyoverlay.driver.options import PoolData
+
+    (tmp_path / "netns").mkdir()
+    d, tables = make_driver(tmp_path)
+    gen = {"vni": "300"}
+
+    async def scenario() -> None:
+        await d.create_network(
+            "n1", gen, [PoolData("10.0.0.0/24", "10.0.0.1/24")], [], False, False
+        )
+        boxes = {}
+        for i, eid in enumerate(["e1", "e2", "e3"], start=5):
+            await d.create_endpoint("n1", eid, f"10.0.0.{i}/24", "", "")
+            boxes[eid] = tmp_path / "netns" / f"sb-{eid}"
+            boxes[eid].touch()
+            await d.join("n1", eid, f"/elsewhere/{boxes[eid].name}")  # found by name
+        assert tables.tables == {}  # no service yet: no table anywhere
+        assert await d.bind_service("n1", "e1", "web", "10.0.0.2")
+        assert await d.bind_service("n1", "e2", "web", "10.0.0.2")
+        assert not await d.bind_service("n1", "e2", "web", "10.0.0.2")  # nothing new
+        web = vips.Service("web", (ip(5), ip(6)))
+        for eid in boxes:
+            got = vips.parse(await tables.list_table(boxes[eid], "ip", "pyoverlay"))
+            assert got == vips.Programmed(True, {ip(2): web}), eid
+        # a task leaves: gone from every container's rules at once, and its own table goes
+        await d.leave("n1", "e1")
+        got = vips.parse(await tables.list_table(boxes["e3"], "ip", "pyoverlay"))
+        assert got == vips.Programmed(True, {ip(2): vips.Service("web", (ip(6),))})
+        assert await tables.list_table(boxes["e1"], "ip", "pyoverlay") is None
+        # drift by hand is repaired by the reconciler; a restart keeps the binding
+        tables.tables[str(boxes["e3"])].clear()
+        await d.reconcile()
+        assert vips.parse(await tables.list_table(boxes["e3"], "ip", "pyoverlay")) == got
+        d2, _ = make_driver(tmp_path)
+        assert d2.endpoints["e2"].vip == "10.0.0.2" and d2.endpoints["e2"].service == "web"
+
+    asyncio.run(scenario())
