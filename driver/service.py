@@ -484,6 +484,8 @@ class OverlayDriver:
                 return 0
             try:
                 have = await self.programmed_vips(sandbox)
+                if not self.prune_peers:  # the sync gate, as for FDB/ARP entries
+                    want = vips.keep(have, want)
                 cmds = vips.plan(have, want)
                 await self.tables.apply(path, cmds)
             except PyoverlayError as exc:

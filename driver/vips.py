@@ -243,6 +243,17 @@ def delete_table() -> Commands:
     return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
 
 
+def keep(have: Programmed | None, want: Vips) -> Vips:
+    """`want` plus everything `have` holds: what a restarting plugin may program before
+    gossip has synced (its table is empty then; running containers use those rules)."""
+    out = dict(want)
+    for vip, svc in (have.vips if have is not None else {}).items():
+        mine = out.get(vip)
+        ips = set(svc.backends) | set(mine.backends if mine else ())
+        out[vip] = Service(mine.name if mine else svc.name, tuple(sorted(ips)))
+    return out
+
+
 def plan(have: Programmed | None, want: Vips) -> Commands:
     """nft commands (one transaction) that turn `have` into `want`; [] when they match.
 

@@ -19,6 +19,9 @@ two hosts
 swarm (two hosts, a real swarm, the managed plugin)
   swarm-reach      `docker service create` of a task on h2 -> it answers a ping from an
                    attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
+kernel only (no Docker)
+  vips             service VIPs in nftables: programming 100 and 1,000 services x 10 tasks,
+                   one task change at that size; TCP setup and throughput via a VIP vs direct
 simulation
   gossip-sim       convergence time and messages/node/s at 10, 50, 200 nodes, 5% loss
 Machines here are noisy: read the ratios, not the absolute numbers.
@@ -794,6 +797,10 @@ def main() -> int:
                     fn(lab, args.runs)
     if want("swarm-reach"):
         bench_swarm_reach(min(args.runs, 5))
+    if want("vips"):
+        from . import bench_vips
+
+        bench_vips.run(report)
     if want("gossip-sim"):
         bench_gossip_sim()
     if args.json:

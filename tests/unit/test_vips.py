@@ -200,3 +200,38 @@ def test_driver_serves_a_vip_to_every_local_container_and_follows_leave(tmp_path
         assert d2.endpoints["e2"].vip == "10.0.0.2" and d2.endpoints["e2"].service == "web"
 
     asyncio.run(scenario())
+
+
+def test_before_gossip_has_synced_rules_are_only_added(tmp_path: Path) -> None:
+    """The sync gate: a restarted plugin's table is empty; the rules running containers
+    use must stay until the first sync, as FDB/ARP entries do."""
+    from pyoverlay.driver.options import PoolData
+
+    (tmp_path / "netns").mkdir()
+    d, tables = make_driver(tmp_path)
+
+    async def scenario() -> None:
+        await d.create_network("n1", {"vni": "300"}, [PoolData("10.0.0.0/24")], [], False, False)
+        await d.create_endpoint("n1", "e1", "10.0.0.5/24", "", "")
+        (tmp_path / "netns" / "sb1").touch()
+        await d.join("n1", "e1", str(tmp_path / "netns" / "sb1"))
+        d.directory.publish(
+            "peer/300", "r1", peers.row_value(ip(9), "m", ip(200), "kv", "10.0.0.3")
+        )
+        await d.sync_vips()
+        kv = {ip(3): vips.Service("kv", (ip(9),))}
+        sb = tmp_path / "netns" / "sb1"
+        assert vips.parse(await tables.list_table(sb, "ip", "pyoverlay")) == vips.Programmed(
+            True, kv
+        )
+        d.directory.withdraw("peer/300", "r1")  # as after a restart: the row is not known yet
+        d.prune_peers = False
+        await d.reconcile()
+        assert vips.parse(await tables.list_table(sb, "ip", "pyoverlay")) == vips.Programmed(
+            True, kv
+        )
+        d.prune_peers = True  # synced: now the row is really gone
+        await d.reconcile()
+        assert await tables.list_table(sb, "ip", "pyoverlay") is None
+
+    asyncio.run(scenario())

@@ -1,0 +1,160 @@
+"""Benchmark `vips`: service VIPs in nftables, on this machine's kernel (no Docker needed).
+
+A "container" namespace holds pyoverlay's VIP table; a "tasks" namespace behind a
+veth holds the task addresses.  Measured in one run, side by side:
+  * programming 100 services x 10 tasks from nothing (one transaction), and one
+    task change at that size (the driver's whole step: read the table, plan,
+    apply), the same at 1,000 services: the change should not grow with services;
+  * TCP connection setup (connect + first byte) and iperf3 throughput through a
+    VIP vs straight to a task address, alternating rounds, with the same table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyoverlay.driver import vips
+from pyoverlay.driver.nft import Nft
+
+TASK_BASE = IPv4Address("10.77.0.10")
+VIP_BASE = IPv4Address("10.77.128.0")
+SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen(512); print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(b"x"); c.close()
+"""
+CLIENT = """
+import socket, sys, time
+target, n = sys.argv[1], int(sys.argv[2])
+t = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    c = socket.create_connection((target, 7000)); c.recv(1); c.close()
+    t.append(time.perf_counter() - t0)
+t.sort(); print(t[len(t) // 2])
+"""
+
+
+def sh(*cmd: str, timeout: float = 120) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def table(n_services: int, tasks: int) -> vips.Vips:
+    return {
+        VIP_BASE + i: vips.Service(f"s{i}", tuple(TASK_BASE + t for t in range(tasks)))
+        for i in range(n_services)
+    }
+
+
+async def sync(nft: Nft, ns: Path, want: vips.Vips) -> float:
+    """The driver's step for one container: read, plan, apply. Seconds."""
+    t0 = time.perf_counter()
+    have = vips.parse(await nft.list_table(ns, vips.FAMILY, vips.TABLE))
+    await nft.apply(ns, vips.plan(have, want))
+    return time.perf_counter() - t0
+
+
+async def programming(nft: Nft, ns: Path, n_services: int) -> dict[str, float]:
+    await nft.apply(ns, vips.plan(vips.parse(await nft.list_table(ns, "ip", "pyoverlay")), {}))
+    want = table(n_services, 10)
+    full = await sync(nft, ns, want)
+    changes = []
+    for k in range(20):
+        svc = VIP_BASE + (k * 37) % n_services
+        old = want[svc]
+        backends = old.backends[1:] if k % 2 == 0 else (*old.backends, TASK_BASE + 10)
+        want[svc] = vips.Service(old.name, tuple(sorted(set(backends))))
+        changes.append(await sync(nft, ns, want))
+    return {
+        "from_nothing_ms": round(full * 1000, 1),
+        "one_change_p50_ms": round(statistics.median(changes) * 1000, 2),
+        "one_change_max_ms": round(max(changes) * 1000, 2),
+    }
+
+
+def run(report: Callable[..., None], rounds: int = 5) -> None:
+    prefix = "bv" + secrets.token_hex(2)
+    c, s = f"{prefix}c", f"{prefix}s"
+    server: subprocess.Popen[str] | None = None
+    nft = Nft()
+    try:
+        for ns in (c, s):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", s)
+        sh("ip", "-n", c, "addr", "add", "10.77.0.1/16", "dev", "eth0")
+        for t in range(11):
+            sh("ip", "-n", s, "addr", "add", f"{TASK_BASE + t}/16", "dev", "eth0")
+        for ns in (c, s):
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        path = Path("/run/netns") / c
+        for n in (100, 1000):
+            got = asyncio.run(programming(nft, path, n))
+            report(f"vips-program-{n}x10", **got)
+        # the data path: 100 services x 1 task each, the measured VIP one of them
+        want = {VIP_BASE + i: vips.Service(f"s{i}", (TASK_BASE,)) for i in range(100)}
+        asyncio.run(sync(nft, path, want))
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", s, sys.executable, "-c", SERVER],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        setup: dict[str, list[float]] = {"vip": [], "direct": []}
+        for _ in range(rounds):
+            for kind, target in (("vip", VIP_BASE + 50), ("direct", TASK_BASE)):
+                out = sh("ip", "netns", "exec", c, sys.executable, "-c", CLIENT, str(target), "500")
+                setup[kind].append(float(out))
+        gbps: dict[str, list[float]] = {"vip": [], "direct": []}
+        for _ in range(3):
+            for kind, target in (("vip", VIP_BASE + 50), ("direct", TASK_BASE)):
+                srv = subprocess.Popen(
+                    ["ip", "netns", "exec", s, "iperf3", "-s", "-1", "-p", "5301"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(0.3)
+                out = sh(
+                    "ip", "netns", "exec", c, "iperf3", "-c", str(target), "-p", "5301", "-t", "3",
+                    "-J", timeout=60,
+                )  # fmt: skip
+                srv.wait(timeout=30)
+                bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+                gbps[kind].append(float(bps) / 1e9)
+        vip_setup, direct_setup = (
+            statistics.median(setup["vip"]),
+            statistics.median(setup["direct"]),
+        )
+        report(
+            "vips-setup",
+            vip_us=round(vip_setup * 1e6, 1),
+            direct_us=round(direct_setup * 1e6, 1),
+            ratio=round(vip_setup / direct_setup, 3),
+        )
+        vip_t, direct_t = statistics.median(gbps["vip"]), statistics.median(gbps["direct"])
+        report(
+            "vips-throughput",
+            vip_gbps=round(vip_t, 2),
+            direct_gbps=round(direct_t, 2),
+            ratio=round(vip_t / direct_t, 3),
+        )
+    finally:
+        nft.close()
+        if server is not None:
+            server.kill()
+            server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+        for ns in (c, s):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
