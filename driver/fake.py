@@ -240,6 +240,7 @@ class FakeTables:
         self.tables: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         self.batches: list[tuple[str, list[dict[str, Any]]]] = []
         self.fail_next: str | None = None
+        self.reads = 0  # list_table calls (event-driven syncs should need none)
 
     async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
         key = str(netns)
@@ -257,6 +258,7 @@ class FakeTables:
         self.batches.append((key, commands))
 
     async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
+        self.reads += 1
         t = self.tables.get(str(netns), {}).get((family, name))
         if t is None:
             return None

@@ -97,6 +97,7 @@ class OverlayDriver:
         self.sandbox_dir = sandbox_dir
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self.vip_errors: dict[str, str] = {}  # sandbox -> why its rules are not as wanted
+        self._programmed: dict[str, vips.Programmed | None] = {}  # sandbox -> last applied
         # called after every successful Join (the service watcher asks dockerd about it)
         self.on_join: Callable[[str, str], None] = lambda nid, eid: None
         self.directory: PeerDirectory = directory or LocalDirectory(node_id)
@@ -418,7 +419,7 @@ class OverlayDriver:
                     errors.append(str(exc))
                     log.error("reconcile op failed", op=str(op), error=str(exc))
         ops += await self.sync_peers()
-        await self.sync_vips()
+        await self.sync_vips(verify=True)
         return ops, errors
 
     # -- service VIPs (vips.py) ------------------------------------------------
@@ -468,35 +469,65 @@ class OverlayDriver:
         path = self.sandbox_path(sandbox)
         return vips.parse(await self.tables.list_table(path, vips.FAMILY, vips.TABLE))
 
-    async def sync_sandbox(self, sandbox: str) -> int:
+    async def sync_sandbox(self, sandbox: str, verify: bool = False) -> int:
         """Make one container namespace's VIP rules match the table; the number of nft
-        commands run (one transaction).  A namespace that is gone needs nothing."""
+        commands run (one transaction).  A namespace that is gone needs nothing.
+
+        What was last programmed is remembered, so a change costs one small
+        transaction and no read-back of the whole table (reading it grows with the
+        number of services: 26 ms at 100, 300 ms at 1,000).  verify=True (the
+        periodic reconciler) reads the kernel instead and so repairs drift; a
+        transaction that fails on the remembered state is retried on a fresh read.
+        """
         if self.tables is None or not sandbox:
             return 0
         lock = self._sandbox_locks.setdefault(sandbox, asyncio.Lock())
         async with lock:
             path = self.sandbox_path(sandbox)
-            want = self.wanted_vips(sandbox)
             if not path.exists():
-                self.vip_errors.pop(sandbox, None)
-                if sandbox not in self.sandboxes():
-                    self._sandbox_locks.pop(sandbox, None)
+                self._forget_sandbox(sandbox)
                 return 0
             try:
-                have = await self.programmed_vips(sandbox)
-                if not self.prune_peers:  # the sync gate, as for FDB/ARP entries
-                    want = vips.keep(have, want)
-                cmds = vips.plan(have, want)
-                await self.tables.apply(path, cmds)
-            except PyoverlayError as exc:
-                self.vip_errors[sandbox] = str(exc)
-                raise
+                cmds = await self._program(sandbox, path, verify)
+            except PyoverlayError as first:
+                if verify:
+                    self.vip_errors[sandbox] = str(first)
+                    raise
+                try:
+                    cmds = await self._program(sandbox, path, verify=True)
+                except PyoverlayError as exc:
+                    self.vip_errors[sandbox] = str(exc)
+                    raise
             self.vip_errors.pop(sandbox, None)
-            if sandbox not in self.sandboxes() and not cmds:
-                self._sandbox_locks.pop(sandbox, None)
+            if sandbox not in self.sandboxes():  # left: nothing more to remember
+                self._forget_sandbox(sandbox)
             if cmds:
-                log.info("vips programmed", sandbox=Path(sandbox).name, changes=len(cmds))
-            return len(cmds)
+                log.info("vips programmed", sandbox=Path(sandbox).name, changes=cmds)
+            return cmds
+
+    async def _program(self, sandbox: str, path: Path, verify: bool) -> int:
+        assert self.tables is not None
+        if verify:
+            self._programmed.pop(sandbox, None)
+        if sandbox in self._programmed:
+            have = self._programmed[sandbox]
+        else:
+            have = await self.programmed_vips(sandbox)
+        want = self.wanted_vips(sandbox)
+        if not self.prune_peers:  # the sync gate, as for FDB/ARP entries
+            want = vips.keep(have, want)
+        cmds = vips.plan(have, want)
+        self._programmed.pop(sandbox, None)  # unknown until the transaction is through
+        await self.tables.apply(path, cmds)
+        live = {v: s for v, s in want.items() if s.backends}
+        self._programmed[sandbox] = vips.Programmed(True, live) if live else None
+        return len(cmds)
+
+    def _forget_sandbox(self, sandbox: str) -> None:
+        self.vip_errors.pop(sandbox, None)
+        self._programmed.pop(sandbox, None)
+        if sandbox not in self.sandboxes():
+            self._sandbox_locks.pop(sandbox, None)
 
     async def _sync_sandbox_quietly(self, sandbox: str) -> None:
         try:
@@ -504,13 +535,14 @@ class OverlayDriver:
         except PyoverlayError as exc:
             log.error("vip rules failed", sandbox=Path(sandbox).name, error=str(exc))
 
-    async def sync_vips(self, vni: int | None = None) -> int:
+    async def sync_vips(self, vni: int | None = None, verify: bool = False) -> int:
         """Make the VIP rules of every local container on networks with `vni` (or all)
-        match the table; returns the number of nft commands run."""
+        match the table (verify: read them back from the kernel first); returns the
+        number of nft commands run."""
         changed = 0
         for sandbox in sorted(self.sandboxes(vni)):
             try:
-                changed += await self.sync_sandbox(sandbox)
+                changed += await self.sync_sandbox(sandbox, verify)
             except PyoverlayError as exc:
                 log.error("vip rules failed", sandbox=Path(sandbox).name, error=str(exc))
         return changed
