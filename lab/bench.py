@@ -19,6 +19,8 @@ two hosts
 swarm (two hosts, a real swarm, the managed plugin)
   swarm-reach      `docker service create` of a task on h2 -> it answers a ping from an
                    attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
+  swarm-vip        (runs with swarm-reach) TCP setup and throughput from h1 to a task on h2
+                   through its VIP vs straight to the task
 kernel only (no Docker)
   vips             service VIPs in nftables: programming 100 and 1,000 services x 10 tasks,
                    one task change at that size; TCP setup and throughput via a VIP vs direct
@@ -40,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from ipaddress import IPv4Address
 
 from pyoverlay.cluster.node import GossipNode
 
@@ -700,6 +703,7 @@ def bench_swarm_reach(runs: int) -> None:
                 results[key].append(time.perf_counter() - t0)
                 after_start[key].append(time.perf_counter() - started[0])
                 h1.docker("service", "rm", name)
+        vip_across_hosts(h1, h2)
         for h in lab.hosts:
             h.docker("swarm", "leave", "--force", check=False, timeout=120)
             h.remove_plugin()
@@ -714,6 +718,37 @@ def bench_swarm_reach(runs: int) -> None:
         after_task_start_pyoverlay_ms=ms(statistics.median(after_start["pyoverlay"])),
         after_task_start_overlay_ms=ms(statistics.median(after_start["overlay"])),
     )
+
+
+def vip_across_hosts(h1: Host, h2: Host) -> None:
+    """A VIP service with its task on h2, the probe on h1 (network bp): through the VIP vs
+    straight to the task, across the overlay (Docker's own VIPs need IPVS: none here)."""
+    from . import bench_vips
+
+    h1.create_service("vipsrv", "bp", h2, IMAGE, "sleep", "3600")
+    nid = h1.docker("network", "inspect", "-f", "{{.Id}}", "bp").stdout.strip()
+    vip = h1.service_vip("vipsrv", nid)
+    task: list[str] = []
+
+    def started() -> bool:
+        task[:] = h2.service_containers("vipsrv")
+        return bool(task)
+
+    wait_for("vipsrv's task", started, timeout=120, interval=0.5)
+    task_ip = ip_of(h2, task[0], "bp")
+    wait_for(
+        "the probe's rules send the VIP to the task",
+        lambda: task_ip in h1.in_container_netns("probe-bp", "nft", "list", "ruleset").stdout,
+    )
+    setup, gbps = bench_vips.vip_vs_direct(
+        in_container(h2, task[0]),
+        in_container(h1, "probe-bp"),
+        IPv4Address(vip),
+        IPv4Address(task_ip),
+    )
+    report("swarm-vip-setup", **setup)
+    report("swarm-vip-throughput", **gbps)
+    h1.docker("service", "rm", "vipsrv")
 
 
 # -- simulation ---------------------------------------------------------------------------
@@ -795,7 +830,7 @@ def main() -> int:
             for name, fn in DOUBLE.items():
                 if want(name):
                     fn(lab, args.runs)
-    if want("swarm-reach"):
+    if want("swarm-reach") or want("swarm-vip"):
         bench_swarm_reach(min(args.runs, 5))
     if want("vips"):
         from . import bench_vips

@@ -96,7 +96,6 @@ async def programming(nft: Nft, ns: Path, n_services: int) -> dict[str, float]:
 def run(report: Callable[..., None], rounds: int = 5) -> None:
     prefix = "bv" + secrets.token_hex(2)
     c, s = f"{prefix}c", f"{prefix}s"
-    server: subprocess.Popen[str] | None = None
     nft = Nft()
     try:
         for ns in (c, s):
@@ -115,56 +114,60 @@ def run(report: Callable[..., None], rounds: int = 5) -> None:
         # the data path: 100 services x 1 task each, the measured VIP one of them
         want = {VIP_BASE + i: vips.Service(f"s{i}", (TASK_BASE,)) for i in range(100)}
         asyncio.run(sync(nft, path, want, None))
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", s, sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            text=True,
+        setup, gbps = vip_vs_direct(
+            ["ip", "netns", "exec", s], ["ip", "netns", "exec", c], VIP_BASE + 50, TASK_BASE
         )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        report("vips-setup", **setup)
+        report("vips-throughput", **gbps)
+    finally:
+        nft.close()
+        for ns in (c, s):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def vip_vs_direct(
+    server: list[str], client: list[str], vip: IPv4Address, task: IPv4Address, rounds: int = 5
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Connection setup (median of 500 connect + first byte) and iperf3 throughput from
+    the client's namespace to the VIP vs to the task address, alternating rounds.
+    `server`/`client` are the commands that enter the two namespaces."""
+    srv = subprocess.Popen(
+        [*server, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
         setup: dict[str, list[float]] = {"vip": [], "direct": []}
-        for _ in range(rounds):
-            for kind, target in (("vip", VIP_BASE + 50), ("direct", TASK_BASE)):
-                out = sh("ip", "netns", "exec", c, sys.executable, "-c", CLIENT, str(target), "500")
-                setup[kind].append(float(out))
         gbps: dict[str, list[float]] = {"vip": [], "direct": []}
-        for _ in range(3):
-            for kind, target in (("vip", VIP_BASE + 50), ("direct", TASK_BASE)):
-                srv = subprocess.Popen(
-                    ["ip", "netns", "exec", s, "iperf3", "-s", "-1", "-p", "5301"],
+        for r in range(rounds):
+            order = [("vip", vip), ("direct", task)]
+            for kind, target in order if r % 2 == 0 else order[::-1]:
+                out = sh(*client, sys.executable, "-c", CLIENT, str(target), "500")
+                setup[kind].append(float(out))
+                iperf = subprocess.Popen(
+                    [*server, "iperf3", "-s", "-1", "-p", "5301"],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
                 time.sleep(0.3)
                 out = sh(
-                    "ip", "netns", "exec", c, "iperf3", "-c", str(target), "-p", "5301", "-t", "3",
-                    "-J", timeout=60,
+                    *client, "iperf3", "-c", str(target), "-p", "5301", "-t", "3", "-J",
+                    timeout=60,
                 )  # fmt: skip
-                srv.wait(timeout=30)
+                iperf.wait(timeout=30)
                 bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
                 gbps[kind].append(float(bps) / 1e9)
-        vip_setup, direct_setup = (
-            statistics.median(setup["vip"]),
-            statistics.median(setup["direct"]),
-        )
-        report(
-            "vips-setup",
-            vip_us=round(vip_setup * 1e6, 1),
-            direct_us=round(direct_setup * 1e6, 1),
-            ratio=round(vip_setup / direct_setup, 3),
-        )
-        vip_t, direct_t = statistics.median(gbps["vip"]), statistics.median(gbps["direct"])
-        report(
-            "vips-throughput",
-            vip_gbps=round(vip_t, 2),
-            direct_gbps=round(direct_t, 2),
-            ratio=round(vip_t / direct_t, 3),
-        )
     finally:
-        nft.close()
-        if server is not None:
-            server.kill()
-            server.wait()
-            if server.stdout is not None:
-                server.stdout.close()
-        for ns in (c, s):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+        srv.kill()
+        srv.wait()
+        if srv.stdout is not None:
+            srv.stdout.close()
+    v_s, d_s = statistics.median(setup["vip"]), statistics.median(setup["direct"])
+    v_t, d_t = statistics.median(gbps["vip"]), statistics.median(gbps["direct"])
+    return (
+        {
+            "vip_us": round(v_s * 1e6, 1),
+            "direct_us": round(d_s * 1e6, 1),
+            "ratio": round(v_s / d_s, 3),
+        },
+        {"vip_gbps": round(v_t, 2), "direct_gbps": round(d_t, 2), "ratio": round(v_t / d_t, 3)},
+    )

@@ -90,3 +90,50 @@ async def test_leave_in_single_host_mode_says_there_is_no_cluster(
 ) -> None:
     admin = await aiohttp_client(make_admin_app(services.driver, None))
     assert "no cluster to leave" in (await (await admin.post("/leave")).json())["error"]
+
+
+async def test_services_shows_vips_tasks_and_each_containers_rules(
+    services: Services, aiohttp_client: Any, tmp_path: Any
+) -> None:
+    from pyoverlay.driver.fake import FakeTables
+
+    tables = services.driver.tables = FakeTables()
+    services.driver.sandbox_dir = tmp_path
+    (tmp_path / "sb1").touch()
+    plugin = await aiohttp_client(make_app(services.driver, services.ipam))
+    admin = await aiohttp_client(make_admin_app(services.driver, None))
+    body = {
+        "NetworkID": NID,
+        "Options": {"com.docker.network.generic": {}},
+        "IPv4Data": [{"Pool": "10.60.0.0/24", "Gateway": "10.60.0.1/24"}],
+    }
+    await plugin.post("/NetworkDriver.CreateNetwork", json=body)
+    ep = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"}}
+    await plugin.post("/NetworkDriver.CreateEndpoint", json=ep)
+    join = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/sb1"}
+    assert (await (await plugin.post("/NetworkDriver.Join", json=join)).json())["InterfaceName"]
+    vni = services.driver.networks[NID].vni
+    services.driver.directory.publish(
+        peers.scope(vni),
+        "remote",
+        peers.row_value(
+            IPv4Address("10.60.0.9"), "m", IPv4Address("192.0.2.20"), "web", "10.60.0.2"
+        ),
+    )
+    await services.driver.sync_vips(vni)
+    view = (await (await admin.get("/services")).json())[0]
+    assert view["services"] == [
+        {
+            "vip": "10.60.0.2",
+            "service": "web",
+            "backends": [{"ip": "10.60.0.9", "endpoint": "remote", "host": "192.0.2.20"}],
+        }
+    ]
+    (box,) = view["containers"]
+    assert box["vips"] == {"10.60.0.2": "ok"} and box["intact"] and not box["error"]
+    tables.tables.clear()  # deleted by hand
+    (box,) = (await (await admin.get("/services")).json())[0]["containers"]
+    assert box["vips"] == {"10.60.0.2": "missing"}
+    await admin.post("/reconcile")
+    (box,) = (await (await admin.get("/services")).json())[0]["containers"]
+    assert box["vips"] == {"10.60.0.2": "ok"}

@@ -41,3 +41,30 @@ def test_long_container_names_fit_their_boxes() -> None:
     for line in boxes:
         assert {i for i, c in enumerate(line) if c == "|"} <= corners, (line, edges[0])
     assert "web.1.2bkc" in boxes[0] and "kv" in boxes[0]
+
+
+def test_service_vips_are_drawn_with_their_tasks() -> None:
+    status = {"vtep": "192.168.99.2", "node": "687b7185", "networks": []}
+    view = {
+        "network": "a27ycqwyl5xx",
+        "vni": 11292642,
+        "subnet": "100.0.0.0/24",
+        "gateway": None,
+        "namespace": "1-a27ycqwyl5",
+        "vxlan": "pvxac4fe2-a27yc",
+        "peers": [],
+        "services": [
+            {
+                "vip": "100.0.0.2",
+                "service": "node",
+                "backends": [{"ip": "100.0.0.7", "endpoint": "e7", "host": "192.168.99.3"}]
+                + [{"ip": "100.0.0.8", "endpoint": "e8", "host": "192.168.99.4"}],
+            }
+        ],
+    }
+    text = draw(status, view, {}, "")
+    assert "service VIPs (nftables DNAT in each container's own namespace)" in text
+    assert any(
+        line.split() == ["node", "100.0.0.2", "->", "100.0.0.7,", "100.0.0.8"]
+        for line in text.splitlines()
+    ), text
