@@ -93,7 +93,7 @@ async def programming(nft: Nft, ns: Path, n_services: int) -> dict[str, float]:
     }
 
 
-def run(report: Callable[..., None], rounds: int = 5) -> None:
+def run(report: Callable[..., None]) -> None:
     prefix = "bv" + secrets.token_hex(2)
     c, s = f"{prefix}c", f"{prefix}s"
     nft = Nft()
@@ -127,7 +127,7 @@ def run(report: Callable[..., None], rounds: int = 5) -> None:
 
 def vip_vs_direct(
     server: list[str], client: list[str], vip: IPv4Address, task: IPv4Address, rounds: int = 5
-) -> tuple[dict[str, float], dict[str, float]]:
+) -> tuple[dict[str, object], dict[str, object]]:
     """Connection setup (median of 500 connect + first byte) and iperf3 throughput from
     the client's namespace to the VIP vs to the task address, alternating rounds.
     `server`/`client` are the commands that enter the two namespaces."""
@@ -165,9 +165,17 @@ def vip_vs_direct(
     v_t, d_t = statistics.median(gbps["vip"]), statistics.median(gbps["direct"])
     return (
         {
+            "vip_runs_us": [round(x * 1e6) for x in setup["vip"]],
+            "direct_runs_us": [round(x * 1e6) for x in setup["direct"]],
             "vip_us": round(v_s * 1e6, 1),
             "direct_us": round(d_s * 1e6, 1),
             "ratio": round(v_s / d_s, 3),
         },
-        {"vip_gbps": round(v_t, 2), "direct_gbps": round(d_t, 2), "ratio": round(v_t / d_t, 3)},
+        {
+            "vip_gbps": round(v_t, 2),
+            "direct_gbps": round(d_t, 2),
+            "ratio": round(v_t / d_t, 3),
+            "vip_runs": [round(x, 1) for x in gbps["vip"]],
+            "direct_runs": [round(x, 1) for x in gbps["direct"]],
+        },
     )
