@@ -63,19 +63,33 @@ class Members:
         self.suspicions: dict[str, Suspicion] = {}
         self.events: list[MemberEvent] = []
         self.banned: set[str] = set()  # forgotten for good (`pyoverlay forget`): never again
+        self._views: dict[tuple[str, ...], list[Member]] = {}  # others() by statuses
 
     # -- views -----------------------------------------------------------
 
     def others(self, *statuses: str) -> list[Member]:
-        want = statuses or (ALIVE, SUSPECT)
-        return [m for m in self.by_name.values() if m.name != self.me.name and m.status in want]
+        """Other members in `statuses` (default alive + suspect), in join order.
+
+        Cached per status set until a member changes status or goes (every probe,
+        gossip round and update asks; at 1,000 members a scan each time was most of
+        the work): callers get a copy they may change."""
+        return list(self._view(statuses or (ALIVE, SUSPECT)))
+
+    def _view(self, want: tuple[str, ...]) -> list[Member]:
+        cached = self._views.get(want)
+        if cached is None:
+            me = self.me.name
+            cached = [m for m in self.by_name.values() if m.name != me and m.status in want]
+            self._views[want] = cached
+        return cached
 
     def live_count(self) -> int:
-        return 1 + len(self.others(ALIVE, SUSPECT))
+        return 1 + len(self._view((ALIVE, SUSPECT)))
 
     # -- updates ---------------------------------------------------------
 
     def _emit(self, m: Member) -> None:
+        self._views.clear()  # every status change and every new member passes here
         self.events.append(MemberEvent(m.name, m.status, m.addr, dict(m.meta)))
 
     def apply(self, now: float, u: dict[str, Any], accuser: str | None = None) -> bool:
@@ -183,7 +197,14 @@ class Members:
             return None
         return min(self._deadline(s) for s in self.suspicions.values())
 
+    def drop(self, name: str) -> None:
+        """Forget a member now (`pyoverlay forget`)."""
+        self.by_name.pop(name, None)
+        self.suspicions.pop(name, None)
+        self._views.clear()
+
     def forget_dead(self, now: float) -> None:
         for name, m in list(self.by_name.items()):
             if m.status in (DEAD, LEFT) and now - m.since > self.config.dead_member_ttl:
                 del self.by_name[name]
+                self._views.clear()

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .broadcasts import Broadcasts, Item
 from .config import GossipConfig
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
 from .table import Row, RowEvent, Table
@@ -62,14 +63,6 @@ class Relay:
     deadline: float
 
 
-@dataclass
-class Item:
-    kind: str  # "m" member update, "r" row
-    payload: dict[str, Any]
-    size: int
-    left: int
-
-
 class GossipNode:
     def __init__(
         self,
@@ -85,7 +78,7 @@ class GossipNode:
         self.members = Members(Member(name, addr, 0, ALIVE, now, dict(meta or {})), config)
         self.table = Table(name, config.tombstone_ttl)
         self.local: dict[tuple[str, str], dict[str, Any]] = {}
-        self.queue: dict[tuple[str, ...], Item] = {}
+        self.queue = Broadcasts()
         self.outbox: list[Send] = []
         self.malformed = 0  # updates that were valid JSON but not valid pyoverlay
         # True after the first full state exchange with another member (either way):
@@ -324,7 +317,7 @@ class GossipNode:
     def _enqueue(self, key: tuple[str, ...], kind: str, payload: dict[str, Any]) -> None:
         size = len(json.dumps(payload, separators=(",", ":"))) + 1
         left = self.config.retransmits(self.members.live_count())
-        self.queue[key] = Item(kind, payload, size, left)
+        self.queue.put(key, Item(kind, payload, size, left))
 
     def _enqueue_member(self, m: Member) -> None:
         self._enqueue(("m", m.name), "m", m.update())
@@ -334,20 +327,11 @@ class GossipNode:
 
     def _packet(self, msg: dict[str, Any], buddy: Member | None = None) -> dict[str, Any]:
         """Fill `msg` with queued updates up to the packet budget (suspicion of `buddy` first)."""
-        budget = self.config.packet_budget - 120
-        items = sorted(self.queue.items(), key=lambda kv: -kv[1].left)
-        if buddy is not None and buddy.status == SUSPECT:
-            items.sort(key=lambda kv: kv[0] != ("m", buddy.name))
+        first = ("m", buddy.name) if buddy is not None and buddy.status == SUSPECT else None
         mu: list[dict[str, Any]] = []
         ru: list[dict[str, Any]] = []
-        for key, item in items:
-            if item.size > budget:
-                continue
-            budget -= item.size
+        for item in self.queue.take(self.config.packet_budget - 120, first):
             (mu if item.kind == "m" else ru).append(item.payload)
-            item.left -= 1
-            if item.left <= 0:
-                del self.queue[key]
         if mu:
             msg["mu"] = mu
         if ru:
@@ -360,8 +344,7 @@ class GossipNode:
         targets = self.members.others(ALIVE, SUSPECT) + [
             m for m in self.members.others(DEAD) if now - m.since < self.config.gossip_to_dead
         ]
-        self.rng.shuffle(targets)
-        for m in targets[: self.config.gossip_nodes]:
+        for m in self.rng.sample(targets, min(len(targets), self.config.gossip_nodes)):
             if not self.queue:
                 break
             self.outbox.append(Send(m.addr, self._packet({"t": "gossip", "from": self.name})))

@@ -137,8 +137,7 @@ class GossipRuntime:
     def forget(self, name: str) -> None:
         """A host removed for good: drop it and its rows, refuse whatever it still sends."""
         self.node.members.banned.add(name)
-        self.node.members.by_name.pop(name, None)
-        self.node.members.suspicions.pop(name, None)
+        self.node.members.drop(name)
         self.node.table.set_owner_dead(name, True)
         self.node.table.drop_owner(name)
         self._after()
