@@ -51,8 +51,9 @@ class Broadcasts:
             if not bucket:
                 del self._buckets[old.left]
 
-    def take(self, budget: int, first: Key | None = None) -> list[Item]:
-        """Items for one packet (each counts one send), `first` ahead of the others."""
+    def take(self, budget: int, first: Key | None = None, count: bool = True) -> list[Item]:
+        """Items for one packet, `first` ahead of the others; count=False: a free ride
+        (the send does not use up one of the item's retransmits)."""
         chosen: list[tuple[Key, Item]] = []
         if first is not None and first in self._items and self._items[first].size <= budget:
             chosen.append((first, self._items[first]))
@@ -68,7 +69,7 @@ class Broadcasts:
                 budget -= item.size
                 if budget < SMALLEST:
                     break
-        for key, item in chosen:
+        for key, item in chosen if count else ():
             self.discard(key)
             item.left -= 1
             self.put(key, item)

@@ -227,7 +227,7 @@ class GossipNode:
             now + self.config.probe_timeout * (1 + self.health),
         )
         msg = {"t": "ping", "seq": self.seq, "from": self.name, "to": target.name}
-        self.outbox.append(Send(target.addr, self._packet(msg, buddy=target)))
+        self.outbox.append(Send(target.addr, self._packet(msg, buddy=target, counted=False)))
 
     def _indirect_probe(self, p: Probe) -> None:
         relays = [m for m in self.members.others(ALIVE) if m.name != p.target]
@@ -263,7 +263,7 @@ class GossipNode:
             if t == "ping":
                 if msg.get("to") == self.name:
                     reply = {"t": "ack", "seq": int(msg["seq"]), "from": self.name}
-                    self.outbox.append(Send(src, self._packet(reply)))
+                    self.outbox.append(Send(src, self._packet(reply, counted=False)))
             elif t == "ack":
                 seq = int(msg["seq"])
                 if self.probe and self.probe.seq == seq:
@@ -325,12 +325,14 @@ class GossipNode:
     def _enqueue_row(self, row: Row, now: float) -> None:
         self._enqueue(("r", row.scope, row.key), "r", row.wire(now))
 
-    def _packet(self, msg: dict[str, Any], buddy: Member | None = None) -> dict[str, Any]:
+    def _packet(
+        self, msg: dict[str, Any], buddy: Member | None = None, counted: bool = True
+    ) -> dict[str, Any]:
         """Fill `msg` with queued updates up to the packet budget (suspicion of `buddy` first)."""
         first = ("m", buddy.name) if buddy is not None and buddy.status == SUSPECT else None
         mu: list[dict[str, Any]] = []
         ru: list[dict[str, Any]] = []
-        for item in self.queue.take(self.config.packet_budget - 120, first):
+        for item in self.queue.take(self.config.packet_budget - 120, first, counted):
             (mu if item.kind == "m" else ru).append(item.payload)
         if mu:
             msg["mu"] = mu
