@@ -149,8 +149,27 @@ def test_restarted_node_reclaims_its_name_and_drops_rows_it_no_longer_has() -> N
     assert new.members.me.inc > 0  # it refuted its previous life
 
 
-def test_200_nodes_with_5_percent_loss_converge() -> None:
+def test_200_nodes_with_5_percent_loss_p99_under_1s_and_no_false_death() -> None:
+    """Issue 12's target: 60 rows published from random hosts, one every 0.5 s, under 5 %
+    packet loss; every one reaches all 200 hosts within 1 s (so p99 <= 1 s), and no live
+    host is ever declared dead."""
     net, nodes = cluster(200, loss=0.05, seed=7)
-    nodes[17].publish(net.now, "peer/9", "k", {"ip": "10.9.0.17"})
-    took = net.run_while(lambda: not all(sees(x, "peer/9", "k") for x in nodes), limit=10)
-    assert took < 2.0
+    for x in nodes:
+        x.members.events.clear()
+    pending: dict[str, float] = {}
+    took: list[float] = []
+    for k in range(60):
+        key = f"k{k}"
+        nodes[net.rng.randrange(200)].publish(net.now, "peer/9", key, {"ip": f"10.9.0.{k}"})
+        pending[key] = net.now
+        for _ in range(10):
+            net.run_for(0.05)
+            for key in [k_ for k_ in pending if all(("peer/9", k_) in x.table.rows for x in nodes)]:
+                took.append(net.now - pending.pop(key))
+    net.run_while(
+        lambda: any(not all(("peer/9", k_) in x.table.rows for x in nodes) for k_ in pending),
+        limit=30,
+    )
+    took += [net.now - t for t in pending.values()]
+    assert len(took) == 60 and max(took) <= 1.0, sorted(took)[-5:]
+    assert not [e for x in nodes for e in x.members.events if e.status == DEAD]
