@@ -48,6 +48,7 @@ from functools import partial
 from ipaddress import IPv4Address
 
 from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
 
 from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
@@ -774,7 +775,7 @@ def sim_load(n: int, config: GossipConfig, seconds: float, seed: int) -> dict[st
     net.run_while(partial(lambda ns, k: not sim_converged(ns, k), nodes, n), limit=300)
     net.run_for(5.0)
     for x in nodes:
-        x.members.events.clear()
+        x.events()  # drop what the join produced
 
     def packets() -> int:
         return sum(st.packets_out for st in net.stats.values())
@@ -805,8 +806,13 @@ def sim_load(n: int, config: GossipConfig, seconds: float, seed: int) -> dict[st
         "max_ms": ms(took[-1]),
         "pkts_node_s_loaded": round(loaded, 1),
         "pkts_node_s_quiet": round(idle, 1),
-        "false_dead": sum(1 for x in nodes for e in x.members.events if e.status == "dead"),
+        "false_dead": sum(1 for x in nodes for e in member_events(x) if e.status == "dead"),
     }
+
+
+def member_events(node: GossipNode) -> list[MemberEvent]:
+    """What a node saw happen to members since the last call (rows' events dropped)."""
+    return [e for e in node.events() if isinstance(e, MemberEvent)]
 
 
 def memberlist_params() -> GossipConfig:
@@ -835,9 +841,9 @@ def bench_gossip_quiet() -> None:
     net.join_all()
     net.run_while(partial(lambda ns, k: not sim_converged(ns, k), nodes, 200), limit=300)
     for x in nodes:
-        x.members.events.clear()
+        x.events()  # drop what the join produced
     net.run_for(600.0)
-    events = [e for x in nodes for e in x.members.events]
+    events = [e for x in nodes for e in member_events(x)]
     report(
         "gossip-quiet-200",
         loss="5%",
