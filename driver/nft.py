@@ -15,12 +15,14 @@ import asyncio
 import ctypes
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyoverlay.state.errors import PyoverlayError
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)  # os.setns is Python 3.12+; Debian 12 has 3.11
 
@@ -73,36 +75,39 @@ class Nft:
         finally:
             os.close(fd)
 
-    def _run(self, netns: Path | None, batch: dict[str, Any]) -> Any:
+    def _in(self, netns: Path | None, work: Callable[[Any], T]) -> T:
+        """On the nft thread: enter `netns`, run work(fresh libnftables context), come back."""
         try:
             self._enter(netns)
-            ctx = _load().Nftables()
-            ctx.set_json_output(True)
-            rc, out, err = ctx.json_cmd(batch)
+            return work(_load().Nftables())
         finally:
             if netns is not None and self._home is not None:
                 _setns(self._home)
-        return rc, out, err
 
-    async def _call(self, netns: Path | None, batch: dict[str, Any]) -> tuple[int, Any, str]:
-        loop = asyncio.get_running_loop()
-        rc, out, err = await loop.run_in_executor(self._pool, self._run, netns, batch)
-        if isinstance(out, str) and out:
-            out = json.loads(out)
-        return int(rc), out, str(err or "")
+    async def _call(self, netns: Path | None, work: Callable[[Any], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._in, netns, work)
+
+    async def _json(self, netns: Path | None, batch: dict[str, Any]) -> tuple[int, Any, str]:
+        def run(ctx: Any) -> tuple[int, Any, str]:
+            ctx.set_json_output(True)
+            rc, out, err = ctx.json_cmd(batch)
+            return int(rc), out, str(err or "")
+
+        rc, out, err = await self._call(netns, run)
+        return rc, json.loads(out) if isinstance(out, str) and out else out, err
 
     async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
         """Run `commands` as one transaction in the namespace at `netns` (None: ours)."""
         if not commands:
             return
-        rc, _, err = await self._call(netns, {"nftables": commands})
+        rc, _, err = await self._json(netns, {"nftables": commands})
         if rc != 0:
             raise NftError(f"nft in {netns or 'host'}: {err.strip() or f'error {rc}'}")
 
     async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
         """`nft -j list table FAMILY NAME` in a namespace, or None if there is no such table."""
         cmd = {"nftables": [{"list": {"table": {"family": family, "name": name}}}]}
-        rc, out, err = await self._call(netns, cmd)
+        rc, out, err = await self._json(netns, cmd)
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -112,17 +117,11 @@ class Nft:
     async def text(self, netns: Path | None, family: str, name: str) -> str:
         """The table as `nft list table` prints it (for people)."""
 
-        def run() -> str:
-            try:
-                self._enter(netns)
-                ctx = _load().Nftables()
-                rc, out, err = ctx.cmd(f"list table {family} {name}")
-            finally:
-                if netns is not None and self._home is not None:
-                    _setns(self._home)
+        def run(ctx: Any) -> str:
+            rc, out, err = ctx.cmd(f"list table {family} {name}")
             return str(out if rc == 0 else err)
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        return await self._call(netns, run)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

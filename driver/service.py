@@ -459,9 +459,14 @@ class OverlayDriver:
                 out.setdefault(ep.sandbox, []).append(ep)
         return out
 
-    def wanted_vips(self, sandbox: str) -> vips.Vips:
-        nets = {e.network_id for e in self.sandboxes().get(sandbox, [])}
-        return vips.merge(self.vips_of(self.networks[n].vni) for n in sorted(nets))
+    def wanted_vips(self, sandbox: str, memo: dict[int, vips.Vips] | None = None) -> vips.Vips:
+        """The VIPs of every network this container is on (`memo`: per-VNI answers already
+        worked out, shared by a sweep over many containers)."""
+        memo = {} if memo is None else memo
+        vnis = {self.networks[e.network_id].vni for e in self.sandboxes().get(sandbox, [])}
+        for vni in vnis - set(memo):
+            memo[vni] = self.vips_of(vni)
+        return vips.merge(memo[v] for v in sorted(vnis))
 
     async def programmed_vips(self, sandbox: str) -> vips.Programmed | None:
         if self.tables is None:
@@ -469,7 +474,9 @@ class OverlayDriver:
         path = self.sandbox_path(sandbox)
         return vips.parse(await self.tables.list_table(path, vips.FAMILY, vips.TABLE))
 
-    async def sync_sandbox(self, sandbox: str, verify: bool = False) -> int:
+    async def sync_sandbox(
+        self, sandbox: str, verify: bool = False, memo: dict[int, vips.Vips] | None = None
+    ) -> int:
         """Make one container namespace's VIP rules match the table; the number of nft
         commands run (one transaction).  A namespace that is gone needs nothing.
 
@@ -488,13 +495,13 @@ class OverlayDriver:
                 self._forget_sandbox(sandbox)
                 return 0
             try:
-                cmds = await self._program(sandbox, path, verify)
+                cmds = await self._program(sandbox, path, verify, memo)
             except PyoverlayError as first:
                 if verify:
                     self.vip_errors[sandbox] = str(first)
                     raise
                 try:
-                    cmds = await self._program(sandbox, path, verify=True)
+                    cmds = await self._program(sandbox, path, True, memo)
                 except PyoverlayError as exc:
                     self.vip_errors[sandbox] = str(exc)
                     raise
@@ -505,7 +512,9 @@ class OverlayDriver:
                 log.info("vips programmed", sandbox=Path(sandbox).name, changes=cmds)
             return cmds
 
-    async def _program(self, sandbox: str, path: Path, verify: bool) -> int:
+    async def _program(
+        self, sandbox: str, path: Path, verify: bool, memo: dict[int, vips.Vips] | None
+    ) -> int:
         assert self.tables is not None
         if verify:
             self._programmed.pop(sandbox, None)
@@ -513,7 +522,7 @@ class OverlayDriver:
             have = self._programmed[sandbox]
         else:
             have = await self.programmed_vips(sandbox)
-        want = self.wanted_vips(sandbox)
+        want = self.wanted_vips(sandbox, memo)
         if not self.prune_peers:  # the sync gate, as for FDB/ARP entries
             want = vips.keep(have, want)
         cmds = vips.plan(have, want)
@@ -540,9 +549,10 @@ class OverlayDriver:
         match the table (verify: read them back from the kernel first); returns the
         number of nft commands run."""
         changed = 0
+        memo: dict[int, vips.Vips] = {}  # each network's VIPs worked out once per sweep
         for sandbox in sorted(self.sandboxes(vni)):
             try:
-                changed += await self.sync_sandbox(sandbox, verify)
+                changed += await self.sync_sandbox(sandbox, verify, memo)
             except PyoverlayError as exc:
                 log.error("vip rules failed", sandbox=Path(sandbox).name, error=str(exc))
         return changed

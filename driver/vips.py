@@ -29,6 +29,7 @@ its FDB entries.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -108,7 +109,7 @@ def parse(listing: Mapping[str, Any] | None) -> Programmed | None:
     if listing is None:
         return None
     items = listing.get("nftables") or []
-    has_map = has_chain = has_dispatch = False
+    has_map = has_chain = False
     elements: dict[IPv4Address, str] = {}
     rules: dict[str, list[dict[str, Any]]] = {}
     chains: set[str] = set()
@@ -170,24 +171,16 @@ def _goto(elem: Any) -> str | None:
 
 
 def _service(rules: list[dict[str, Any]]) -> Service | None:
+    """The service a svc-* chain holds, if it is exactly the one rule `plan` writes."""
     if len(rules) != 1:
         return None
-    expr = rules[0].get("expr") or []
     try:
-        (stmt,) = expr
-        m = stmt["dnat"]["addr"]["map"]
-        n = m["key"]["numgen"]
-        pairs = m["data"]["set"]
-        ips = [IPv4Address(str(ip)) for _, ip in sorted(pairs, key=lambda p: int(p[0]))]
-        if n.get("mode") != "random" or int(n.get("mod")) != len(ips) or n.get("offset", 0):
-            return None
-        if [int(i) for i, _ in sorted(pairs, key=lambda p: int(p[0]))] != list(range(len(ips))):
-            return None
-    except (KeyError, TypeError, ValueError):
+        pairs = rules[0]["expr"][0]["dnat"]["addr"]["map"]["data"]["set"]
+        ips = tuple(sorted({IPv4Address(str(ip)) for _, ip in pairs}))
+    except (KeyError, IndexError, TypeError, ValueError):
         return None
-    if ips != sorted(set(ips)):
-        return None
-    return Service(str(rules[0].get("comment", "")), tuple(ips))
+    svc = Service(str(rules[0].get("comment", "")), ips)
+    return svc if rules[0].get("expr") == _service_expr(svc) else None
 
 
 # -- the plan ------------------------------------------------------------------
@@ -201,15 +194,15 @@ def _dispatch_expr() -> list[dict[str, Any]]:
     return [{"vmap": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@vips"}}]
 
 
-def _service_rule(vip: IPv4Address, svc: Service) -> dict[str, Any]:
+def _service_expr(svc: Service) -> list[dict[str, Any]]:
+    """dnat to numgen random mod N map { 0 : task0, 1 : task1, ... }"""
     pairs = [[i, str(ip)] for i, ip in enumerate(svc.backends)]
     numgen = {"numgen": {"mode": "random", "mod": len(pairs), "offset": 0}}
-    nat = {"map": {"key": numgen, "data": {"set": pairs}}}
-    return {
-        "add": {
-            "rule": _obj(chain=chain_name(vip), comment=svc.name, expr=[{"dnat": {"addr": nat}}])
-        }
-    }
+    return [{"dnat": {"addr": {"map": {"key": numgen, "data": {"set": pairs}}}}}]
+
+
+def _service_rule(vip: IPv4Address, svc: Service) -> dict[str, Any]:
+    return {"add": {"rule": _obj(chain=chain_name(vip), comment=svc.name, expr=_service_expr(svc))}}
 
 
 def _element(vip: IPv4Address) -> dict[str, Any]:
@@ -303,14 +296,14 @@ def backends_of(rows: Iterable[tuple[str, Mapping[str, Any], tuple[int, str]]]) 
     return out
 
 
-def bindings(inspect: Mapping[str, Any] | None) -> dict[str, tuple[str, str]]:
-    """Endpoint id -> (service name, VIP), from dockerd's `network inspect --verbose`.
-
-    Services in dnsrr mode have no VIP and are left out (nothing to balance)."""
-    out: dict[str, tuple[str, str]] = {}
+def _docker_services(
+    inspect: Mapping[str, Any] | None,
+) -> Iterable[tuple[str, str, list[Mapping[str, Any]]]]:
+    """(name, VIP, tasks) of each service with a VIP in dockerd's `network inspect
+    --verbose` (dnsrr services have none: nothing to balance)."""
     services = (inspect or {}).get("Services") or {}
     if not isinstance(services, Mapping):
-        return out
+        return
     for name, svc in services.items():
         if not isinstance(svc, Mapping):
             continue
@@ -319,8 +312,26 @@ def bindings(inspect: Mapping[str, Any] | None) -> dict[str, tuple[str, str]]:
             IPv4Address(vip)
         except ValueError:
             continue
-        for task in svc.get("Tasks") or []:
-            eid = task.get("EndpointID") if isinstance(task, Mapping) else None
-            if eid:
-                out[str(eid)] = (str(name), vip)
+        yield str(name), vip, [t for t in svc.get("Tasks") or [] if isinstance(t, Mapping)]
+
+
+def bindings(inspect: Mapping[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """Endpoint id -> (service name, VIP), from dockerd's `network inspect --verbose`."""
+    return {
+        str(t["EndpointID"]): (name, vip)
+        for name, vip, tasks in _docker_services(inspect)
+        for t in tasks
+        if t.get("EndpointID")
+    }
+
+
+def docker_view(inspect: Mapping[str, Any] | None) -> Vips:
+    """What dockerd itself thinks each VIP balances over (task addresses)."""
+    out: Vips = {}
+    for name, vip, tasks in _docker_services(inspect):
+        ips = set()
+        for t in tasks:
+            with contextlib.suppress(ValueError):
+                ips.add(IPv4Address(str(t.get("EndpointIP"))))
+        out[IPv4Address(vip)] = Service(name, tuple(sorted(ips)))
     return out

@@ -53,6 +53,7 @@ from pyoverlay.cluster.node import GossipNode
 
 from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
 from .hosts import overlay_ip as ip_of
+from .measure import iperf_gbps
 
 RESULTS: dict[str, object] = {}
 
@@ -164,24 +165,6 @@ def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
         bridge_median_ms=ms(statistics.median(brg)),
         ratio=round(statistics.median(ovl) / statistics.median(brg), 2),
     )
-
-
-def iperf_gbps(
-    server: list[str], client: list[str], target: str, port: int, seconds: int = 5
-) -> float:
-    """Gbit/s from client to server; `server`/`client` prefix iperf3 with how to enter a netns."""
-    srv = subprocess.Popen(
-        [*server, "iperf3", "-s", "-1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    try:
-        cmd = [*client, "iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J"]
-        r = sh(*cmd, timeout=seconds + 30)
-        return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
-    finally:
-        srv.wait(timeout=30)
 
 
 def in_container(h: Host, container: str) -> list[str]:
@@ -815,6 +798,10 @@ def member_events(node: GossipNode) -> list[MemberEvent]:
     return [e for e in node.events() if isinstance(e, MemberEvent)]
 
 
+def ratio(a: object, b: object) -> float:
+    return round(float(str(a)) / float(str(b)), 2)
+
+
 def memberlist_params() -> GossipConfig:
     """memberlist's DefaultLANConfig timings (probe 1 s / 500 ms, suspicion x4, retransmit
     x4, gossip 200 ms to 3) on pyoverlay's implementation: the published model, not its code."""
@@ -825,11 +812,17 @@ def memberlist_params() -> GossipConfig:
 
 def bench_gossip_sim() -> None:
     for n in (200, 1000):
-        for name, config in (
-            ("pyoverlay", GossipConfig.lan()),
-            ("memberlist", memberlist_params()),
-        ):
-            report(f"gossip-sim-{n}-{name}", loss="5%", **sim_load(n, config, 30.0, seed=n))
+        ours = sim_load(n, GossipConfig.lan(), 30.0, seed=n)
+        theirs = sim_load(n, memberlist_params(), 30.0, seed=n)
+        report(f"gossip-sim-{n}-pyoverlay", loss="5%", **ours)
+        report(f"gossip-sim-{n}-memberlist", loss="5%", **theirs)
+        report(
+            f"gossip-sim-{n}-ratio",
+            p99_vs_memberlist=ratio(ours["p99_ms"], theirs["p99_ms"]),
+            loaded_packets_vs_memberlist=ratio(
+                ours["pkts_node_s_loaded"], theirs["pkts_node_s_loaded"]
+            ),
+        )
 
 
 def bench_gossip_quiet() -> None:

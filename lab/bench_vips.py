@@ -12,7 +12,6 @@ veth holds the task addresses.  Measured in one run, side by side:
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from pyoverlay.driver import vips
 from pyoverlay.driver.nft import Nft
+
+from .measure import iperf_gbps
 
 TASK_BASE = IPv4Address("10.77.0.10")
 VIP_BASE = IPv4Address("10.77.128.0")
@@ -108,9 +109,18 @@ def run(report: Callable[..., None]) -> None:
         for ns in (c, s):
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
         path = Path("/run/netns") / c
-        for n in (100, 1000):
-            got = asyncio.run(programming(nft, path, n))
+        sizes = {n: asyncio.run(programming(nft, path, n)) for n in (100, 1000)}
+        for n, got in sizes.items():
             report(f"vips-program-{n}x10", **got)
+        report(  # a change should not grow with the number of services (kube-proxy's goal)
+            "vips-change-growth",
+            one_change_p50_1000_vs_100=round(
+                sizes[1000]["one_change_p50_ms"] / sizes[100]["one_change_p50_ms"], 2
+            ),
+            one_change_p50_vs_from_nothing_100=round(
+                sizes[100]["one_change_p50_ms"] / sizes[100]["from_nothing_ms"], 3
+            ),
+        )
         # the data path: 100 services x 1 task each, the measured VIP one of them
         want = {VIP_BASE + i: vips.Service(f"s{i}", (TASK_BASE,)) for i in range(100)}
         asyncio.run(sync(nft, path, want, None))
@@ -143,19 +153,7 @@ def vip_vs_direct(
             for kind, target in order if r % 2 == 0 else order[::-1]:
                 out = sh(*client, sys.executable, "-c", CLIENT, str(target), "500")
                 setup[kind].append(float(out))
-                iperf = subprocess.Popen(
-                    [*server, "iperf3", "-s", "-1", "-p", "5301"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                time.sleep(0.3)
-                out = sh(
-                    *client, "iperf3", "-c", str(target), "-p", "5301", "-t", "3", "-J",
-                    timeout=60,
-                )  # fmt: skip
-                iperf.wait(timeout=30)
-                bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-                gbps[kind].append(float(bps) / 1e9)
+                gbps[kind].append(iperf_gbps(server, client, str(target), 5301, seconds=3))
     finally:
         srv.kill()
         srv.wait()

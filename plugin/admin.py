@@ -177,18 +177,16 @@ async def services_view(
     driver: OverlayDriver, net: NetworkSpec, docker: DockerApi | None
 ) -> dict[str, Any]:
     rows = driver.directory.rows(peers.scope(net.vni))
-    where = {str(v.get("ip")): (k, str(v.get("vtep", ""))) for k, v, _ in rows}
-    want = driver.vips_of(net.vni)
+    where = {
+        str(v.get("ip")): {"endpoint": k[:12], "host": str(v.get("vtep", ""))} for k, v, _ in rows
+    }
+    want = vips.services(vips.backends_of(rows))
     services = [
         {
             "vip": str(vip),
             "service": svc.name,
             "backends": [
-                {
-                    "ip": str(b),
-                    "endpoint": where.get(str(b), ("", ""))[0][:12],
-                    "host": where.get(str(b), ("", ""))[1],
-                }
+                {"ip": str(b), **where.get(str(b), {"endpoint": "", "host": ""})}
                 for b in svc.backends
             ],
         }
@@ -234,16 +232,12 @@ async def docker_disagreements(
         info = await docker.network(net.network_id)
     except PyoverlayError as exc:
         return f"dockerd not readable: {exc}"
-    theirs: dict[str, tuple[str, set[str]]] = {}
-    for name, svc in ((info or {}).get("Services") or {}).items():
-        if svc.get("VIP"):
-            ips = {str(t.get("EndpointIP")) for t in svc.get("Tasks") or []}
-            theirs[str(svc["VIP"])] = (str(name), ips)
-    ours = {str(v): (s.name, {str(b) for b in s.backends}) for v, s in want.items()}
+    theirs = vips.docker_view(info)
     out = []
-    for vip in sorted(set(theirs) | set(ours)):
-        name = (theirs.get(vip) or ours[vip])[0]
-        t_ips, o_ips = theirs.get(vip, ("", set()))[1], ours.get(vip, ("", set()))[1]
+    for vip in sorted(set(theirs) | set(want)):
+        name = (theirs.get(vip) or want[vip]).name
+        t_ips = set(theirs[vip].backends) if vip in theirs else set()
+        o_ips = set(want[vip].backends) if vip in want else set()
         for ip in sorted(t_ips - o_ips):
             out.append(f"{name} {vip}: dockerd lists task {ip}, the table does not (yet)")
         for ip in sorted(o_ips - t_ips):

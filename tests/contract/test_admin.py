@@ -14,19 +14,19 @@ from pyoverlay.plugin.app import make_app
 
 NID = "ab" * 32
 EID = "cd" * 32
+NETWORK = {
+    "NetworkID": NID,
+    "Options": {"com.docker.network.generic": {}},
+    "IPv4Data": [{"Pool": "10.60.0.0/24", "Gateway": "10.60.0.1/24"}],
+}
+ENDPOINT = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"}}
 
 
 async def setup(services: Services, aiohttp_client: Any):
     plugin = await aiohttp_client(make_app(services.driver, services.ipam))
     admin = await aiohttp_client(make_admin_app(services.driver, None))
-    body = {
-        "NetworkID": NID,
-        "Options": {"com.docker.network.generic": {}},
-        "IPv4Data": [{"Pool": "10.60.0.0/24", "Gateway": "10.60.0.1/24"}],
-    }
-    assert await (await plugin.post("/NetworkDriver.CreateNetwork", json=body)).json() == {}
-    ep = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"}}
-    await plugin.post("/NetworkDriver.CreateEndpoint", json=ep)
+    assert await (await plugin.post("/NetworkDriver.CreateNetwork", json=NETWORK)).json() == {}
+    await plugin.post("/NetworkDriver.CreateEndpoint", json=ENDPOINT)
     await plugin.post(
         "/NetworkDriver.Join", json={"NetworkID": NID, "EndpointID": EID, "SandboxKey": ""}
     )
@@ -102,14 +102,8 @@ async def test_services_shows_vips_tasks_and_each_containers_rules(
     (tmp_path / "sb1").touch()
     plugin = await aiohttp_client(make_app(services.driver, services.ipam))
     admin = await aiohttp_client(make_admin_app(services.driver, None))
-    body = {
-        "NetworkID": NID,
-        "Options": {"com.docker.network.generic": {}},
-        "IPv4Data": [{"Pool": "10.60.0.0/24", "Gateway": "10.60.0.1/24"}],
-    }
-    await plugin.post("/NetworkDriver.CreateNetwork", json=body)
-    ep = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60.0.5/24"}}
-    await plugin.post("/NetworkDriver.CreateEndpoint", json=ep)
+    await plugin.post("/NetworkDriver.CreateNetwork", json=NETWORK)
+    await plugin.post("/NetworkDriver.CreateEndpoint", json=ENDPOINT)
     join = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/sb1"}
     assert (await (await plugin.post("/NetworkDriver.Join", json=join)).json())["InterfaceName"]
     vni = services.driver.networks[NID].vni

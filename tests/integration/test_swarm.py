@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 HOSTS = 3
 LEGACY_PLUGIN = False
 SUBNET = "100.0.0.0/24"
+# a task that answers every TCP connection on port 7000 with its hostname
+HOSTNAME_SERVER = (IMAGE, "nc", "-ll", "-p", "7000", "-e", "/bin/hostname")
 
 
 @pytest.fixture(scope="module")
@@ -249,13 +251,7 @@ def node_service(swarm: Lab) -> Iterator[tuple[str, str]]:
         "2",
         "--constraint",
         "node.role==worker",
-        IMAGE,
-        "nc",
-        "-ll",
-        "-p",
-        "7000",
-        "-e",
-        "/bin/hostname",
+        *HOSTNAME_SERVER,
     )
     wait_for(
         "3 node tasks on h2 and h3",
@@ -430,13 +426,7 @@ def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:
             h2,
             "--network",
             "net3",
-            IMAGE,
-            "nc",
-            "-ll",
-            "-p",
-            "7000",
-            "-e",
-            "/bin/hostname",
+            *HOSTNAME_SERVER,
         )
         task_on(h2, "dual")
         h3.docker("run", "-d", "--name", "c3", "--network", "net3", IMAGE, "sleep", "3600")

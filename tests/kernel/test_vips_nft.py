@@ -24,7 +24,7 @@ from support import require_root
 
 from pyoverlay.driver import vips
 from pyoverlay.driver.fake import FakeTables
-from pyoverlay.driver.nft import Nft
+from pyoverlay.driver.nft import Nft, NftError
 
 pytestmark = pytest.mark.kernel
 VIP = IPv4Address("10.9.0.100")
@@ -89,9 +89,19 @@ def pair(prefix: str) -> Iterator[tuple[Path, str]]:
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@pytest.fixture
+def nft() -> Iterator[Nft]:
+    adapter = Nft()
+    yield adapter
+    adapter.close()
+
+
+async def programmed(tables: Nft | FakeTables, ns: Path) -> vips.Programmed | None:
+    return vips.parse(await tables.list_table(ns, vips.FAMILY, vips.TABLE))
+
+
 async def converge(nft: Nft | FakeTables, ns: Path, want: vips.Vips) -> list[dict[str, object]]:
-    have = vips.parse(await nft.list_table(ns, vips.FAMILY, vips.TABLE))
-    cmds = vips.plan(have, want)
+    cmds = vips.plan(await programmed(nft, ns), want)
     await nft.apply(ns, cmds)
     return cmds
 
@@ -102,92 +112,71 @@ def connect(ns: Path, n: int, to: IPv4Address = VIP) -> list[tuple[str, str]]:
 
 
 async def test_vip_connections_reach_every_task_with_the_clients_address(
-    pair: tuple[Path, str],
+    pair: tuple[Path, str], nft: Nft
 ) -> None:
     ns, _ = pair
-    nft = Nft()
-    try:
-        want = {VIP: vips.Service("web", TASKS)}
-        await converge(nft, ns, want)
-        text = await nft.text(ns, "ip", "pyoverlay")
-        assert "ip daddr vmap @vips" in text and "numgen random mod 2" in text, text
-        assert vips.parse(await nft.list_table(ns, "ip", "pyoverlay")) == vips.Programmed(
-            True, want
-        )
-        seen = connect(ns, 60)
-        by_task = {t: sum(1 for got, _ in seen if got == str(t)) for t in TASKS}
-        assert all(n >= 10 for n in by_task.values()), by_task  # P(fail) ~ 1e-8
-        assert {peer for _, peer in seen} == {CLIENT}  # the task sees the client itself
-        # one task gone: one transaction rewrites that service's rule, nothing else
-        want = {VIP: vips.Service("web", TASKS[:1])}
-        cmds = await converge(nft, ns, want)
-        assert [next(iter(c)) for c in cmds] == ["flush", "add"], cmds
-        assert {got for got, _ in connect(ns, 20)} == {str(TASKS[0])}
-        # scaled to 0: no table left in the container
-        await converge(nft, ns, {})
-        assert await nft.list_table(ns, "ip", "pyoverlay") is None
-    finally:
-        nft.close()
+    want = {VIP: vips.Service("web", TASKS)}
+    await converge(nft, ns, want)
+    text = await nft.text(ns, "ip", "pyoverlay")
+    assert "ip daddr vmap @vips" in text and "numgen random mod 2" in text, text
+    assert await programmed(nft, ns) == vips.Programmed(True, want)
+    seen = connect(ns, 60)
+    by_task = {t: sum(1 for got, _ in seen if got == str(t)) for t in TASKS}
+    assert all(n >= 10 for n in by_task.values()), by_task  # P(fail) ~ 1e-8
+    assert {peer for _, peer in seen} == {CLIENT}  # the task sees the client itself
+    # one task gone: one transaction rewrites that service's rule, nothing else
+    want = {VIP: vips.Service("web", TASKS[:1])}
+    cmds = await converge(nft, ns, want)
+    assert [next(iter(c)) for c in cmds] == ["flush", "add"], cmds
+    assert {got for got, _ in connect(ns, 20)} == {str(TASKS[0])}
+    # scaled to 0: no table left in the container
+    await converge(nft, ns, {})
+    assert await nft.list_table(ns, "ip", "pyoverlay") is None
 
 
-async def test_drift_made_with_the_nft_tool_is_repaired(pair: tuple[Path, str]) -> None:
+async def test_drift_made_with_the_nft_tool_is_repaired(pair: tuple[Path, str], nft: Nft) -> None:
     ns, _ = pair
-    nft = Nft()
-    try:
-        want = {VIP: vips.Service("web", TASKS)}
-        await converge(nft, ns, want)
-        sh("ip", "netns", "exec", ns.name, "nft", "flush", "chain", "ip", "pyoverlay", "output")
-        have = vips.parse(await nft.list_table(ns, "ip", "pyoverlay"))
-        assert have is not None and not have.intact
-        await converge(nft, ns, want)
-        assert len(connect(ns, 4)) == 4
-        sh("ip", "netns", "exec", ns.name, "nft", "delete", "table", "ip", "pyoverlay")
-        await converge(nft, ns, want)
-        assert vips.parse(await nft.list_table(ns, "ip", "pyoverlay")) == vips.Programmed(
-            True, want
-        )
-    finally:
-        nft.close()
+    want = {VIP: vips.Service("web", TASKS)}
+    await converge(nft, ns, want)
+    sh("ip", "netns", "exec", ns.name, "nft", "flush", "chain", "ip", "pyoverlay", "output")
+    have = await programmed(nft, ns)
+    assert have is not None and not have.intact
+    await converge(nft, ns, want)
+    assert len(connect(ns, 4)) == 4
+    sh("ip", "netns", "exec", ns.name, "nft", "delete", "table", "ip", "pyoverlay")
+    await converge(nft, ns, want)
+    assert await programmed(nft, ns) == vips.Programmed(True, want)
 
 
-async def test_bad_batch_changes_nothing_and_says_why(pair: tuple[Path, str]) -> None:
+async def test_bad_batch_changes_nothing_and_says_why(pair: tuple[Path, str], nft: Nft) -> None:
     ns, _ = pair
-    nft = Nft()
-    try:
-        want = {VIP: vips.Service("web", TASKS)}
-        await converge(nft, ns, want)
-        before = await nft.list_table(ns, "ip", "pyoverlay")
-        bad = vips.plan(vips.parse(before), {}) + vips.delete_table()  # deletes twice
-        with pytest.raises(Exception, match="nft in"):
-            await nft.apply(ns, bad)
-        assert vips.parse(await nft.list_table(ns, "ip", "pyoverlay")) == vips.Programmed(
-            True, want
-        )
-        with pytest.raises(Exception, match="namespace"):
-            await nft.apply(Path("/run/netns/does-not-exist"), vips.skeleton())
-    finally:
-        nft.close()
+    want = {VIP: vips.Service("web", TASKS)}
+    await converge(nft, ns, want)
+    before = await nft.list_table(ns, "ip", "pyoverlay")
+    bad = vips.plan(vips.parse(before), {}) + vips.delete_table()  # deletes twice
+    with pytest.raises(NftError, match="nft in"):
+        await nft.apply(ns, bad)
+    assert await programmed(nft, ns) == vips.Programmed(True, want)
+    with pytest.raises(NftError, match="namespace"):
+        await nft.apply(Path("/run/netns/does-not-exist"), vips.skeleton())
 
 
-async def test_the_model_behaves_like_the_kernel(pair: tuple[Path, str]) -> None:
+async def test_the_model_behaves_like_the_kernel(pair: tuple[Path, str], nft: Nft) -> None:
     """Same random histories on FakeTables and on the kernel: same parsed result."""
     ns, _ = pair
-    nft, fake = Nft(), FakeTables()
+    fake = FakeTables()
     rnd = random.Random(7)
-    try:
-        for _ in range(40):
-            want = {
-                IPv4Address("10.9.1.0") + v: vips.Service(
-                    rnd.choice(["a", "b"]),
-                    tuple(sorted({IPv4Address("10.9.2.0") + rnd.randrange(8) for _ in range(3)})),
-                )
-                for v in rnd.sample(range(6), rnd.randrange(4))
-            }
-            real_cmds = await converge(nft, ns, want)
-            fake_cmds = await converge(fake, ns, want)
-            assert real_cmds == fake_cmds
-            real = vips.parse(await nft.list_table(ns, "ip", "pyoverlay"))
-            model = vips.parse(await fake.list_table(ns, "ip", "pyoverlay"))
-            assert real == model
-    finally:
-        nft.close()
+    for _ in range(40):
+        want = {
+            IPv4Address("10.9.1.0") + v: vips.Service(
+                rnd.choice(["a", "b"]),
+                tuple(sorted({IPv4Address("10.9.2.0") + rnd.randrange(8) for _ in range(3)})),
+            )
+            for v in rnd.sample(range(6), rnd.randrange(4))
+        }
+        real_cmds = await converge(nft, ns, want)
+        fake_cmds = await converge(fake, ns, want)
+        assert real_cmds == fake_cmds
+        real = await programmed(nft, ns)
+        model = await programmed(fake, ns)
+        assert real == model

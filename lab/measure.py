@@ -1,0 +1,32 @@
+"""Measuring tools the benchmarks share (bench.py, bench_vips.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from .hosts import sh, wait_for
+
+
+def iperf_gbps(
+    server: list[str], client: list[str], target: str, port: int, seconds: int = 5
+) -> float:
+    """Gbit/s from client to server; `server`/`client` prefix iperf3 with how to enter a netns.
+    The client starts once the server listens (seen by `ss` in the server's namespace)."""
+    srv = subprocess.Popen(
+        [*server, "iperf3", "-s", "-1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            f"iperf3 listening on {port}",
+            lambda: f":{port}" in sh(*server, "ss", "-Hltn", f"sport = :{port}").stdout,
+            timeout=20,
+            interval=0.02,
+        )
+        cmd = [*client, "iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J"]
+        r = sh(*cmd, timeout=seconds + 30)
+        return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        srv.wait(timeout=30)
