@@ -65,10 +65,19 @@ def _row(cells: list[str]) -> str:
 def draw(
     status: dict[str, Any], view: dict[str, Any], names: dict[str, tuple[str, str]], gw_subnet: str
 ) -> str:
+    title = f"host {status['vtep']} (pyoverlay node {status['node']})"
+    if view["namespace"] is None:
+        return "\n".join(
+            [
+                title,
+                f"  network {view['network']} vni {view['vni']} subnet {view['subnet']}:",
+                "  no local container, so no netns, br0 or VTEP here (made at the first one;",
+                "  --network-setup eager makes them at `network create`)",
+            ]
+        )
     local = [p for p in view["peers"] if p["state"] == "local"]
     remote = [p for p in view["peers"] if p["state"] != "local"]
     out: list[str] = []
-    title = f"host {status['vtep']} (pyoverlay node {status['node']})"
     width = max(COL * max(1, len(local)) + 2, 60)
     out.append(title.center(width))
     out.append("")

@@ -89,11 +89,21 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
         for host, diffs in hosts.items():
             print(f"! network {nid}: host {host} disagrees: {'; '.join(diffs)}")
     rows = [
-        [n["network"], n["vni"], n["subnet"], n["mtu"], n["namespace"], n["endpoints"]]
+        [
+            n["network"],
+            n["vni"],
+            n["subnet"],
+            n["mtu"],
+            n["namespace"] or NO_SANDBOX,
+            n["endpoints"],
+        ]
         for n in st["networks"]
     ]
     print(_table(rows, ["NETWORK", "VNI", "SUBNET", "MTU", "NAMESPACE", "ENDPOINTS"]))
     return 0
+
+
+NO_SANDBOX = "- (no local endpoint)"
 
 
 def _offline_status(state_dir: Path, as_json: bool) -> int:
@@ -103,14 +113,15 @@ def _offline_status(state_dir: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"health": "down", "networks": nets, "endpoints": eps}, indent=1))
         return 0
+    counts = {nid: sum(1 for e in eps.values() if e["network_id"] == nid) for nid in nets}
     rows = [
         [
             nid[:12],
             n["vni"],
             n["subnet"],
             n["mtu"],
-            f"1-{nid[:10]}",
-            sum(1 for e in eps.values() if e["network_id"] == nid),
+            f"1-{nid[:10]}" if counts[nid] else NO_SANDBOX,  # or eager: not in the state file
+            counts[nid],
         ]
         for nid, n in sorted(nets.items())
     ]
@@ -158,7 +169,11 @@ async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
             net = NetworkSpec.from_json(raw)
             if not net.network_id.startswith(network):
                 continue
-            have = await kernel.peer_entries(net.namespace, net.vxlan)
+            try:
+                have = await kernel.peer_entries(net.namespace, net.vxlan)
+            except PyoverlayError:  # no sandbox (no local endpoint)
+                views.append({**network_summary(net), "namespace": None, "kernel_only": []})
+                continue
             stale = [{"kind": "fdb", "mac": m, "dst": str(d)} for m, d in sorted(have.fdb.items())]
             stale += [
                 {"kind": "neigh", "ip": str(i), "mac": m} for i, m in sorted(have.neigh.items())
@@ -179,7 +194,8 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
             print(json.dumps(views, indent=1))
             return 0
         for v in views:
-            print(f"network {v['network']}  vni {v['vni']}  ns {v['namespace']}  dev {v['vxlan']}")
+            ns = v["namespace"] or NO_SANDBOX
+            print(f"network {v['network']}  vni {v['vni']}  ns {ns}  dev {v['vxlan']}")
             for e in v["kernel_only"]:
                 print(f"  {describe_entry(e)}")
         return 0
@@ -190,8 +206,12 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
     for v in views:
         print(
             f"network {v['network']}  vni {v['vni']}  subnet {v['subnet']}  "
-            f"ns {v['namespace']}  vtep dev {v['vxlan']}"
+            f"ns {v['namespace'] or NO_SANDBOX}  vtep dev {v['vxlan']}"
         )
+        if v["namespace"] is None:
+            print("  no sandbox on this host: its endpoints are received only while a local")
+            print("  container is on the network (--network-setup eager changes that)\n")
+            continue
         rows = [[p["endpoint"], p["ip"], p["mac"], p["vtep"], p["state"]] for p in v["peers"]]
         print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
         for s in v["stale"]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .scoping import NETWORK_TABLES
+
 
 @dataclass(frozen=True)
 class GossipConfig:
@@ -25,6 +27,9 @@ class GossipConfig:
     gossip_to_dead: float = 15.0
     retransmit_mult: int = 4
     pushpull_interval: float = 30.0
+    # tables whose rows only hosts in the network keep (scoping.py); () = the old way
+    network_tables: tuple[str, ...] = NETWORK_TABLES
+    net_resync: float = 2.0  # a network joined is fetched again after this (rows in flight)
     reconnect_interval: float = 2.0
     tombstone_ttl: float = 1800.0
     dead_rows_ttl: float = 1800.0

@@ -20,19 +20,29 @@ state exchange over a stream repairs anything lost.  Every
 reconnect_interval a dead member (or a seed, when alone) is tried, which
 heals partitions: the other side refutes our "dead" with a higher
 incarnation.
+
+Per-network replication (scoping.py): rows of a network (`peer/<vni>`) are
+kept only by hosts that joined it (`join_network`) and by their owner, and
+only sent to them: piggybacked to a member only if it is in the network,
+gossiped each round to random members of each network with pending
+updates, and filtered out of push-pull states.  Joining a network is a
+push-pull with a member already in it at once and again `net_resync` later
+(rows written while our subscription was still spreading); until the first
+one answers, `network_ready` is False.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .broadcasts import Broadcasts, Item
 from .config import GossipConfig
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
+from .scoping import SUBSCRIPTIONS, Interest, network_of, subscription
 from .table import Row, RowEvent, Table
 
 Event = MemberEvent | RowEvent
@@ -96,7 +106,15 @@ class GossipNode:
         self.next_pushpull = now + config.pushpull_interval * (0.5 + rng.random() / 2)
         self.next_reconnect = now + config.reconnect_interval
         self.next_reap = now + 5.0
+        self.networks: set[str] = set()  # the networks this host takes part in
+        self.interest = Interest()  # the networks every other host takes part in
+        self.ready: set[str] = set()  # joined networks whose rows have been fetched
+        self.resync: dict[str, float] = {}  # joined network -> time of its second fetch
+        self.foreign_rows = 0  # rows of networks we are not in, received and not stored
         self._enqueue_member(self.members.me)
+
+    def _network_of(self, scope: str) -> str | None:
+        return network_of(scope, self.config.network_tables)
 
     # -- identity ------------------------------------------------------------
 
@@ -133,6 +151,49 @@ class GossipNode:
         self._gossip(now)  # now, not at the next tick: a new container should be reachable at once
         self._collect()
 
+    def join_network(self, now: float, net: str, stamp: int | None = None) -> None:
+        """Take part in `net`: store and receive its rows (fetched from a member in it)."""
+        if net in self.networks:
+            return
+        self.networks.add(net)
+        self.publish(now, SUBSCRIPTIONS, self.name, subscription(self.networks), stamp)
+        if self._fetch_network(net):
+            self.resync[net] = now + self.config.net_resync
+        elif self.synced:
+            self.ready.add(net)  # nobody else is in it: nothing to fetch
+
+    def leave_network(self, now: float, net: str, stamp: int | None = None) -> None:
+        """Stop taking part in `net`: its rows of other hosts are dropped, no event."""
+        if net not in self.networks:
+            return
+        self.networks.discard(net)
+        self.ready.discard(net)
+        self.resync.pop(net, None)
+        self.publish(now, SUBSCRIPTIONS, self.name, subscription(self.networks), stamp)
+        self.table.drop_where(lambda r: self._network_of(r.scope) == net and r.owner != self.name)
+        self.queue.discard_net(net, keep=lambda item: item.payload.get("o") == self.name)
+
+    def network_ready(self, net: str, synced: bool | None = None) -> bool:
+        """True once `net`'s rows have been fetched from a member in it, or nobody else is
+        in it (known once synced; `synced`: the caller's view, e.g. after a grace time)."""
+        if net in self.ready:
+            return True
+        synced = self.synced if synced is None else synced
+        if net in self.networks and synced and not self._net_peers(net):
+            self.ready.add(net)
+            return True
+        return False
+
+    def _net_peers(self, net: str) -> list[Member]:
+        names = self.interest.members(net)
+        return [m for m in self.members.others(ALIVE) if m.name in names]
+
+    def _fetch_network(self, net: str) -> bool:
+        peers = self._net_peers(net)
+        if peers:
+            self._pushpull(self.rng.choice(peers).addr)
+        return bool(peers)
+
     def withdraw(self, now: float, scope: str, key: str, stamp: int | None = None) -> None:
         self.local.pop((scope, key), None)
         cur = self.table.rows.get((scope, key))
@@ -147,7 +208,7 @@ class GossipNode:
         me.status = LEFT
         self._enqueue_member(me)
         for m in self.members.others(ALIVE, SUSPECT):
-            self.outbox.append(Send(m.addr, self._packet({"t": "gossip"})))
+            self.outbox.append(Send(m.addr, self._packet({"t": "gossip"}, m.name)))
 
     def events(self) -> list[Event]:
         out, self._events = self._events, []
@@ -165,6 +226,7 @@ class GossipNode:
             self.next_pushpull,
             self.next_reconnect,
             self.next_reap,
+            *self.resync.values(),
         ]
         if self.probe and not self.probe.acked and not self.probe.indirect:
             times.append(self.probe.timeout_at)
@@ -197,6 +259,10 @@ class GossipNode:
             live = self.members.others(ALIVE)
             if live:
                 self._pushpull(self.rng.choice(live).addr)
+        for net, at in list(self.resync.items()):
+            if now >= at:
+                del self.resync[net]
+                self._fetch_network(net)
         if now >= self.next_reconnect:
             self.next_reconnect = now + self.config.reconnect_interval
             self._reconnect()
@@ -227,7 +293,8 @@ class GossipNode:
             now + self.config.probe_timeout * (1 + self.health),
         )
         msg = {"t": "ping", "seq": self.seq, "from": self.name, "to": target.name}
-        self.outbox.append(Send(target.addr, self._packet(msg, buddy=target, counted=False)))
+        packet = self._packet(msg, target.name, buddy=target, counted=False)
+        self.outbox.append(Send(target.addr, packet))
 
     def _indirect_probe(self, p: Probe) -> None:
         relays = [m for m in self.members.others(ALIVE) if m.name != p.target]
@@ -263,7 +330,8 @@ class GossipNode:
             if t == "ping":
                 if msg.get("to") == self.name:
                     reply = {"t": "ack", "seq": int(msg["seq"]), "from": self.name}
-                    self.outbox.append(Send(src, self._packet(reply, counted=False)))
+                    sender = str(msg.get("from"))
+                    self.outbox.append(Send(src, self._packet(reply, sender, counted=False)))
             elif t == "ack":
                 seq = int(msg["seq"])
                 if self.probe and self.probe.seq == seq:
@@ -291,10 +359,17 @@ class GossipNode:
                 self._after_member_update(u)
         for r in msg.get("ru") or ():
             if isinstance(r, dict):
-                row = self.table.merge(now, r)
-                if row is not None:
-                    self._enqueue_row(row, now)
-                    self._check_own(now, row)
+                self._merge_row(now, r)
+
+    def _merge_row(self, now: float, r: dict[str, Any]) -> None:
+        net = self._network_of(str(r.get("s")))
+        if net is not None and net not in self.networks and r.get("o") != self.name:
+            self.foreign_rows += 1  # a network we are not in (our own rows we always check)
+            return
+        row = self.table.merge(now, r)
+        if row is not None:
+            self._enqueue_row(row, now)
+            self._check_own(now, row)
 
     def _after_member_update(self, u: dict[str, Any]) -> None:
         if u.get("n") == self.name:
@@ -314,25 +389,40 @@ class GossipNode:
 
     # -- dissemination -----------------------------------------------------------
 
-    def _enqueue(self, key: tuple[str, ...], kind: str, payload: dict[str, Any]) -> None:
+    def _enqueue(
+        self, key: tuple[str, ...], kind: str, payload: dict[str, Any], net: str | None = None
+    ) -> None:
         size = len(json.dumps(payload, separators=(",", ":"))) + 1
-        left = self.config.retransmits(self.members.live_count())
-        self.queue.put(key, Item(kind, payload, size, left))
+        if net is None:
+            left = self.config.retransmits(self.members.live_count())
+        else:
+            # (if nobody else is in the network, the next round drops it: push-pull
+            # serves later joiners)
+            left = self.config.retransmits(len(self._net_peers(net)) + 1)
+        self.queue.put(key, Item(kind, payload, size, left, net))
 
     def _enqueue_member(self, m: Member) -> None:
         self._enqueue(("m", m.name), "m", m.update())
 
     def _enqueue_row(self, row: Row, now: float) -> None:
-        self._enqueue(("r", row.scope, row.key), "r", row.wire(now))
+        self._enqueue(("r", row.scope, row.key), "r", row.wire(now), self._network_of(row.scope))
 
     def _packet(
-        self, msg: dict[str, Any], buddy: Member | None = None, counted: bool = True
+        self,
+        msg: dict[str, Any],
+        to: str,
+        buddy: Member | None = None,
+        counted: bool = True,
+        nets: Callable[[str], bool] | None = None,
     ) -> dict[str, Any]:
-        """Fill `msg` with queued updates up to the packet budget (suspicion of `buddy` first)."""
+        """Fill `msg` for member `to` with queued updates up to the packet budget
+        (suspicion of `buddy` first; network rows only of networks `to` is in)."""
         first = ("m", buddy.name) if buddy is not None and buddy.status == SUSPECT else None
         mu: list[dict[str, Any]] = []
         ru: list[dict[str, Any]] = []
-        for item in self.queue.take(self.config.packet_budget - 120, first, counted):
+        wanted = nets or (lambda net: self.interest.wants(to, net))
+        budget = self.config.packet_budget - 120
+        for item in self.queue.take(budget, first, counted, wanted):
             (mu if item.kind == "m" else ru).append(item.payload)
         if mu:
             msg["mu"] = mu
@@ -346,38 +436,84 @@ class GossipNode:
         targets = self.members.others(ALIVE, SUSPECT) + [
             m for m in self.members.others(DEAD) if now - m.since < self.config.gossip_to_dead
         ]
-        for m in self.rng.sample(targets, min(len(targets), self.config.gossip_nodes)):
+        fanout = self.config.gossip_nodes
+        chosen = self.rng.sample(targets, min(len(targets), fanout))
+        # each network with updates waiting reaches `fanout` of its own members per round:
+        # random targets that are in it count, members of it make up the rest (a network
+        # every host is in needs no extra packet, a network of 10 in 1,000 hosts does)
+        for net in self.queue.nets():
+            peers = self._net_peers(net)
+            if not peers:
+                self.queue.discard_net(net, keep=lambda item: False)
+                continue
+            picked = {m.name for m in chosen}
+            have = sum(1 for name in picked if self.interest.wants(name, net))
+            extra = [m for m in peers if m.name not in picked]
+            chosen += self.rng.sample(extra, max(0, min(len(extra), fanout - have)))
+        for m in chosen:
             if not self.queue:
                 break
-            self.outbox.append(Send(m.addr, self._packet({"t": "gossip", "from": self.name})))
+            msg = self._packet({"t": "gossip", "from": self.name}, m.name)
+            if "ru" in msg or "mu" in msg:  # the queue may hold only other networks' rows
+                self.outbox.append(Send(m.addr, msg))
 
     # -- push-pull -----------------------------------------------------------------
 
-    def _state(self, now: float) -> dict[str, Any]:
+    def _state(self, now: float, to: str | None, nets: Iterable[str] | None) -> dict[str, Any]:
+        """Our state for member `to` (global rows, its own, and those of `nets`; None: all)."""
+        wanted = None if nets is None else set(nets)
         return {
             "members": [m.update() for m in self.members.by_name.values()],
-            "rows": self.table.dump(now),
+            "rows": self.table.dump(
+                now,
+                lambda r: (
+                    wanted is None
+                    or r.owner == to
+                    or (net := self._network_of(r.scope)) is None
+                    or net in wanted
+                ),
+            ),
         }
 
     def _pushpull(self, addr: str) -> None:
-        self.outbox.append(Send(addr, {"t": "pp", "from": self.name, "state": {}}, stream=True))
+        msg = {"t": "pp", "from": self.name, "to": addr, "state": {}}
+        self.outbox.append(Send(addr, msg, stream=True))
 
     def fill_stream(self, now: float, msg: dict[str, Any]) -> dict[str, Any]:
         """Called by the runtime just before sending a push-pull, so the state is current."""
         if msg.get("t") == "pp":
-            return {**msg, "state": self._state(now)}
+            to = next(
+                (m.name for m in self.members.by_name.values() if m.addr == msg.get("to")), None
+            )
+            nets = self.interest.by_node.get(to, frozenset()) if to else self.networks
+            return {
+                **msg,
+                "nets": sorted(self.networks),
+                "state": self._state(now, to, nets),
+            }
         return msg
 
     def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
-        """Serve a push-pull: merge theirs, answer with ours."""
+        """Serve a push-pull: merge theirs, answer with ours (and the networks they are in)."""
         self._merge_state(now, msg.get("state") or {})
         self.synced = self.synced or msg.get("from") != self.name
         self._collect()
-        return {"t": "ppr", "from": self.name, "state": self._state(now)}
+        asked = msg.get("nets")
+        nets = [str(n) for n in asked[:4096]] if isinstance(asked, list) else None
+        sender = str(msg.get("from"))
+        return {
+            "t": "ppr",
+            "from": self.name,
+            "nets": nets,
+            "state": self._state(now, sender, nets),
+        }
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
         self._merge_state(now, msg.get("state") or {})
         self.synced = self.synced or msg.get("from") != self.name
+        served = msg.get("nets")
+        if isinstance(served, list):
+            self.ready |= self.networks & {str(n) for n in served[:4096]}
         self._collect()
 
     def _merge_state(self, now: float, state: dict[str, Any]) -> None:
@@ -389,10 +525,7 @@ class GossipNode:
                     self._after_member_update(u)
             for r in state.get("rows") or ():
                 if isinstance(r, dict):
-                    row = self.table.merge(now, r)
-                    if row is not None:
-                        self._enqueue_row(row, now)
-                        self._check_own(now, row)
+                    self._merge_row(now, r)
         except (TypeError, AttributeError, ValueError, OverflowError):
             self.malformed += 1
 
@@ -417,5 +550,8 @@ class GossipNode:
             self.table.set_owner_dead(ev.name, ev.status in (DEAD, LEFT))
             self._events.append(ev)
         self.members.events.clear()
+        for row_ev in self.table.events:
+            if row_ev.scope == SUBSCRIPTIONS and row_ev.key != self.name:
+                self.interest.update(row_ev.key, row_ev.value)
         self._events.extend(self.table.events)
         self.table.events.clear()

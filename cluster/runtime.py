@@ -108,6 +108,7 @@ class GossipRuntime:
         self._udp: _Udp | None = None
         self._server: asyncio.AbstractServer | None = None
         self._wake = asyncio.Event()
+        self._ready = asyncio.Event()  # set after every push-pull reply
         self._loop_task: asyncio.Task[None] | None = None
         self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
@@ -123,6 +124,26 @@ class GossipRuntime:
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
         return [(r.key, r.value or {}, r.version) for r in self.node.table.visible(scope)]
+
+    def join_network(self, net: str) -> None:
+        self.node.join_network(time.monotonic(), net, wall_ms())
+        self._after()
+
+    def leave_network(self, net: str) -> None:
+        self.node.leave_network(time.monotonic(), net, wall_ms())
+        self._after()
+
+    async def network_ready(self, net: str, timeout: float) -> bool:
+        """Wait (at most `timeout`) until `net`'s rows have been fetched from a member in it."""
+        deadline = time.monotonic() + timeout
+        while not self.node.network_ready(net, self.synced.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), min(left, 0.05))
+        return True
 
     # -- request/response for other subsystems (cluster-wide IPAM) -------------
 
@@ -399,6 +420,7 @@ class GossipRuntime:
             self.count("streams_out")
             self.node.on_stream_reply(time.monotonic(), addr, reply)
             self._mark_synced(reply)
+            self._ready.set()
             self._after()
 
     async def _exchange(

@@ -18,6 +18,7 @@ Visible changes become RowEvents for the node's user (the driver).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,11 @@ class Table:
         for k in [k for k, r in self.rows.items() if r.owner == owner]:
             del self.rows[k]
 
+    def drop_where(self, gone: Callable[[Row], bool]) -> None:
+        """Forget rows without an event (a network this host no longer takes part in)."""
+        for k in [k for k, r in self.rows.items() if gone(r)]:
+            del self.rows[k]
+
     def reap(self, now: float) -> None:
         for k in [k for k, r in self.rows.items() if r.value is None and (r.reap_at or 0) <= now]:
             del self.rows[k]
@@ -144,5 +150,7 @@ class Table:
             if r.scope.startswith(scope_prefix) and self._visible(r) is not None
         ]
 
-    def dump(self, now: float) -> list[dict[str, Any]]:
-        return [r.wire(now) for r in self.rows.values()]
+    def dump(
+        self, now: float, keep: Callable[[Row], bool] = lambda r: True
+    ) -> list[dict[str, Any]]:
+        return [r.wire(now) for r in self.rows.values() if keep(r)]

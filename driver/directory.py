@@ -24,6 +24,18 @@ class PeerDirectory(Protocol):
         """Visible rows of a scope: (key, value, version)."""
         ...
 
+    def join_network(self, net: str) -> None:
+        """Receive and keep the rows of network `net` (`peer/<net>`) from now on."""
+        ...
+
+    def leave_network(self, net: str) -> None:
+        """Stop receiving `net`'s rows; other hosts' rows of it are forgotten."""
+        ...
+
+    async def network_ready(self, net: str, timeout: float) -> bool:
+        """Wait at most `timeout` until `net`'s rows have been fetched; False if not."""
+        ...
+
 
 class LocalDirectory:
     """One host, no gossip: rows go nowhere, only this host's are visible."""
@@ -32,6 +44,7 @@ class LocalDirectory:
         self.node = node
         self.clock = 0
         self.data: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, str]]] = {}
+        self.networks: set[str] = set()  # joined (there is nobody to fetch rows from)
 
     def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
         self.clock += 1
@@ -42,6 +55,15 @@ class LocalDirectory:
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
         return [(k, v, ver) for (s, k), (v, ver) in self.data.items() if s == scope]
+
+    def join_network(self, net: str) -> None:
+        self.networks.add(net)
+
+    def leave_network(self, net: str) -> None:
+        self.networks.discard(net)
+
+    async def network_ready(self, net: str, timeout: float) -> bool:
+        return True
 
 
 _: PeerDirectory = LocalDirectory()

@@ -74,6 +74,8 @@ async def rollback(kernel: Kernel, done: Sequence[Op]) -> str:
 # Where Docker keeps container namespaces; a managed plugin sees them through the
 # `sandboxes` mount of config.json (a SandboxKey path is looked up there by name).
 DEFAULT_SANDBOX_DIR = Path("/var/run/docker/netns")
+# how long the first endpoint of a network on this host waits for the network's rows
+FETCH_TIMEOUT = 2.0
 
 
 def _short(id_: str) -> str:
@@ -112,6 +114,9 @@ class OverlayDriver:
         # False until the cluster's table has been synced once: until then peer
         # programming only adds and fixes entries, it never removes one.
         self.prune_peers = True
+        # False (default): a network's namespace, br0 and VTEP exist only while it has a
+        # local endpoint, and only then does this host receive its endpoint rows
+        self.eager = False
 
     # -- state -------------------------------------------------------------
 
@@ -129,6 +134,36 @@ class OverlayDriver:
                 "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
             }
         )
+
+    def active(self, nid: str) -> bool:
+        """Whether network `nid` has its sandbox (namespace, br0, VTEP) on this host: while
+        it has a local endpoint (as Docker's overlay does), or always with `eager`."""
+        return nid in self.networks and (
+            self.eager or any(e.network_id == nid for e in self.endpoints.values())
+        )
+
+    def active_networks(self) -> list[NetworkSpec]:
+        return [n for nid, n in self.networks.items() if self.active(nid)]
+
+    async def _open_sandbox(self, net: NetworkSpec) -> list[Op]:
+        """Build the network's sandbox and take part in its rows; returns what was made."""
+        ops = plan.create_network(net, self.node_id, self.underlay)
+        await apply_all(self.kernel, ops)
+        self.directory.join_network(str(net.vni))
+        log.info("sandbox created", nid=_short(net.network_id), vni=net.vni, ns=net.namespace)
+        return ops
+
+    async def _close_sandbox(self, net: NetworkSpec) -> None:
+        self.directory.leave_network(str(net.vni))
+        await apply_all(self.kernel, plan.delete_network(net))
+        log.info("sandbox removed", nid=_short(net.network_id), vni=net.vni, ns=net.namespace)
+
+    async def _fetch_peers(self, net: NetworkSpec) -> None:
+        """The cluster's endpoints of a network whose sandbox was just made, before the
+        container starts (bounded: the periodic sync catches up after)."""
+        if not await self.directory.network_ready(str(net.vni), FETCH_TIMEOUT):
+            log.warning("network rows not fetched in time", vni=net.vni, timeout=FETCH_TIMEOUT)
+        await self._sync_peers(net)
 
     def _lock(self, nid: str) -> asyncio.Lock:
         return self._locks.setdefault(nid, asyncio.Lock())
@@ -180,20 +215,20 @@ class OverlayDriver:
                         f"VNI {spec.vni} is already used by network {_short(other.network_id)} "
                         f"(subnet {other.subnet}) on this host; pick {how}"
                     )
-            ops = plan.create_network(spec, self.node_id, self.underlay)
-            await apply_all(self.kernel, ops)
+            ops = await self._open_sandbox(spec) if self.eager else []
             self.networks[nid] = spec
             try:
                 self.save()
             except PyoverlayError:
                 del self.networks[nid]
-                await rollback(self.kernel, ops)
+                if ops:
+                    self.directory.leave_network(str(spec.vni))
+                    await rollback(self.kernel, ops)
                 raise
             self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
-            log.info(
-                "network created", nid=_short(nid), vni=spec.vni, ns=spec.namespace, mtu=spec.mtu
-            )
-            await self._sync_peers(spec)  # replay what the cluster already knows of this VNI
+            log.info("network created", nid=_short(nid), vni=spec.vni, mtu=spec.mtu)
+            if ops:
+                await self._fetch_peers(spec)
             return spec
 
     async def delete_network(self, nid: str) -> None:
@@ -203,7 +238,7 @@ class OverlayDriver:
                 await apply_all(self.kernel, plan.delete_endpoint(None, ep))
                 del self.endpoints[ep.endpoint_id]
                 self._withdraw(nid, ep.endpoint_id)
-            await apply_all(self.kernel, plan.delete_network(net))
+            await self._close_sandbox(net)  # idempotent: also when it had none
             del self.networks[nid]
             self.save()
             if not any(n.vni == net.vni for n in self.networks.values()):
@@ -240,13 +275,19 @@ class OverlayDriver:
             else:
                 mac = chosen = mac_from_ip(iface.ip)
             ep = EndpointSpec(nid, eid, iface, mac)
+            made = [] if self.active(nid) else await self._open_sandbox(net)
             self.endpoints[eid] = ep
             try:
                 self.save()
             except PyoverlayError:
                 del self.endpoints[eid]
+                if made:
+                    self.directory.leave_network(str(net.vni))
+                    await rollback(self.kernel, made)
                 raise
             log.info("endpoint created", nid=_short(nid), eid=_short(eid), mac=mac)
+            if made:
+                await self._fetch_peers(net)
             return chosen
 
     async def delete_endpoint(self, nid: str, eid: str) -> None:
@@ -258,6 +299,8 @@ class OverlayDriver:
             self.save()
             self._withdraw(nid, eid)
             log.info("endpoint deleted", nid=_short(nid), eid=_short(eid))
+            if net is not None and not self.active(nid):
+                await self._close_sandbox(net)  # its last local endpoint
             if ep.sandbox:
                 await self._sync_sandbox_quietly(ep.sandbox)
             if ep.vip and net is not None:
@@ -342,10 +385,12 @@ class OverlayDriver:
         return out
 
     def publish_joined(self) -> None:
-        """Re-announce every network spec and joined endpoint (after a restart the
-        cluster may have lost them)."""
+        """Re-announce every network spec and joined endpoint, and take part again in the
+        networks with local endpoints (after a restart the cluster may have lost them)."""
         for spec in self.networks.values():
             self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
+            if self.active(spec.network_id):
+                self.directory.join_network(str(spec.vni))
         for ep in self.endpoints.values():
             net = self.networks.get(ep.network_id)
             if ep.joined and net is not None:
@@ -368,6 +413,8 @@ class OverlayDriver:
         return peers.diff(net.namespace, net.vxlan, have, want, self.prune_peers)
 
     async def _sync_peers(self, net: NetworkSpec) -> list[Op]:
+        if not self.active(net.network_id):
+            return []  # no sandbox here: no VTEP to program
         ops = await self.plan_peers(net)
         for op in ops:
             try:
@@ -394,7 +441,7 @@ class OverlayDriver:
     async def plan_reconcile(self) -> list[Op]:
         snap = await self.kernel.snapshot()
         return plan.reconcile(
-            snap, self.node_id, self.underlay, self.networks.values(), self.endpoints.values()
+            snap, self.node_id, self.underlay, self.active_networks(), self.endpoints.values()
         )
 
     async def reconcile(self, dry_run: bool = False) -> tuple[list[Op], list[str]]:
@@ -408,7 +455,7 @@ class OverlayDriver:
                 await stack.enter_async_context(self._lock(nid))
             ops = await self.plan_reconcile()
             if dry_run:
-                for net in self.networks.values():
+                for net in self.active_networks():
                     ops += await self.plan_peers(net)
                 return ops, errors
             for op in ops:

@@ -754,6 +754,8 @@ def sim_load(n: int, config: GossipConfig, seconds: float, seed: int) -> dict[st
 
     net = SimNetwork(seed=seed, loss=0.05, config=config)
     nodes = [net.add_node(f"n{i}") for i in range(n)]
+    for x in nodes:
+        x.join_network(net.now, "1")  # every host has a container on the network
     net.join_all()
     net.run_while(partial(lambda ns, k: not sim_converged(ns, k), nodes, n), limit=300)
     net.run_for(5.0)
@@ -866,6 +868,9 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument(
+        "--hosts", type=int, default=200, help="gossip-scope: simulated hosts (1000: ~1 h)"
+    )
     args = parser.parse_args()
     only = {x for x in args.only.split(",") if x}
 
@@ -894,6 +899,10 @@ def main() -> int:
         bench_gossip_sim()
     if want("gossip-quiet"):
         bench_gossip_quiet()
+    if want("gossip-scope"):
+        from . import bench_scope
+
+        bench_scope.run(report, args.hosts)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(RESULTS, f, indent=1)

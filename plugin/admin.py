@@ -92,6 +92,9 @@ def network_summary(net: NetworkSpec) -> dict[str, Any]:
 
 
 async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
+    if not driver.active(net.network_id):
+        # lazy: no local endpoint, so no sandbox and no rows of it on this host
+        return {**network_summary(net), "namespace": None, "peers": [], "stale": []}
     remotes = driver.remote_endpoints(net.vni)
     want = peers.desired(remotes, driver.underlay.address)
     have = await driver.kernel.peer_entries(net.namespace, net.vxlan)
@@ -140,7 +143,7 @@ async def status(request: web.Request) -> web.Response:
             "vni": n.vni,
             "subnet": str(n.subnet),
             "mtu": n.mtu,
-            "namespace": n.namespace,
+            "namespace": n.namespace if driver.active(n.network_id) else None,
             "endpoints": sum(1 for e in driver.endpoints.values() if e.network_id == n.network_id),
         }
         for n in driver.networks.values()
@@ -280,7 +283,7 @@ async def metrics(request: web.Request) -> web.Response:
         g["pyoverlay_gossip_malformed_updates_total"] = {(): gossip.node.malformed}
     g["pyoverlay_table_rows"] = {(("table", k),): v for k, v in tables.items()}
     fdb = neigh = 0
-    for net in driver.networks.values():
+    for net in driver.active_networks():
         entries = await driver.kernel.peer_entries(net.namespace, net.vxlan)
         fdb += len(entries.fdb)
         neigh += len(entries.neigh)

@@ -156,6 +156,7 @@ async def build(
         tables=tables,
         sandbox_dir=settings.sandbox_dir,
     )
+    driver.eager = settings.network_setup == "eager"
     ipam = IpamService(settings.state_dir / "ipam.json")
     driver.load()
     ipam.load()

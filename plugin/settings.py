@@ -99,6 +99,13 @@ SETTINGS = (
         "/var/run/docker/netns",
         "where dockerd keeps container namespaces (its --exec-root/netns); VIP rules go there",
     ),
+    Setting(
+        "network-setup",
+        "lazy",
+        "lazy: a network's namespace, br0 and VTEP exist on this host, and it receives the "
+        "network's endpoints, only while a local container is on it (as Docker's overlay); "
+        "eager: from `network create` on, for every network",
+    ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
 )
@@ -121,6 +128,7 @@ class PluginSettings:
     scope: str = "local"
     docker_host: str = "unix:///var/run/docker.sock"
     sandbox_dir: Path = Path("/var/run/docker/netns")
+    network_setup: str = "lazy"
 
     @property
     def docker_socket(self) -> Path | None:
@@ -189,6 +197,10 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
             f"--docker-host {ns.docker_host!r} must be unix:///PATH (dockerd's local socket) "
             "or none (PYOVERLAY_DOCKER_HOST)"
         )
+    if ns.network_setup not in ("lazy", "eager"):
+        raise InvalidOption(
+            f"--network-setup {ns.network_setup!r} must be lazy or eager (PYOVERLAY_NETWORK_SETUP)"
+        )
     if ns.log_format not in ("json", "console"):
         raise InvalidOption(f"--log-format {ns.log_format!r} must be json or console")
     if ns.log_level not in ("debug", "info", "warning", "error"):
@@ -209,6 +221,7 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         scope=ns.scope,
         docker_host=ns.docker_host,
         sandbox_dir=Path(ns.sandbox_dir),
+        network_setup=ns.network_setup,
     )
 
 

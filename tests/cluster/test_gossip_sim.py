@@ -18,10 +18,22 @@ from pyoverlay.cluster.node import GossipNode
 from pyoverlay.cluster.sim import SimNetwork
 from pyoverlay.cluster.table import RowEvent
 
+# the networks (peer/<vni> rows) these tests use: every node takes part in all of them
+EVERYWHERE = ("1", "2", "3", "7", "9", "4097")
 
-def cluster(n: int, loss: float = 0.0, seed: int = 1, config: GossipConfig | None = None):
+
+def cluster(
+    n: int,
+    loss: float = 0.0,
+    seed: int = 1,
+    config: GossipConfig | None = None,
+    nets: tuple[str, ...] = EVERYWHERE,
+):
     net = SimNetwork(seed=seed, loss=loss, config=config or GossipConfig.lan())
     nodes = [net.add_node(f"n{i}") for i in range(n)]
+    for x in nodes:
+        for vni in nets:
+            x.join_network(net.now, vni)
     net.join_all()
     net.run_while(lambda: any(len(x.alive_members()) < n for x in nodes), limit=30)
     return net, nodes

@@ -44,7 +44,11 @@ async def wait_until(cond, timeout: float = 10.0) -> None:
 
 
 def runtime(name: str, keys: list[bytes]) -> GossipRuntime:
-    return GossipRuntime(name, "127.0.0.1", free_port(), Keyring(keys), GossipConfig.lan())
+    """A runtime in the networks these tests use (rows `peer/<net>`)."""
+    r = GossipRuntime(name, "127.0.0.1", free_port(), Keyring(keys), GossipConfig.lan())
+    for net in ("1", "3", "5", "9"):
+        r.join_network(net)
+    return r
 
 
 async def test_two_runtimes_share_rows_and_drop_what_they_cannot_open() -> None:

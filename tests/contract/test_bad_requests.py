@@ -43,16 +43,24 @@ async def test_unknown_ids_and_a_failed_create_leave_nothing(
         },
     )
     assert "network ffffffffffff is not known to pyoverlay" in (await r.json())["Err"]
-    services.kernel.fail_on = "ensure vxlan"  # the kernel refuses half-way through
     body = {
         "NetworkID": "a" * 64,
         "Options": {"com.docker.network.generic": {}},
         "IPv4Data": [{"Pool": "10.5.0.0/24", "Gateway": "10.5.0.1/24"}],
     }
     r = await client.post("/NetworkDriver.CreateNetwork", json=body)
+    assert await r.json() == {}
+    assert set(services.kernel.namespaces) == {""}  # lazy: no sandbox before an endpoint
+    # the first endpoint builds the sandbox; the kernel refuses half-way through
+    services.kernel.fail_on = "ensure vxlan"
+    endpoint = {"NetworkID": "a" * 64, "EndpointID": "e" * 64, "Interface": {}}
+    endpoint["Interface"] = {"Address": "10.5.0.2/24"}
+    r = await client.post("/NetworkDriver.CreateEndpoint", json=endpoint)
     err = (await r.json())["Err"]
     assert "injected failure" in err and "rolled back" in err
     assert set(services.kernel.namespaces) == {""}  # no namespace, no bridge, no VTEP left
-    assert services.driver.networks == {}
-    r = await client.post("/NetworkDriver.CreateNetwork", json=body)  # and a retry works
-    assert await r.json() == {}
+    assert services.driver.endpoints == {}
+    services.kernel.fail_on = ""
+    r = await client.post("/NetworkDriver.CreateEndpoint", json=endpoint)  # a retry works
+    assert "Err" not in await r.json()
+    assert len(services.kernel.namespaces) == 2

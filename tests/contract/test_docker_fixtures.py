@@ -174,11 +174,8 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                     assert namespace_name(nid) not in svc.kernel.namespaces
                 else:
                     assert err is None, (where, err)
-                    ns = svc.kernel.namespaces[namespace_name(nid)]
-                    gw = IPv4Interface(req["IPv4Data"][0]["Gateway"])
-                    assert gw in ns["br0"].addresses
-                    vx = [link for link in ns.values() if link.kind == "vxlan"]
-                    assert len(vx) == 1 and vx[0].master == "br0" and vx[0].mtu == 1450
+                    # lazy: the sandbox waits for the first local endpoint
+                    assert namespace_name(nid) not in svc.kernel.namespaces
                     model.networks[nid] = req
                     model.swarm_created += nid in model.allocated
             case "/NetworkDriver.DeleteNetwork":
@@ -199,6 +196,11 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                         ip = IPv4Interface(iface["Address"]).ip
                         assert body == {"Interface": {"MacAddress": mac_from_ip(ip)}}
                     model.endpoints[eid] = nid
+                    ns = svc.kernel.namespaces[namespace_name(nid)]  # the sandbox is there
+                    gw = IPv4Interface(model.networks[nid]["IPv4Data"][0]["Gateway"])
+                    assert gw in ns["br0"].addresses
+                    vx = [link for link in ns.values() if link.kind == "vxlan"]
+                    assert len(vx) == 1 and vx[0].master == "br0" and vx[0].mtu == 1450
                 else:
                     assert err and "not known to pyoverlay" in err, (where, body)
             case "/NetworkDriver.Join":
@@ -219,6 +221,8 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                     assert err is None, (where, err)
                     del model.endpoints[eid]
                     assert veth_names(eid)[0] not in svc.kernel.namespaces[HOST]
+                    last = nid not in model.endpoints.values()  # then the sandbox goes too
+                    assert (namespace_name(nid) in svc.kernel.namespaces) != last, where
                 else:
                     assert err, (where, body)
             case "/NetworkDriver.EndpointOperInfo":
@@ -276,7 +280,7 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
             succeeded[method] = succeeded.get(method, 0) + 1
 
     # Nothing is left in the kernel that the model does not account for.
-    expected_ns = {namespace_name(n) for n in model.networks}
+    expected_ns = {namespace_name(n) for n in model.networks if n in model.endpoints.values()}
     assert {n for n in svc.kernel.namespaces if n != HOST} == expected_ns
     host_veths = {n for n in svc.kernel.namespaces[HOST] if n.startswith("pyc")}
     assert host_veths <= {veth_names(e)[0] for e in model.endpoints}

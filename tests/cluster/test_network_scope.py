@@ -1,0 +1,98 @@
+"""Per-network replication on the simulated network (real GossipNodes, fake clock, loss).
+
+A host stores and receives a network's rows (`peer/<net>`) only while it
+takes part in that network; joining fetches them from a member, leaving
+forgets them.  Global rows (specs, IPAM) still reach everybody.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pyoverlay.cluster.node import GossipNode
+from pyoverlay.cluster.sim import SimNetwork
+
+NETS = {"a": range(0, 10), "b": range(5, 20), "c": range(18, 30)}  # hosts in each network
+
+
+def build(loss: float, seed: int = 3) -> tuple[SimNetwork, list[GossipNode]]:
+    sim = SimNetwork(seed=seed, loss=loss)
+    nodes = [sim.add_node(f"n{i}") for i in range(30)]
+    for net, hosts in NETS.items():
+        for i in hosts:
+            nodes[i].join_network(sim.now, net)
+    sim.join_all()
+    sim.run_while(lambda: any(len(x.alive_members()) < 30 for x in nodes), limit=30)
+    return sim, nodes
+
+
+def keys(node: GossipNode, net: str) -> set[str]:
+    return {r.key for r in node.table.visible(f"peer/{net}")}
+
+
+def stored(node: GossipNode, net: str) -> set[str]:
+    return {k for (s, k) in node.table.rows if s == f"peer/{net}"}
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_rows_reach_only_the_hosts_in_their_network(loss: float) -> None:
+    sim, nodes = build(loss)
+    for net, hosts in NETS.items():
+        for i in hosts:
+            nodes[i].publish(sim.now, f"peer/{net}", f"{net}{i}", {"ip": f"10.0.0.{i + 2}"})
+    nodes[0].publish(sim.now, "net/1", "n0", {"subnet": "10.0.0.0/24"})  # a global row
+    want = {net: {f"{net}{i}" for i in hosts} for net, hosts in NETS.items()}
+
+    def done() -> bool:
+        return all(
+            keys(nodes[i], net) == want[net] for net, hosts in NETS.items() for i in hosts
+        ) and all(any(r.key == "n0" for r in x.table.visible("net/1")) for x in nodes)
+
+    took = sim.run_while(lambda: not done(), limit=10)
+    assert took <= 2.0, took
+    sim.run_for(5.0)  # and nothing leaks to the others later (push-pull included)
+    for net, hosts in NETS.items():
+        for x in nodes:
+            if nodes.index(x) not in hosts:
+                assert stored(x, net) == set(), (x.name, net)
+    assert sum(x.foreign_rows for x in nodes) == 0  # senders filter (receivers check too)
+
+
+def test_joining_fetches_the_rows_and_leaving_forgets_them() -> None:
+    sim, nodes = build(0.05)
+    for i in NETS["a"]:
+        nodes[i].publish(sim.now, "peer/a", f"a{i}", {"ip": f"10.0.0.{i + 2}"})
+    sim.run_for(2.0)
+    late = nodes[25]
+    assert stored(late, "a") == set()
+
+    late.join_network(sim.now, "a")
+    sim._flush(late)  # what the runtime does after every call
+    assert not late.network_ready("a")
+    # a row written while the subscription is still spreading
+    nodes[3].publish(sim.now, "peer/a", "racing", {"ip": "10.0.0.99"})
+    took = sim.run_while(lambda: not late.network_ready("a"), limit=5, check_every=0.005)
+    assert took < 0.01, took  # one push-pull with a member of "a"
+    assert {f"a{i}" for i in NETS["a"]} <= keys(late, "a")
+    # members learn of the subscription by gossip and send it what they still spread
+    sim.run_while(lambda: "racing" not in keys(late, "a"), limit=2.5)
+
+    late.publish(sim.now, "peer/a", "a25", {"ip": "10.0.0.27"})  # and its own row spreads
+    sim.run_while(lambda: any("a25" not in keys(nodes[i], "a") for i in NETS["a"]), limit=2)
+
+    late.withdraw(sim.now, "peer/a", "a25")
+    late.leave_network(sim.now, "a")
+    assert keys(late, "a") == set()
+    assert stored(late, "a") == {"a25"}  # its own tombstone stays until it is reaped
+    sim.run_while(lambda: any("a25" in keys(nodes[i], "a") for i in NETS["a"]), limit=2)
+    nodes[4].publish(sim.now, "peer/a", "after", {"ip": "10.0.0.98"})
+    sim.run_for(8.0)
+    assert keys(late, "a") == set()
+    assert stored(late, "a") == {"a25"}
+
+
+def test_a_network_nobody_else_is_in_is_ready_at_once_after_sync() -> None:
+    sim, nodes = build(0.0)
+    nodes[7].join_network(sim.now, "lonely")
+    assert nodes[7].network_ready("lonely")
+    assert not nodes[7].queue.nets()  # its subscription went out; nothing waits for nobody
