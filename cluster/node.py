@@ -28,7 +28,9 @@ gossiped each round to random members of each network with pending
 updates, and filtered out of push-pull states.  Joining a network is a
 push-pull with a member already in it at once and again `net_resync` later
 (rows written while our subscription was still spreading); until the first
-one answers, `network_ready` is False.
+one answers, `network_ready` is False.  Anti-entropy pairs with a random
+member and with a random member of each of our networks (only they keep
+those rows).
 """
 
 from __future__ import annotations
@@ -256,9 +258,16 @@ class GossipNode:
             self.next_pushpull = now + self.config.pushpull_interval * (
                 0.75 + self.rng.random() / 2
             )
+            # one random member, and one random member of each network we are in: a
+            # network's rows are repaired only by a host that keeps them
             live = self.members.others(ALIVE)
-            if live:
-                self._pushpull(self.rng.choice(live).addr)
+            partners = {self.rng.choice(live).addr} if live else set()
+            for net in sorted(self.networks):
+                peers = self._net_peers(net)
+                if peers and not any(m.addr in partners for m in peers):
+                    partners.add(self.rng.choice(peers).addr)
+            for addr in sorted(partners):
+                self._pushpull(addr)
         for net, at in list(self.resync.items()):
             if now >= at:
                 del self.resync[net]

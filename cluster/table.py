@@ -58,6 +58,7 @@ class Table:
         self.me = me
         self.tombstone_ttl = tombstone_ttl
         self.rows: dict[tuple[str, str], Row] = {}
+        self.scopes: dict[str, dict[str, Row]] = {}  # the same rows by scope, then key
         self.hidden: set[str] = set()  # owners currently dead
         self.clock = 0
         self.events: list[RowEvent] = []
@@ -72,6 +73,7 @@ class Table:
         before = self.rows.get(k)
         old = self._visible(before)
         self.rows[k] = row
+        self.scopes.setdefault(row.scope, {})[row.key] = row
         new = self._visible(row)
         if old != new:
             owner = row.owner if new is not None else (before.owner if before else row.owner)
@@ -129,26 +131,29 @@ class Table:
             if before[(r.scope, r.key)] != after:
                 self.events.append(RowEvent(r.scope, r.key, owner, after))
 
+    def _delete(self, k: tuple[str, str]) -> None:
+        del self.rows[k]
+        rows = self.scopes[k[0]]
+        del rows[k[1]]
+        if not rows:
+            del self.scopes[k[0]]
+
     def drop_owner(self, owner: str) -> None:
         """Forget every row of an owner dead for long (it is hidden already)."""
-        for k in [k for k, r in self.rows.items() if r.owner == owner]:
-            del self.rows[k]
+        self.drop_where(lambda r: r.owner == owner)
 
     def drop_where(self, gone: Callable[[Row], bool]) -> None:
         """Forget rows without an event (a network this host no longer takes part in)."""
         for k in [k for k, r in self.rows.items() if gone(r)]:
-            del self.rows[k]
+            self._delete(k)
 
     def reap(self, now: float) -> None:
-        for k in [k for k, r in self.rows.items() if r.value is None and (r.reap_at or 0) <= now]:
-            del self.rows[k]
+        self.drop_where(lambda r: r.value is None and (r.reap_at or 0) <= now)
 
-    def visible(self, scope_prefix: str = "") -> list[Row]:
-        return [
-            r
-            for r in self.rows.values()
-            if r.scope.startswith(scope_prefix) and self._visible(r) is not None
-        ]
+    def visible(self, scope: str | None = None) -> list[Row]:
+        """Visible rows of one scope (exactly: "peer/1" is not "peer/10"), or of all."""
+        rows = self.rows.values() if scope is None else self.scopes.get(scope, {}).values()
+        return [r for r in rows if self._visible(r) is not None]
 
     def dump(
         self, now: float, keep: Callable[[Row], bool] = lambda r: True

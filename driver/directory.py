@@ -43,18 +43,22 @@ class LocalDirectory:
     def __init__(self, node: str = "local") -> None:
         self.node = node
         self.clock = 0
-        self.data: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, str]]] = {}
+        self.data: dict[str, dict[str, tuple[dict[str, Any], tuple[int, str]]]] = {}
         self.networks: set[str] = set()  # joined (there is nobody to fetch rows from)
+
+    def put(self, scope: str, key: str, value: dict[str, Any], version: tuple[int, str]) -> None:
+        """A row as if another host had written it (tests and benchmarks)."""
+        self.data.setdefault(scope, {})[key] = (value, version)
 
     def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
         self.clock += 1
-        self.data[(scope, key)] = (value, (self.clock, self.node))
+        self.put(scope, key, value, (self.clock, self.node))
 
     def withdraw(self, scope: str, key: str) -> None:
-        self.data.pop((scope, key), None)
+        self.data.get(scope, {}).pop(key, None)
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
-        return [(k, v, ver) for (s, k), (v, ver) in self.data.items() if s == scope]
+        return [(k, v, ver) for k, (v, ver) in self.data.get(scope, {}).items()]
 
     def join_network(self, net: str) -> None:
         self.networks.add(net)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
+from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -37,6 +38,7 @@ from .ops import (
     EnsureVeth,
     EnsureVxlan,
     Op,
+    PeerOp,
     ReplaceFdb,
     ReplaceNeigh,
 )
@@ -197,6 +199,15 @@ class FakeKernel:
         if dev not in self.namespaces.get(ns, {}):
             return PeerEntries()
         return PeerEntries(dict(self.fdb.get((ns, dev), {})), dict(self.neigh.get((ns, dev), {})))
+
+    async def apply_peer_ops(self, ops: Sequence[PeerOp]) -> list[PyoverlayError]:
+        failed: list[PyoverlayError] = []
+        for op in ops:
+            try:
+                await self.apply(op)
+            except PyoverlayError as exc:
+                failed.append(exc)
+        return failed
 
     async def snapshot(self) -> KernelSnapshot:
         from .plan import NAMESPACE_PATTERN

@@ -7,12 +7,15 @@ tests (mypy checks that both satisfy the Protocol).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
-from .ops import Op
+from pyoverlay.state.errors import PyoverlayError
+
+from .ops import Op, PeerOp
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class Kernel(Protocol):
 
     async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
         """FDB and neighbour entries pyoverlay-style on `dev` in `ns` (empty if it is missing)."""
+        ...
+
+    async def apply_peer_ops(self, ops: Sequence[PeerOp]) -> list[PyoverlayError]:
+        """Carry out FDB/ARP ops in bulk (no round trip per entry); what failed, and why."""
         ...
 
     async def close(self) -> None: ...

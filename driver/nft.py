@@ -2,35 +2,23 @@
 
 nftables is per network namespace, and libnftables talks to the namespace
 of the thread that opens its netlink socket.  So every call runs on one
-dedicated thread: it enters the target namespace (setns on the file Docker
+dedicated thread (netns.py): it enters the target namespace (the file Docker
 gave as SandboxKey), makes a fresh libnftables context there, runs one JSON
-batch (one kernel transaction: all of it or nothing), and returns to the
-plugin's own namespace.  No other code runs on that thread, so a failure
-half-way can never leave plugin work in a container's namespace.
+batch (one kernel transaction: all of it or nothing), and comes back.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 import json
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pyoverlay.state.errors import PyoverlayError
 
+from .netns import NetnsThread
+
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)  # os.setns is Python 3.12+; Debian 12 has 3.11
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class NftError(PyoverlayError):
@@ -55,37 +43,11 @@ def available() -> None:
 
 class Nft:
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft")
-        self._home: int | None = None
-
-    def _enter(self, netns: Path | None) -> None:
-        if self._home is None:
-            self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        if netns is None:
-            _setns(self._home)
-            return
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NftError(f"namespace {netns}: {exc.strerror}") from exc
-        try:
-            _setns(fd)
-        except OSError as exc:
-            raise NftError(f"namespace {netns}: setns: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
-
-    def _in(self, netns: Path | None, work: Callable[[Any], T]) -> T:
-        """On the nft thread: enter `netns`, run work(fresh libnftables context), come back."""
-        try:
-            self._enter(netns)
-            return work(_load().Nftables())
-        finally:
-            if netns is not None and self._home is not None:
-                _setns(self._home)
+        self._thread = NetnsThread("nft", NftError)
 
     async def _call(self, netns: Path | None, work: Callable[[Any], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._in, netns, work)
+        """On the nft thread: enter `netns`, run work(fresh libnftables context), come back."""
+        return await self._thread.call(netns, lambda: work(_load().Nftables()))
 
     async def _json(self, netns: Path | None, batch: dict[str, Any]) -> tuple[int, Any, str]:
         def run(ctx: Any) -> tuple[int, Any, str]:
@@ -124,7 +86,4 @@ class Nft:
         return await self._call(netns, run)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._home is not None:
-            os.close(self._home)
-            self._home = None
+        self._thread.close()

@@ -151,6 +151,8 @@ Op = (
     | DeleteNeigh
 )
 
+PeerOp = ReplaceFdb | DeleteFdb | ReplaceNeigh | DeleteNeigh  # applied in bulk (apply_peer_ops)
+
 
 def undo(op: Op) -> list[Op]:
     """What removes the object `op` created (used to roll back a failed call)."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,10 +30,12 @@ import structlog
 from pyroute2 import AsyncIPRoute, NetlinkError, netns
 from pyroute2.netlink.rtnl import ndmsg
 
-from pyoverlay.state.errors import InvalidOption, KernelError
+from pyoverlay.state.errors import InvalidOption, KernelError, PyoverlayError
 
+from . import neighbours
 from .kernel import KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
 from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
+from .netns import NetnsThread
 from .ops import (
     CreateNamespace,
     DeleteFdb,
@@ -43,6 +46,7 @@ from .ops import (
     EnsureVeth,
     EnsureVxlan,
     Op,
+    PeerOp,
     ReplaceFdb,
     ReplaceNeigh,
 )
@@ -84,6 +88,7 @@ class PyrouteKernel:
         # Serialises dumps per socket (pitfall: concurrent dumps -> EBUSY).
         self._dump_locks: dict[str, asyncio.Lock] = {}
         self._open_locks: dict[str, asyncio.Lock] = {}
+        self._netlink = NetnsThread("netlink")  # raw netlink sockets made inside a namespace
 
     # -- sockets ---------------------------------------------------------
 
@@ -122,6 +127,7 @@ class PyrouteKernel:
         if self._host is not None:
             self._host.close()
             self._host = None
+        self._netlink.close()
 
     @asynccontextmanager
     async def _dump_lock(self, ns: str | None) -> AsyncIterator[None]:
@@ -174,38 +180,46 @@ class PyrouteKernel:
                 return await self._peer_op(op)
         raise AssertionError(f"unknown op {op!r}")
 
-    async def _peer_op(self, op: ReplaceFdb | DeleteFdb | ReplaceNeigh | DeleteNeigh) -> bool:
-        ipr = await self._ipr(op.ns)
-        link = await self._get_link(op.ns, op.dev)
-        if link is None:
-            if isinstance(op, DeleteFdb | DeleteNeigh):
-                return False
-            raise KernelError(str(op), op.dev, errno.ENODEV, f"{op.ns}/{op.dev} is missing")
-        idx = link["index"]
-        try:
-            match op:
-                case ReplaceFdb():
-                    await ipr.fdb(
-                        "replace",
-                        ifindex=idx,
-                        lladdr=op.mac,
-                        dst=str(op.dst),
-                        state=NUD_PERMANENT | NUD_NOARP,
-                        flags=NTF_SELF,
-                    )
-                case DeleteFdb():
-                    await ipr.fdb("del", ifindex=idx, lladdr=op.mac, dst=str(op.dst))
-                case ReplaceNeigh():
-                    await ipr.neigh(
-                        "replace", ifindex=idx, dst=str(op.ip), lladdr=op.mac, state=NUD_PERMANENT
-                    )
-                case DeleteNeigh():
-                    await ipr.neigh("del", ifindex=idx, dst=str(op.ip))
-        except NetlinkError as exc:
-            if isinstance(op, DeleteFdb | DeleteNeigh) and exc.code in GONE:
-                return False
-            raise _kernel_error(str(op), op.dev, exc) from exc
-        return True
+    async def _peer_op(self, op: PeerOp) -> bool:
+        (result,) = await self._peer_results([op])
+        if isinstance(result, PyoverlayError):
+            raise result
+        return result
+
+    async def apply_peer_ops(self, ops: Sequence[PeerOp]) -> list[PyoverlayError]:
+        return [r for r in await self._peer_results(ops) if isinstance(r, PyoverlayError)]
+
+    async def _peer_results(self, ops: Sequence[PeerOp]) -> list[bool | PyoverlayError]:
+        """FDB/ARP ops in bulk over a raw netlink socket in each VTEP's namespace
+        (neighbours.py): one sendmsg per CHUNK of requests, every one ACKed.  Per op:
+        True (done), False (a delete of what was not there) or the error."""
+        results: list[bool | PyoverlayError] = [False] * len(ops)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, op in enumerate(ops):
+            groups.setdefault((op.ns, op.dev), []).append(i)
+        for (ns, dev), where in groups.items():
+            link = await self._get_link(ns, dev)
+            if link is None:
+                for i in where:
+                    if isinstance(ops[i], ReplaceFdb | ReplaceNeigh):
+                        results[i] = KernelError(
+                            str(ops[i]), dev, errno.ENODEV, f"{ns}/{dev} is missing"
+                        )
+                continue
+            work = partial(neighbours.batch, link["index"], [_entry(ops[i]) for i in where])
+            try:
+                codes = await self._netlink.call(self.netns_dir / ns, work)
+            except OSError as exc:
+                for i in where:
+                    results[i] = KernelError(str(ops[i]), dev, exc.errno or 0, str(exc))
+                continue
+            for i, code in zip(where, codes, strict=True):
+                gone = isinstance(ops[i], DeleteFdb | DeleteNeigh) and code in GONE
+                if code and not gone:
+                    results[i] = KernelError(str(ops[i]), dev, code, os.strerror(code))
+                else:
+                    results[i] = not gone
+        return results
 
     async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
         if not (self.netns_dir / ns).exists():
@@ -214,17 +228,20 @@ class PyrouteKernel:
         if link is None:
             return PeerEntries()
         idx = link["index"]
+        path = self.netns_dir / ns
+        try:
+            bridge = await self._netlink.call(path, lambda: neighbours.dump(neighbours.AF_BRIDGE))
+            inet = await self._netlink.call(path, lambda: neighbours.dump(neighbours.AF_INET))
+        except OSError as exc:
+            raise KernelError("dump neighbours", f"{ns}/{dev}", exc.errno or 0, str(exc)) from exc
         fdb: dict[str, IPv4Address] = {}
-        for m in await self._dump(ns, "neigh", family=AF_BRIDGE):
-            dst = m.get("NDA_DST")
-            if m["ifindex"] == idx and dst and m.get("NDA_LLADDR") and ":" not in dst:
-                mac = m.get("NDA_LLADDR").lower()
-                if mac != "00:00:00:00:00:00":
-                    fdb[mac] = IPv4Address(dst)
+        for m in bridge:
+            if m.ifindex == idx and m.dst and m.lladdr and m.lladdr != "00:00:00:00:00:00":
+                fdb[m.lladdr] = m.dst
         neigh: dict[IPv4Address, str] = {}
-        for m in await self._dump(ns, "neigh", family=AF_INET):
-            if m["ifindex"] == idx and m["state"] & NUD_PERMANENT and m.get("NDA_LLADDR"):
-                neigh[IPv4Address(m.get("NDA_DST"))] = m.get("NDA_LLADDR").lower()
+        for m in inet:
+            if m.ifindex == idx and m.state & NUD_PERMANENT and m.dst and m.lladdr:
+                neigh[m.dst] = m.lladdr
         return PeerEntries(fdb, neigh)
 
     def _create_namespace(self, op: CreateNamespace) -> bool:
@@ -518,3 +535,14 @@ def _vxlan_matches(link: Any, op: EnsureVxlan) -> bool:
         and link.get_nested(*data, "IFLA_VXLAN_PORT") == op.port
         and local == str(op.local)
     )
+
+
+def _entry(op: PeerOp) -> neighbours.Entry:
+    match op:
+        case ReplaceFdb(mac=mac, dst=dst) | DeleteFdb(mac=mac, dst=dst):
+            return neighbours.Entry(True, isinstance(op, ReplaceFdb), mac, dst)
+        case ReplaceNeigh(ip=ip, mac=mac):
+            return neighbours.Entry(False, True, mac, ip)
+        case DeleteNeigh(ip=ip):
+            return neighbours.Entry(False, False, "00:00:00:00:00:00", ip)
+    raise AssertionError(op)

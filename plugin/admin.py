@@ -137,9 +137,15 @@ async def status(request: web.Request) -> web.Response:
     counts: dict[str, int] = {}
     for m in members:
         counts[m["status"]] = counts.get(m["status"], 0) + 1
+    stored: dict[str, int] = {}  # rows held per scope, tombstones included
+    for scope, _ in gossip.node.table.rows if gossip else ():
+        stored[scope] = stored.get(scope, 0) + 1
     nets = [
         {
             "network": n.network_id[:12],
+            "rows": stored.get(peers.scope(n.vni), 0)
+            if gossip
+            else len(driver.directory.rows(peers.scope(n.vni))),
             "vni": n.vni,
             "subnet": str(n.subnet),
             "mtu": n.mtu,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -46,6 +47,11 @@ class Services:
     def restarted(self) -> Services:
         """A new plugin process on the same state dir and the same kernel."""
         return Services(self.state_dir, self.kernel)
+
+
+def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pyoverlay ARGS` against host h's plugin."""
+    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
 
 
 class Scratch:

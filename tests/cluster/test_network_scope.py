@@ -7,8 +7,11 @@ forgets them.  Global rows (specs, IPAM) still reach everybody.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.node import GossipNode
 from pyoverlay.cluster.sim import SimNetwork
 
@@ -96,3 +99,23 @@ def test_a_network_nobody_else_is_in_is_ready_at_once_after_sync() -> None:
     nodes[7].join_network(sim.now, "lonely")
     assert nodes[7].network_ready("lonely")
     assert not nodes[7].queue.nets()  # its subscription went out; nothing waits for nobody
+
+
+def test_lost_network_rows_are_repaired_by_push_pull_with_a_member_of_the_network() -> None:
+    """Anti-entropy must pick a partner that keeps the network's rows: a random host of the
+    cluster would rarely be one when a network spans 3 hosts of 30."""
+    config = replace(GossipConfig.lan(), pushpull_interval=5.0)
+    sim = SimNetwork(seed=5, config=config)
+    nodes = [sim.add_node(f"n{i}") for i in range(30)]
+    for i in (3, 14, 27):
+        nodes[i].join_network(sim.now, "x")
+    sim.join_all()
+    sim.run_while(lambda: any(len(x.alive_members()) < 30 for x in nodes), limit=30)
+    sim.run_for(2.0)
+    sim.loss = 1.0  # every UDP packet is lost while the row is gossiped
+    nodes[3].publish(sim.now, "peer/x", "late", {"ip": "10.0.0.2"})
+    sim.run_for(1.5)
+    sim.loss = 0.0
+    assert not any("late" in keys(nodes[i], "x") for i in (14, 27))
+    took = sim.run_while(lambda: any("late" not in keys(nodes[i], "x") for i in (14, 27)), 30)
+    assert took <= 5.0 * 1.25, took

@@ -8,6 +8,7 @@ from typing import Any
 from support import Services
 
 from pyoverlay.driver import peers
+from pyoverlay.driver.directory import LocalDirectory
 from pyoverlay.driver.ops import DeleteNeigh, ReplaceFdb
 from pyoverlay.plugin.admin import make_admin_app
 from pyoverlay.plugin.app import make_app
@@ -34,7 +35,11 @@ async def setup(services: Services, aiohttp_client: Any):
         "/NetworkDriver.Join", json={"NetworkID": "nope", "EndpointID": EID}
     )  # an error
     # a remote endpoint in the table, as gossip would deliver it
-    services.driver.directory.data[(peers.scope(services.driver.networks[NID].vni), "remote")] = (  # type: ignore[attr-defined]
+    directory = services.driver.directory
+    assert isinstance(directory, LocalDirectory)
+    directory.put(
+        peers.scope(services.driver.networks[NID].vni),
+        "remote",
         peers.row_value(IPv4Address("10.60.0.9"), "02:42:0a:3c:00:09", IPv4Address("192.0.2.20")),
         (5, "other"),
     )

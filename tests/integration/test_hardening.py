@@ -18,17 +18,13 @@ import subprocess
 import time
 
 import pytest
-from support import Scratch, both, ip_of, ping
+from support import Scratch, both, cli, ip_of, ping
 
 from pyoverlay.lab.hosts import DOCKER, IMAGE, CommandFailed, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
 SLEEP = ("sleep", "3600")
-
-
-def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
 
 
 def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
-from support import Scratch, both, ip_of, mac_of, ping
+from support import Scratch, both, cli, ip_of, mac_of, ping
 
 from pyoverlay.lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
 SLEEP = ("sleep", "3600")
-
-
-def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
 
 
 def peers(h: Host, lab: Lab) -> list[dict[str, object]]:
@@ -205,6 +200,7 @@ def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> No
     """Last in this module: h2 leaves the cluster for good (decommissioning)."""
     h1, h2 = lab.host(1), lab.host(2)
     nss = both(scratch, lab, "net8", "100.0.8.0/24")
+    scratch.run(h1, "g1", "--network", "net8", IMAGE, *SLEEP)  # h1 has the network's sandbox
     scratch.run(h2, "g2", "--network", "net8", IMAGE, *SLEEP)
     wait_for("g2 on h1's VTEP", lambda: h2.address in fdb_macs(h1, nss["h1"]).values(), timeout=15)
     t0 = time.monotonic()

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from support import Scratch
+from support import Scratch, cli
 
 from pyoverlay.lab.hosts import IMAGE, Host, Lab, wait_for
 
@@ -44,11 +44,15 @@ def state(h: Host) -> dict[str, object]:
     return json.loads((h.state_dir / "driver.json").read_text())
 
 
-def test_network_create_builds_the_seed_layout_and_rm_removes_it(
-    h1: Host, scratch: Scratch
+def test_first_container_builds_the_seed_layout_and_the_last_removes_it(
+    lab: Lab, h1: Host, scratch: Scratch
 ) -> None:
     nid = scratch.network(h1, "net1", "--subnet", "100.0.0.0/24", "-o", "vni=4097")
     ns = f"1-{nid[:10]}"
+    assert ns not in h1.overlay_namespaces()  # lazy, as Docker's overlay: no container yet
+    status = cli(h1, lab, "status").stdout
+    assert "no local endpoint" in status and nid[:12] in status
+    scratch.run(h1, "first", "--network", "net1", IMAGE, *SLEEP)
     assert ns in h1.overlay_namespaces()
     ln = links(h1, ns)
     vx = ln[f"pvx001001-{nid[:5]}"]
@@ -60,8 +64,10 @@ def test_network_create_builds_the_seed_layout_and_rm_removes_it(
     assert addr[0]["addr_info"][0]["local"] == "100.0.0.1"
     # the VTEP's UDP socket is on the host's underlay, not in the overlay namespace
     assert ":4789" in h1.run("ss", "-uln").stdout
-    h1.docker("network", "rm", "net1")
+    h1.docker("rm", "-f", "first")
     assert ns not in h1.overlay_namespaces()
+    assert not [n for n in links(h1) if n.startswith("pvx")]
+    h1.docker("network", "rm", "net1")
     assert not [n for n in links(h1) if n.startswith("pvx")]
     assert state(h1)["networks"] == {}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ping
+from support import cli, ping
 
 from pyoverlay.lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
 
@@ -46,10 +46,6 @@ def swarm(lab: Lab) -> Iterator[Lab]:
         h.docker("swarm", "leave", "--force", check=False, timeout=120)
     for h in lab.hosts:
         h.remove_plugin()
-
-
-def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
 
 
 def task_on(h: Host, service_name: str) -> str:

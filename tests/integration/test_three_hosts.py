@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import Scratch, both, ip_of, ping
+from support import Scratch, both, cli, ip_of, ping
 
-from pyoverlay.lab.hosts import IMAGE, Lab, start_seed_app, wait_for
+from pyoverlay.lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 3
+SLEEP = ("sleep", "3600")
 
 
 def test_seed_application_on_three_hosts(lab: Lab, scratch: Scratch) -> None:
@@ -43,3 +45,63 @@ def test_concurrent_runs_on_three_hosts_get_distinct_addresses(lab: Lab, scratch
             if other is not h and name.endswith("c0"):
                 src, target = f"{h.name}c0", ip_of(other, name, "net2")
                 wait_for(f"{src} -> {name}", lambda h=h, s=src, t=target: ping(h, s, t), timeout=15)
+
+
+def test_rows_and_sandboxes_only_where_a_network_has_containers(lab: Lab, scratch: Scratch) -> None:
+    """Issue 12: 3 networks on 3 hosts, containers on only some hosts.  A host keeps a
+    network's sandbox and endpoint rows only while it has a container on it; traffic
+    is unchanged; the first container on a host reaches the others at once."""
+    h1, h2, h3 = lab.hosts
+    nss = {net: both(scratch, lab, net, f"100.1.{3 + i}.0/24") for i, net in enumerate("abc")}
+    where = {"a": (h1, h2), "b": (h2, h3), "c": (h1, h3)}  # hosts with a container
+    for net, hosts in where.items():
+        for h in hosts:
+            scratch.run(h, f"{net}{h.name}", "--network", net, IMAGE, *SLEEP)
+    for net, (x, y) in where.items():
+        target = ip_of(y, f"{net}{y.name}", net)
+        src = f"{net}{x.name}"
+        wait_for(f"{src} -> {target}", lambda x=x, s=src, t=target: ping(x, s, t), timeout=15)
+
+    for net, hosts in where.items():
+        for h in lab.hosts:
+            got = rows_of(h, lab, net)
+            if h in hosts:
+                assert nss[net][h.name] in h.overlay_namespaces()
+                other = next(o for o in hosts if o is not h)
+                assert got == {
+                    ip_of(other, f"{net}{other.name}", net): "ok",
+                    ip_of(h, f"{net}{h.name}", net): "local",
+                }, (net, h.name)
+                assert stored_rows(h, lab, net) == 2, (net, h.name)
+            else:
+                assert nss[net][h.name] not in h.overlay_namespaces(), (net, h.name)
+                assert got is None, (net, h.name)
+                assert stored_rows(h, lab, net) == 0, (net, h.name)
+
+    # the first container of "b" on h1: sandbox made, rows fetched, reachable at once
+    scratch.run(h1, "bh1", "--network", "b", IMAGE, *SLEEP)
+    assert nss["b"]["h1"] in h1.overlay_namespaces()
+    for other in (h2, h3):
+        assert ping(h1, "bh1", ip_of(other, f"b{other.name}", "b")), other.name
+    # and after its last container leaves, the sandbox and the rows go
+    h1.docker("rm", "-f", "bh1")
+    assert nss["b"]["h1"] not in h1.overlay_namespaces()
+    # only its own delete (a tombstone the others may still need) stays until reaped
+    wait_for("h1 forgot b's rows", lambda: stored_rows(h1, lab, "b") == 1, timeout=5)
+    assert ping(h2, "bh2", ip_of(h3, "bh3", "b"))  # the others never noticed
+
+
+def rows_of(h: Host, lab: Lab, net: str) -> dict[str, str] | None:
+    """`pyoverlay peers` on h for network `net`: ip -> state, None if h has no sandbox."""
+    nid = h.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    for v in json.loads(cli(h, lab, "peers", "--json").stdout):
+        if nid.startswith(v["network"]):
+            return None if v["namespace"] is None else {p["ip"]: p["state"] for p in v["peers"]}
+    raise AssertionError(f"{net} not listed by pyoverlay peers on {h.name}")
+
+
+def stored_rows(h: Host, lab: Lab, net: str) -> int:
+    """Endpoint rows of `net` (visible or not) the plugin on h holds (`status --json`)."""
+    nid = h.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    nets = json.loads(cli(h, lab, "status", "--json").stdout)["networks"]
+    return int(next(n["rows"] for n in nets if nid.startswith(n["network"])))

@@ -224,6 +224,7 @@ def OverlayDriverFor(
         kernel, (state or Path(tempfile.mkdtemp())) / "driver.json", "node1", underlay
     )
     d.networks = {net.network_id: net}
+    d.eager = True  # the network's sandbox is wanted without a local endpoint
     return d
 
 
@@ -307,3 +308,52 @@ async def test_fdb_and_neighbour_entries_against_the_real_kernel(
     assert "00:00:00:00:00:00 dst 192.0.2.99" in left and "02:aa:bb:cc:dd:ee" in left
     assert "10.50.0.99" in ip("-n", ns, "neigh", "show", "dev", vx)
     await apply_all(kernel, plan.delete_network(net))
+
+
+async def test_5000_remote_endpoints_in_bulk_with_errors_per_entry(
+    kernel: PyrouteKernel, underlay: Underlay
+) -> None:
+    """Issue 12: a restart programs 5,000 remote endpoints (10,000 FDB + ARP entries) in
+    bulk; what `bridge fdb`/`ip neigh` list is exactly that; a bad entry fails alone with
+    its own error; deleting all of them (and one that is not there) leaves nothing."""
+    from pyoverlay.driver import peers
+    from pyoverlay.driver.ops import DeleteFdb, ReplaceFdb
+
+    net = spec(NID, subnet="10.64.0.0/16")
+    await apply_all(kernel, plan.create_network(net, "node1", underlay))
+    ns, vx = net.namespace, net.vxlan
+    want = peers.PeerEntries(
+        fdb={
+            f"02:42:0a:40:{i >> 8:02x}:{i & 255:02x}": IPv4Address("192.0.2.10") + i % 50
+            for i in range(5000)
+        },
+        neigh={
+            IPv4Address("10.64.0.0") + 2 + i: f"02:42:0a:40:{i >> 8:02x}:{i & 255:02x}"
+            for i in range(5000)
+        },
+    )
+    ops = peers.diff(ns, vx, peers.PeerEntries(), want)
+    assert len(ops) == 10_000
+    bad = ReplaceFdb(ns, vx, "01:00:5e:00:00:01", IPv4Address("192.0.2.1"))  # multicast: refused
+    failed = await kernel.apply_peer_ops([*ops[:5000], bad, *ops[5000:]])
+    assert [e.op for e in failed if isinstance(e, KernelError)] == [str(bad)], failed
+    assert await kernel.peer_entries(ns, vx) == want
+    shown = json.loads(ip("-n", ns, "-j", "neigh", "show", "dev", vx) or "[]")
+    assert len([e for e in shown if "PERMANENT" in e.get("state", [])]) == 5000
+    fdb = json.loads(
+        subprocess.run(
+            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", vx],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert {e["mac"]: e["dst"] for e in fdb if "dst" in e} == {
+        m: str(d) for m, d in want.fdb.items()
+    }
+
+    gone = peers.diff(ns, vx, want, peers.PeerEntries())
+    extra = DeleteFdb(ns, vx, "02:00:00:00:00:02", IPv4Address("192.0.2.9"))  # never there
+    assert await kernel.apply_peer_ops([*gone, extra]) == []
+    assert await kernel.peer_entries(ns, vx) == peers.PeerEntries()
+    assert await kernel.apply(ReplaceFdb(ns, vx, "02:00:00:00:00:03", IPv4Address("192.0.2.3")))

@@ -41,7 +41,7 @@ class Recording(LocalDirectory):
         row = peers.row_value(
             IPv4Address("10.9.0.77"), "02:42:0a:09:00:4d", IPv4Address("192.0.2.9")
         )
-        self.data[(f"peer/{net}", "remote")] = (row, (1, "node2"))
+        self.put(f"peer/{net}", "remote", row, (1, "node2"))
         return True
 
 
