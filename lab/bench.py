@@ -16,6 +16,8 @@ two hosts
   hostile          20 unauthenticated TCP connections to a plugin's gossip port, each sending a
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
+  footprint        plugin RSS and CPU at idle (a network with a container on each host), with
+                   default malloc arenas and MALLOC_ARENA_MAX=2; RSS holding 5,000 rows
 swarm (two hosts, a real swarm, the managed plugin)
   swarm-reach      `docker service create` of a task on h2 -> it answers a ping from an
                    attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import signal
 import statistics
@@ -56,9 +57,10 @@ from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
 
+from . import bench_footprint
 from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
 from .hosts import overlay_ip as ip_of
-from .measure import iperf_gbps
+from .measure import cpu_seconds, iperf_gbps, rss_mib
 
 RESULTS: dict[str, object] = {}
 
@@ -585,20 +587,6 @@ stop = True
 """
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_hostile(lab: Lab, runs: int) -> None:
     import sys
 
@@ -865,6 +853,7 @@ DOUBLE: dict[str, Callable[[Lab, int], None]] = {
     "crash": lambda lab, runs: bench_crash(lab),
     "restart-loss": bench_restart_loss,
     "hostile": bench_hostile,
+    "footprint": lambda lab, runs: bench_footprint.idle(lab, report),
 }
 
 
@@ -904,6 +893,8 @@ def main() -> int:
         bench_gossip_sim()
     if want("gossip-quiet"):
         bench_gossip_quiet()
+    if want("footprint"):
+        bench_footprint.rows(report)
     if want("large-tables"):
         from . import bench_tables
 

@@ -333,7 +333,7 @@ class Host:
         self._reap(self.dockerd_pid)
         self.dockerd_pid = None
 
-    def start_plugin(self, *args: str) -> None:
+    def start_plugin(self, *args: str, env: dict[str, str] | None = None) -> None:
         if args:
             self.plugin_args = list(args)
         self.plugins_dir.mkdir(parents=True, exist_ok=True)
@@ -361,6 +361,7 @@ class Host:
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         log.close()
         self.plugin_pid = proc.pid

@@ -1,0 +1,85 @@
+"""footprint: the plugin's memory and CPU at idle, and its memory with 5,000 rows.
+
+* idle (two lab hosts, one network with a container on each, gossip synced):
+  the plugin's RSS and CPU over 30 s, with glibc's default malloc arenas and
+  with MALLOC_ARENA_MAX=2 (what the Dockerfile and the systemd unit set);
+* rows: in a fresh interpreter with the plugin's modules imported, a gossip
+  node that holds 5,000 endpoint rows of one network and the driver's parsed
+  view of them: RSS before and after (the plugin process holds these plus
+  its sockets and tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from .hosts import IMAGE, Lab
+from .measure import cpu_seconds, rss_mib
+
+ROWS_SCRIPT = r"""
+import json, random, pyoverlay.plugin.server
+from ipaddress import IPv4Address
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.node import GossipNode
+from pyoverlay.driver import peers
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+before = rss()
+node = GossipNode("me", "192.0.2.1:7966", GossipConfig.lan(), random.Random(1), 0.0)
+node.join_network(0.0, "5000")
+for k in range(5000):
+    ip = IPv4Address("10.100.0.10") + k
+    value = peers.row_value(ip, "02:42:" + ip.packed.hex(":"), IPv4Address("192.0.3.1") + k % 200)
+    node.table.merge(1.0, {"s": "peer/5000", "k": "%064x" % k, "o": "h%d" % (k % 200),
+                           "l": 10**12 + k, "v": value})
+parsed = [peers.RemoteEndpoint.from_row(r.key, r.value or {}, r.version)
+          for r in node.table.visible("peer/5000")]
+print(json.dumps({"import_mib": round(before, 1), "with_rows_mib": round(rss(), 1),
+                  "rows": len(parsed)}))
+"""
+
+
+def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
+    for arenas in ("", "2"):
+        for h in lab.hosts:
+            h.stop_plugin()
+            h.start_plugin(env={"MALLOC_ARENA_MAX": arenas} if arenas else None)
+        h1, h2 = lab.hosts
+        for h in lab.hosts:
+            h.create_network("fp", "100.9.0.0/24")
+            h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
+        time.sleep(5.0)  # joined, synced, first reconcile done
+        pid = h1.plugin_pid
+        assert pid is not None
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        report(
+            f"footprint-idle{'-arena2' if arenas else ''}",
+            hosts=2,
+            rss_mib=round(rss_mib(pid), 1),
+            cpu_pct=round(cpu * 100, 2),
+        )
+        for h in lab.hosts:
+            h.docker("rm", "-f", f"fp{h.name}", check=False)
+            h.docker("network", "rm", "fp", check=False)
+
+
+def rows(report: Callable[..., None]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ROWS_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+    )
+    report("footprint-5000-rows", **json.loads(out.stdout.strip().splitlines()[-1]))
