@@ -32,7 +32,7 @@ from pyroute2.netlink.rtnl import ndmsg
 
 from pyoverlay.state.errors import InvalidOption, KernelError, PyoverlayError
 
-from . import neighbours
+from . import rtnl
 from .kernel import KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
 from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
 from .netns import NetnsThread
@@ -191,31 +191,30 @@ class PyrouteKernel:
 
     async def _peer_results(self, ops: Sequence[PeerOp]) -> list[bool | PyoverlayError]:
         """FDB/ARP ops in bulk over a raw netlink socket in each VTEP's namespace
-        (neighbours.py): one sendmsg per CHUNK of requests, every one ACKed.  Per op:
+        (rtnl.py): one sendmsg per CHUNK of requests, every one ACKed.  Per op:
         True (done), False (a delete of what was not there) or the error."""
         results: list[bool | PyoverlayError] = [False] * len(ops)
         groups: dict[tuple[str, str], list[int]] = {}
         for i, op in enumerate(ops):
             groups.setdefault((op.ns, op.dev), []).append(i)
         for (ns, dev), where in groups.items():
-            link = await self._get_link(ns, dev)
-            if link is None:
-                for i in where:
-                    if isinstance(ops[i], ReplaceFdb | ReplaceNeigh):
-                        results[i] = KernelError(
-                            str(ops[i]), dev, errno.ENODEV, f"{ns}/{dev} is missing"
-                        )
-                continue
-            work = partial(neighbours.batch, link["index"], [_entry(ops[i]) for i in where])
+            work = partial(rtnl.batch_on, dev, [_entry(ops[i]) for i in where])
             try:
                 codes = await self._netlink.call(self.netns_dir / ns, work)
+            except PyoverlayError as exc:  # the namespace is gone
+                codes = [errno.ENODEV] * len(where)
+                log.debug("peer ops", ns=ns, error=str(exc))
             except OSError as exc:
                 for i in where:
                     results[i] = KernelError(str(ops[i]), dev, exc.errno or 0, str(exc))
                 continue
+            if codes is None:  # no such device
+                codes = [errno.ENODEV] * len(where)
             for i, code in zip(where, codes, strict=True):
                 gone = isinstance(ops[i], DeleteFdb | DeleteNeigh) and code in GONE
-                if code and not gone:
+                if code == errno.ENODEV and not gone:
+                    results[i] = KernelError(str(ops[i]), dev, code, f"{ns}/{dev} is missing")
+                elif code and not gone:
                     results[i] = KernelError(str(ops[i]), dev, code, os.strerror(code))
                 else:
                     results[i] = not gone
@@ -224,16 +223,13 @@ class PyrouteKernel:
     async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
         if not (self.netns_dir / ns).exists():
             return PeerEntries()
-        link = await self._get_link(ns, dev)
-        if link is None:
-            return PeerEntries()
-        idx = link["index"]
-        path = self.netns_dir / ns
         try:
-            bridge = await self._netlink.call(path, lambda: neighbours.dump(neighbours.AF_BRIDGE))
-            inet = await self._netlink.call(path, lambda: neighbours.dump(neighbours.AF_INET))
+            dumped = await self._netlink.call(self.netns_dir / ns, partial(rtnl.peer_dump, dev))
         except OSError as exc:
             raise KernelError("dump neighbours", f"{ns}/{dev}", exc.errno or 0, str(exc)) from exc
+        if dumped is None:
+            return PeerEntries()
+        idx, bridge, inet = dumped
         fdb: dict[str, IPv4Address] = {}
         for m in bridge:
             if m.ifindex == idx and m.dst and m.lladdr and m.lladdr != "00:00:00:00:00:00":
@@ -411,36 +407,32 @@ class PyrouteKernel:
     # -- reading ---------------------------------------------------------
 
     async def _links(self, ns: str | None) -> dict[str, LinkView]:
-        raw = await self._dump(ns, "link")
-        addrs = await self._dump(ns, "addr", family=2)
+        """Links with their IPv4 addresses, from raw dumps (rtnl.py) in `ns` (None: ours)."""
+        path = None if ns is None else self.netns_dir / ns
+        try:
+            links, addrs = await self._netlink.call(path, rtnl.links_and_addresses)
+        except OSError as exc:
+            raise KernelError("dump links", ns or "host", exc.errno or 0, str(exc)) from exc
         by_index: dict[int, list[IPv4Interface]] = {}
         for a in addrs:
-            by_index.setdefault(a["index"], []).append(
-                IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+            by_index.setdefault(a.index, []).append(IPv4Interface(f"{a.address}/{a.prefixlen}"))
+        names = {link.index: link.name for link in links}
+        return {
+            link.name: LinkView(
+                name=link.name,
+                kind=link.kind,
+                mtu=link.mtu or 0,
+                up=link.up,
+                master=names.get(link.master) if link.master else None,
+                vni=link.vni,
+                vxlan_port=link.vxlan_port,
+                vxlan_local=link.vxlan_local,
+                mac=link.mac,
+                alias=link.alias,
+                addresses=tuple(by_index.get(link.index, ())),
             )
-        names = {m["index"]: m.get("IFLA_IFNAME") for m in raw}
-        out: dict[str, LinkView] = {}
-        for m in raw:
-            name = m.get("IFLA_IFNAME")
-            kind = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""
-            vni = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_ID")
-            port = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_PORT")
-            local = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_LOCAL")
-            master = m.get("IFLA_MASTER")
-            out[name] = LinkView(
-                name=name,
-                kind=kind,
-                mtu=m.get("IFLA_MTU"),
-                up=bool(m["flags"] & 1),
-                master=names.get(master) if master else None,
-                vni=vni,
-                vxlan_port=port,
-                vxlan_local=IPv4Address(local) if local else None,
-                mac=m.get("IFLA_ADDRESS"),
-                alias=m.get("IFLA_IFALIAS"),
-                addresses=tuple(by_index.get(m["index"], ())),
-            )
-        return out
+            for link in links
+        }
 
     async def namespace_links(self, ns: str) -> dict[str, LinkView]:
         return await self._links(ns)
@@ -457,15 +449,12 @@ class PyrouteKernel:
                 or str(self.netns_dir.resolve() / name) not in mounted
             ):
                 continue
-            known = name in self._sockets
             try:
                 links = await self._links(name)
-            except (OSError, NetlinkError) as exc:
+            except PyoverlayError as exc:
                 log.warning("cannot read namespace", ns=name, error=str(exc))
                 continue
             namespaces[name] = NamespaceView(name, links)
-            if not known:
-                self._forget(name)  # maybe another node's: do not keep it pinned
         host = {
             n: link
             for n, link in (await self._links(None)).items()
@@ -537,12 +526,12 @@ def _vxlan_matches(link: Any, op: EnsureVxlan) -> bool:
     )
 
 
-def _entry(op: PeerOp) -> neighbours.Entry:
+def _entry(op: PeerOp) -> rtnl.Entry:
     match op:
         case ReplaceFdb(mac=mac, dst=dst) | DeleteFdb(mac=mac, dst=dst):
-            return neighbours.Entry(True, isinstance(op, ReplaceFdb), mac, dst)
+            return rtnl.Entry(True, isinstance(op, ReplaceFdb), mac, dst)
         case ReplaceNeigh(ip=ip, mac=mac):
-            return neighbours.Entry(False, True, mac, ip)
+            return rtnl.Entry(False, True, mac, ip)
         case DeleteNeigh(ip=ip):
-            return neighbours.Entry(False, False, "00:00:00:00:00:00", ip)
+            return rtnl.Entry(False, False, "00:00:00:00:00:00", ip)
     raise AssertionError(op)

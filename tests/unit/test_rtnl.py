@@ -1,4 +1,4 @@
-"""The bulk FDB/ARP netlink encoder and parsers (driver/neighbours.py), without a kernel.
+"""The bulk FDB/ARP netlink encoder and parsers (driver/rtnl.py), without a kernel.
 
 The requests must be byte for byte what pyroute2 itself compiles for the same
 call (its IPBatch compiler), and the parsers must read what the kernel sends."""
@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 
 from pyroute2 import IPBatch
 
-from pyoverlay.driver import neighbours as nb
+from pyoverlay.driver import rtnl as nb
 
 MAC = "02:42:0a:00:00:07"
 IP = IPv4Address("192.0.2.7")
