@@ -224,12 +224,13 @@ class GossipNode:
     def next_deadline(self) -> float:
         times = [
             self.next_probe,
-            self.next_gossip,
             self.next_pushpull,
             self.next_reconnect,
             self.next_reap,
             *self.resync.values(),
         ]
+        if self.queue:  # an idle node does not wake up 5 times a second for nothing
+            times.append(self.next_gossip)
         if self.probe and not self.probe.acked and not self.probe.indirect:
             times.append(self.probe.timeout_at)
         times += [r.deadline for r in self.relays.values()]

@@ -109,6 +109,7 @@ class GossipRuntime:
         self._server: asyncio.AbstractServer | None = None
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()  # set after every push-pull reply
+        self._armed = 0.0  # when the timer loop wakes up next (node.next_deadline)
         self._loop_task: asyncio.Task[None] | None = None
         self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
@@ -217,12 +218,16 @@ class GossipRuntime:
 
     async def _timers(self) -> None:
         while True:
-            delay = max(0.0, self.node.next_deadline() - time.monotonic())
+            self._armed = self.node.next_deadline()
+            delay = max(0.0, self._armed - time.monotonic())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
-            self.node.tick(time.monotonic())
-            self._after()
+                async with asyncio.timeout(min(delay, 1.0)):
+                    await self._wake.wait()
+            now = time.monotonic()
+            if now >= self.node.next_deadline():
+                self.node.tick(now)
+                self._after()
 
     def _after(self) -> None:
         """Send what the node wants sent, hand events to the driver, re-arm the timer."""
@@ -236,7 +241,8 @@ class GossipRuntime:
             self.on_members(members)
         if scopes:
             self.on_rows(scopes)
-        self._wake.set()
+        if self.node.next_deadline() < self._armed:  # something is due sooner: re-arm
+            self._wake.set()
 
     def _flush(self) -> None:
         for send in self.node.outbox:

@@ -1,7 +1,7 @@
 """footprint: the plugin's memory and CPU at idle, and its memory with 5,000 rows.
 
-* idle (two lab hosts, one network with a container on each, gossip synced):
-  the plugin's RSS and CPU over 30 s, with glibc's default malloc arenas and
+* idle (two lab hosts, one network with a container on each, gossip synced,
+  the default timings): the plugin's RSS and CPU over 30 s, with glibc's default malloc arenas and
   with MALLOC_ARENA_MAX=2 (what the Dockerfile and the systemd unit set);
 * rows: in a fresh interpreter with the plugin's modules imported, a gossip
   node that holds 5,000 endpoint rows of one network and the driver's parsed
@@ -48,11 +48,24 @@ print(json.dumps({"import_mib": round(before, 1), "with_rows_mib": round(rss(), 
 """
 
 
+def _defaults(args: list[str]) -> list[str]:
+    """The lab's plugin arguments with the default timings (the lab shortens them)."""
+    out = list(args)
+    for flag, value in (("--gossip-pushpull", "30"), ("--reconcile-interval", "10")):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+    return out
+
+
+def env(arenas: str) -> dict[str, str] | None:
+    return {"MALLOC_ARENA_MAX": arenas} if arenas else None
+
+
 def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
     for arenas in ("", "2"):
         for h in lab.hosts:
             h.stop_plugin()
-            h.start_plugin(env={"MALLOC_ARENA_MAX": arenas} if arenas else None)
+            h.start_plugin(*_defaults(lab.default_plugin_args(h)), env=env(arenas))
         h1, h2 = lab.hosts
         for h in lab.hosts:
             h.create_network("fp", "100.9.0.0/24")
