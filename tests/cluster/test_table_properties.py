@@ -80,3 +80,16 @@ def test_tombstones_are_reaped_after_their_residual_time() -> None:
     assert ("peer/1", "k") in t.rows
     t.reap(130.5)
     assert ("peer/1", "k") not in t.rows
+
+
+def test_a_scope_is_matched_exactly_not_as_a_prefix() -> None:
+    """VNI 4097's endpoints are not VNI 40971's: reading `peer/4097` once returned both
+    (a prefix match), which would have programmed one network's peers on another's VTEP."""
+    t = Table("a", 1800.0)
+    t.write(1.0, "peer/4097", "x", {"ip": "10.0.0.2"})
+    t.write(1.0, "peer/40971", "y", {"ip": "10.9.0.2"})
+    assert [r.key for r in t.visible("peer/4097")] == ["x"]
+    assert sorted(r.key for r in t.visible()) == ["x", "y"]
+    t.write(2.0, "peer/4097", "x", None)
+    t.reap(2.0 + 1800.0)
+    assert t.visible("peer/4097") == [] and "peer/4097" not in t.scopes
