@@ -126,6 +126,9 @@ class GossipRuntime:
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
         return [(r.key, r.value or {}, r.version) for r in self.node.table.visible(scope)]
 
+    def generation(self, scope: str) -> int:
+        return self.node.table.generation(scope)
+
     def join_network(self, net: str) -> None:
         self.node.join_network(time.monotonic(), net, wall_ms())
         self._after()
@@ -252,8 +255,9 @@ class GossipRuntime:
                 continue
             data = self._seal(send.msg)
             host, port = split_addr(send.addr, self.port)
-            if self._udp is not None and self._udp.transport is not None:
-                self._udp.transport.sendto(data, (host, port))
+            transport = self._udp.transport if self._udp is not None else None
+            if transport is not None and not transport.is_closing():  # after a leave: no more
+                transport.sendto(data, (host, port))
                 self.count("packets_out")
                 self.count("bytes_out", len(data))
         self.node.outbox.clear()

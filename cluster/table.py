@@ -59,6 +59,7 @@ class Table:
         self.tombstone_ttl = tombstone_ttl
         self.rows: dict[tuple[str, str], Row] = {}
         self.scopes: dict[str, dict[str, Row]] = {}  # the same rows by scope, then key
+        self.generations: dict[str, int] = {}  # scope -> bumped at every change of its rows
         self.hidden: set[str] = set()  # owners currently dead
         self.clock = 0
         self.events: list[RowEvent] = []
@@ -74,6 +75,7 @@ class Table:
         old = self._visible(before)
         self.rows[k] = row
         self.scopes.setdefault(row.scope, {})[row.key] = row
+        self._bump(row.scope)
         new = self._visible(row)
         if old != new:
             owner = row.owner if new is not None else (before.owner if before else row.owner)
@@ -126,12 +128,22 @@ class Table:
             self.hidden.add(owner)
         else:
             self.hidden.discard(owner)
+        for scope in {r.scope for r in rows}:
+            self._bump(scope)
         for r in rows:
             after = self._visible(r)
             if before[(r.scope, r.key)] != after:
                 self.events.append(RowEvent(r.scope, r.key, owner, after))
 
+    def _bump(self, scope: str) -> None:
+        self.generations[scope] = self.generations.get(scope, 0) + 1
+
+    def generation(self, scope: str) -> int:
+        """Changes whenever a row of `scope` changes (a cache of derived data checks it)."""
+        return self.generations.get(scope, 0)
+
     def _delete(self, k: tuple[str, str]) -> None:
+        self._bump(k[0])
         del self.rows[k]
         rows = self.scopes[k[0]]
         del rows[k[1]]

@@ -24,6 +24,10 @@ class PeerDirectory(Protocol):
         """Visible rows of a scope: (key, value, version)."""
         ...
 
+    def generation(self, scope: str) -> int:
+        """A number that changes whenever the rows of `scope` change."""
+        ...
+
     def join_network(self, net: str) -> None:
         """Receive and keep the rows of network `net` (`peer/<net>`) from now on."""
         ...
@@ -45,10 +49,12 @@ class LocalDirectory:
         self.clock = 0
         self.data: dict[str, dict[str, tuple[dict[str, Any], tuple[int, str]]]] = {}
         self.networks: set[str] = set()  # joined (there is nobody to fetch rows from)
+        self.changes = 0
 
     def put(self, scope: str, key: str, value: dict[str, Any], version: tuple[int, str]) -> None:
         """A row as if another host had written it (tests and benchmarks)."""
         self.data.setdefault(scope, {})[key] = (value, version)
+        self.changes += 1
 
     def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
         self.clock += 1
@@ -56,6 +62,10 @@ class LocalDirectory:
 
     def withdraw(self, scope: str, key: str) -> None:
         self.data.get(scope, {}).pop(key, None)
+        self.changes += 1
+
+    def generation(self, scope: str) -> int:
+        return self.changes
 
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
         return [(k, v, ver) for k, (v, ver) in self.data.get(scope, {}).items()]

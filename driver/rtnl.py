@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -84,8 +84,7 @@ class Address:
     prefixlen: int
 
 
-@dataclass(frozen=True)
-class Dumped:
+class Dumped(NamedTuple):  # a tuple: 10,000 of them per reconcile at 5,000 endpoints
     ifindex: int
     state: int
     dst: IPv4Address | None  # None: no or non-IPv4 destination
@@ -161,21 +160,25 @@ def _dump_messages(data: bytes, want: int) -> tuple[list[tuple[int, int]], bool]
 
 
 def parse_dump(data: bytes) -> tuple[list[Dumped], bool]:
-    """The RTM_NEWNEIGH messages of one read of a dump; True once NLMSG_DONE was seen."""
+    """The RTM_NEWNEIGH messages of one read of a dump; True once NLMSG_DONE was seen.
+    (The hot loop of a reconcile: only NDA_DST and NDA_LLADDR are looked at.)"""
     out: list[Dumped] = []
     spans, done = _dump_messages(data, RTM_NEWNEIGH)
+    unpack_attr = ATTR.unpack_from
     for at, end in spans:
         _family, ifindex, state, _flags, _type = NDMSG.unpack_from(data, at)
-        attrs = _attrs(data, at + NDMSG.size, end)
-        dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
-        out.append(
-            Dumped(
-                ifindex,
-                state,
-                IPv4Address(dst) if dst is not None and len(dst) == 4 else None,
-                lladdr.hex(":") if lladdr is not None and len(lladdr) == 6 else None,
-            )
-        )
+        dst = lladdr = None
+        off = at + NDMSG.size
+        while off + 4 <= end:
+            alen, akind = unpack_attr(data, off)
+            if alen < 4:
+                break
+            if akind == NDA_DST and alen == 8:
+                dst = IPv4Address(data[off + 4 : off + 8])
+            elif akind == NDA_LLADDR and alen == 10:
+                lladdr = data[off + 4 : off + 10].hex(":")
+            off += (alen + 3) & ~3
+        out.append(Dumped(ifindex, state, dst, lladdr))
     return out, done
 
 

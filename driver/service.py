@@ -33,7 +33,7 @@ from pyoverlay.state.store import JsonDocument
 
 from . import identity, peers, plan, vips
 from .directory import LocalDirectory, PeerDirectory
-from .kernel import Kernel, RuleTables
+from .kernel import Kernel, PeerEntries, RuleTables
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
 from .ops import Op, PeerOp, undo
 from .options import PoolData, parse_network
@@ -110,6 +110,7 @@ class OverlayDriver:
         self.endpoints: dict[str, EndpointSpec] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._structure = asyncio.Lock()  # networks appear/disappear; the reconciler
+        self._wanted: dict[int, tuple[int, PeerEntries]] = {}  # vni -> (generation, entries)
         self._parsed: dict[int, dict[tuple[str, tuple[int, str]], peers.RemoteEndpoint | None]] = {}
         self.clustered = False  # gossip runs: networks must have an identity all hosts share
         # False until the cluster's table has been synced once: until then peer
@@ -411,9 +412,19 @@ class OverlayDriver:
         self._parsed[vni] = now
         return [r for r in now.values() if r is not None]
 
+    def wanted_peers(self, vni: int) -> PeerEntries:
+        """The entries a VNI's VTEP should have; worked out again only when its rows changed
+        (a periodic reconcile of 5,000 unchanged rows reuses it)."""
+        gen = self.directory.generation(peers.scope(vni))
+        cached = self._wanted.get(vni)
+        if cached is None or cached[0] != gen:
+            cached = (gen, peers.desired(self.remote_endpoints(vni), self.underlay.address))
+            self._wanted[vni] = cached
+        return cached[1]
+
     async def plan_peers(self, net: NetworkSpec) -> list[PeerOp]:
         have = await self.kernel.peer_entries(net.namespace, net.vxlan)
-        want = peers.desired(self.remote_endpoints(net.vni), self.underlay.address)
+        want = self.wanted_peers(net.vni)
         return peers.diff(net.namespace, net.vxlan, have, want, self.prune_peers)
 
     async def _sync_peers(self, net: NetworkSpec) -> list[PeerOp]:
