@@ -553,6 +553,14 @@ class OverlayDriver:
             if not path.exists():
                 self._forget_sandbox(sandbox)
                 return 0
+            if (
+                sandbox in self._programmed
+                and self._programmed[sandbox] is None
+                and not self.wanted_vips(sandbox, memo)
+            ):
+                # nothing programmed and nothing wanted: no read-back (one libnftables
+                # context per container every reconcile is what a busy host cannot afford)
+                return 0
             try:
                 cmds = await self._program(sandbox, path, verify, memo)
             except PyoverlayError as first:

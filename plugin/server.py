@@ -251,6 +251,8 @@ def make_key_reloader(
 
 def make_tables(settings: PluginSettings) -> RuleTables | None:
     """libnftables for service VIPs, when they are on (--docker-host) and it is installed."""
+    if settings.scope != "global":
+        return None  # VIPs are swarm services': standalone networks have none
     if settings.docker_socket is None:
         log.info("service VIPs off (--docker-host none)")
         return None
