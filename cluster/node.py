@@ -193,7 +193,7 @@ class GossipNode:
     def _fetch_network(self, net: str) -> bool:
         peers = self._net_peers(net)
         if peers:
-            self._pushpull(self.rng.choice(peers).addr)
+            self._pushpull(self.rng.choice(peers).addr, net)
         return bool(peers)
 
     def withdraw(self, now: float, scope: str, key: str, stamp: int | None = None) -> None:
@@ -261,14 +261,16 @@ class GossipNode:
             )
             # one random member, and one random member of each network we are in: a
             # network's rows are repaired only by a host that keeps them
+            # (the latter exchange only that network's rows: at 1,000 hosts the members
+            # and global rows are ~160 KB, too much to send once per network)
             live = self.members.others(ALIVE)
-            partners = {self.rng.choice(live).addr} if live else set()
+            partner = self.rng.choice(live).addr if live else None
+            if partner is not None:
+                self._pushpull(partner)
             for net in sorted(self.networks):
                 peers = self._net_peers(net)
-                if peers and not any(m.addr in partners for m in peers):
-                    partners.add(self.rng.choice(peers).addr)
-            for addr in sorted(partners):
-                self._pushpull(addr)
+                if peers and not any(m.addr == partner for m in peers):
+                    self._pushpull(self.rng.choice(peers).addr, net)
         for net, at in list(self.resync.items()):
             if now >= at:
                 del self.resync[net]
@@ -485,12 +487,25 @@ class GossipNode:
             ),
         }
 
-    def _pushpull(self, addr: str) -> None:
-        msg = {"t": "pp", "from": self.name, "to": addr, "state": {}}
+    def _net_state(self, now: float, net: str) -> dict[str, Any]:
+        """Only the rows of network `net` (a network push-pull: no members, no global rows)."""
+        scopes = [f"{table}/{net}" for table in self.config.network_tables]
+        return {
+            "rows": [r.wire(now) for s in scopes for r in self.table.scopes.get(s, {}).values()]
+        }
+
+    def _pushpull(self, addr: str, net: str | None = None) -> None:
+        """A full state exchange with `addr`, or (net) one of that network's rows only."""
+        msg: dict[str, Any] = {"t": "pp", "from": self.name, "to": addr, "state": {}}
+        if net is not None:
+            msg["only"] = net
         self.outbox.append(Send(addr, msg, stream=True))
 
     def fill_stream(self, now: float, msg: dict[str, Any]) -> dict[str, Any]:
         """Called by the runtime just before sending a push-pull, so the state is current."""
+        if msg.get("t") == "pp" and isinstance(msg.get("only"), str):
+            net = msg["only"]
+            return {**msg, "nets": [net], "state": self._net_state(now, net)}
         if msg.get("t") == "pp":
             to = next(
                 (m.name for m in self.members.by_name.values() if m.addr == msg.get("to")), None
@@ -506,6 +521,15 @@ class GossipNode:
     def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
         """Serve a push-pull: merge theirs, answer with ours (and the networks they are in)."""
         self._merge_state(now, msg.get("state") or {})
+        only = msg.get("only")
+        if isinstance(only, str):  # one network's rows, both ways
+            self._collect()
+            return {
+                "t": "ppr",
+                "from": self.name,
+                "nets": [only],
+                "state": self._net_state(now, only),
+            }
         self.synced = self.synced or msg.get("from") != self.name
         self._collect()
         asked = msg.get("nets")
@@ -520,7 +544,8 @@ class GossipNode:
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
         self._merge_state(now, msg.get("state") or {})
-        self.synced = self.synced or msg.get("from") != self.name
+        if "members" in (msg.get("state") or {}):  # a full exchange, not one network's
+            self.synced = self.synced or msg.get("from") != self.name
         served = msg.get("nets")
         if isinstance(served, list):
             self.ready |= self.networks & {str(n) for n in served[:4096]}
