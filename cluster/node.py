@@ -544,7 +544,8 @@ class GossipNode:
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
         self._merge_state(now, msg.get("state") or {})
-        if "members" in (msg.get("state") or {}):  # a full exchange, not one network's
+        state = msg.get("state")
+        if isinstance(state, dict) and "members" in state:  # a full exchange, not a network's
             self.synced = self.synced or msg.get("from") != self.name
         served = msg.get("nets")
         if isinstance(served, list):
