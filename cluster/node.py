@@ -522,16 +522,16 @@ class GossipNode:
         """Serve a push-pull: merge theirs, answer with ours (and the networks they are in)."""
         self._merge_state(now, msg.get("state") or {})
         only = msg.get("only")
-        if isinstance(only, str):  # one network's rows, both ways
-            self._collect()
+        if not isinstance(only, str):  # a full exchange (not one network's rows)
+            self.synced = self.synced or msg.get("from") != self.name
+        self._collect()
+        if isinstance(only, str):
             return {
                 "t": "ppr",
                 "from": self.name,
                 "nets": [only],
                 "state": self._net_state(now, only),
             }
-        self.synced = self.synced or msg.get("from") != self.name
-        self._collect()
         asked = msg.get("nets")
         nets = [str(n) for n in asked[:4096]] if isinstance(asked, list) else None
         sender = str(msg.get("from"))

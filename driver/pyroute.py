@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import structlog
 from pyroute2 import AsyncIPRoute, NetlinkError, netns
-from pyroute2.netlink.rtnl import ndmsg
 
 from pyoverlay.state.errors import InvalidOption, KernelError, PyoverlayError
 
@@ -56,11 +55,7 @@ log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")
 NETNS_DIR = Path(netns.NETNS_RUN_DIR)
 GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
-NUD_PERMANENT = ndmsg.states["permanent"]
-NUD_NOARP = ndmsg.states["noarp"]
-NTF_SELF = ndmsg.flags["self"]
 AF_INET = 2
-AF_BRIDGE = 7
 
 
 def _mountpoints() -> set[str]:
@@ -236,7 +231,7 @@ class PyrouteKernel:
                 fdb[m.lladdr] = m.dst
         neigh: dict[IPv4Address, str] = {}
         for m in inet:
-            if m.ifindex == idx and m.state & NUD_PERMANENT and m.dst and m.lladdr:
+            if m.ifindex == idx and m.state & rtnl.NUD_PERMANENT and m.dst and m.lladdr:
                 neigh[m.dst] = m.lladdr
         return PeerEntries(fdb, neigh)
 

@@ -155,6 +155,12 @@ class OverlayDriver:
         log.info("sandbox created", nid=_short(net.network_id), vni=net.vni, ns=net.namespace)
         return ops
 
+    async def _undo_sandbox(self, net: NetworkSpec, made: list[Op]) -> None:
+        """Roll back what `_open_sandbox` made (nothing if it made nothing)."""
+        if made:
+            self.directory.leave_network(str(net.vni))
+            await rollback(self.kernel, made)
+
     async def _close_sandbox(self, net: NetworkSpec) -> None:
         self.directory.leave_network(str(net.vni))
         await apply_all(self.kernel, plan.delete_network(net))
@@ -223,9 +229,7 @@ class OverlayDriver:
                 self.save()
             except PyoverlayError:
                 del self.networks[nid]
-                if ops:
-                    self.directory.leave_network(str(spec.vni))
-                    await rollback(self.kernel, ops)
+                await self._undo_sandbox(spec, ops)
                 raise
             self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
             log.info("network created", nid=_short(nid), vni=spec.vni, mtu=spec.mtu)
@@ -283,9 +287,7 @@ class OverlayDriver:
                 self.save()
             except PyoverlayError:
                 del self.endpoints[eid]
-                if made:
-                    self.directory.leave_network(str(net.vni))
-                    await rollback(self.kernel, made)
+                await self._undo_sandbox(net, made)
                 raise
             log.info("endpoint created", nid=_short(nid), eid=_short(eid), mac=mac)
             if made:

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
-from .hosts import IMAGE, Lab
+from .hosts import IMAGE, Host, Lab, wait_for
 from .measure import cpu_seconds, rss_mib
 
 ROWS_SCRIPT = r"""
@@ -48,10 +49,20 @@ print(json.dumps({"import_mib": round(before, 1), "with_rows_mib": round(rss(), 
 """
 
 
+INTERVAL = 10.0  # the default --reconcile-interval
+
+
+def _peers_ok(lab: Lab, h: Host) -> bool:
+    """`pyoverlay peers` on h lists a remote endpoint and every one is programmed."""
+    out = h.run(lab.pyoverlay, "peers", "--json", "--state-dir", str(h.state_dir)).stdout
+    states = [p["state"] for v in json.loads(out) for p in v["peers"] if p["state"] != "local"]
+    return bool(states) and set(states) == {"ok"}
+
+
 def _defaults(args: list[str]) -> list[str]:
     """The lab's plugin arguments with the default timings (the lab shortens them)."""
     out = list(args)
-    for flag, value in (("--gossip-pushpull", "30"), ("--reconcile-interval", "10")):
+    for flag, value in (("--gossip-pushpull", "30"), ("--reconcile-interval", str(INTERVAL))):
         if flag in out:
             out[out.index(flag) + 1] = value
     return out
@@ -66,11 +77,11 @@ def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
         for h in lab.hosts:
             h.stop_plugin()
             h.start_plugin(*_defaults(lab.default_plugin_args(h)), env=env(arenas))
-        h1, h2 = lab.hosts
+        h1 = lab.hosts[0]
         for h in lab.hosts:
             h.create_network("fp", "100.9.0.0/24")
             h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
-        time.sleep(5.0)  # joined, synced, first reconcile done
+        wait_for("h1 programmed h2's container", partial(_peers_ok, lab, h1), timeout=30)
         pid = h1.plugin_pid
         assert pid is not None
         cpu0, t0 = cpu_seconds(pid), time.monotonic()

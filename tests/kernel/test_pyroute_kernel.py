@@ -42,6 +42,17 @@ def ipj(*args: str) -> list[dict[str, object]]:
     return json.loads(ip("-j", *args) or "[]")
 
 
+def bridge_fdb(ns: str, dev: str) -> list[dict[str, str]]:
+    """`bridge -j fdb show dev DEV` in namespace NS."""
+    out = subprocess.run(
+        ["bridge", "-n", ns, "-j", "fdb", "show", "dev", dev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return list(json.loads(out or "[]"))
+
+
 def our_veths() -> list[str]:
     return [str(e["ifname"]) for e in ipj("link") if str(e["ifname"]).startswith(("pyc", "pyv"))]
 
@@ -271,14 +282,7 @@ async def test_fdb_and_neighbour_entries_against_the_real_kernel(
     assert await kernel.apply(ReplaceFdb(ns, vx, mac, vtep)) is True  # replace: idempotent
     got = await kernel.peer_entries(ns, vx)
     assert got.fdb == {mac: vtep} and got.neigh == {peer_ip: mac}
-    fdb = json.loads(
-        subprocess.run(
-            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", vx],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    fdb = bridge_fdb(ns, vx)
     ours = [e for e in fdb if e["mac"] == mac]
     assert (
         ours and ours[0]["dst"] == "192.0.2.7" and "permanent" in ours[0].get("state", "permanent")
@@ -340,14 +344,7 @@ async def test_5000_remote_endpoints_in_bulk_with_errors_per_entry(
     assert await kernel.peer_entries(ns, vx) == want
     shown = json.loads(ip("-n", ns, "-j", "neigh", "show", "dev", vx) or "[]")
     assert len([e for e in shown if "PERMANENT" in e.get("state", [])]) == 5000
-    fdb = json.loads(
-        subprocess.run(
-            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", vx],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    fdb = bridge_fdb(ns, vx)
     assert {e["mac"]: e["dst"] for e in fdb if "dst" in e} == {
         m: str(d) for m, d in want.fdb.items()
     }
