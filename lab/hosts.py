@@ -175,6 +175,7 @@ class Host:
     # Popen handles of what we started, so exits are reaped (PID 1 here does not reap)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     plugin_args: list[str] = field(default_factory=list)
+    driver: str = "pyoverlay"  # the driver name Docker knows the plugin by (managed: PLUGIN)
 
     # -- names and paths ------------------------------------------------------
 
@@ -406,6 +407,22 @@ class Host:
             return
         self.docker("import", str(busybox_tarball()), IMAGE)
 
+    def docker_popen(self, *args: str) -> subprocess.Popen[str]:
+        """A long-running docker command (e.g. `exec ... ping`); its stdout is a pipe."""
+        cmd = [DOCKER, "-H", f"unix://{self.docker_sock}", *args]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    def power_off(self) -> None:
+        """The host goes away at once (the VM backend halts a VM instead)."""
+        self.crash()
+
+    def power_on(self) -> None:
+        """Back with its link, then the plugin before dockerd, as a systemd unit orders
+        them: dockerd restarts containers with a restart policy at once."""
+        self.set_link(True)
+        self.start_plugin()
+        self.start_dockerd()
+
     def crash(self) -> None:
         """Like a power cut: every process of this host killed (SIGKILL), its link down."""
         self.stop_plugin(signal.SIGKILL)
@@ -470,6 +487,7 @@ class Host:
             *settings,
         )
         self.docker("plugin", "enable", PLUGIN, timeout=120)
+        self.driver = PLUGIN
 
     def remove_plugin(self) -> None:
         """Every container, network and the managed plugin itself, whatever state is left."""
@@ -480,6 +498,7 @@ class Host:
         if nets.stdout.split():
             self.docker("network", "rm", *nets.stdout.split(), check=False)
         self.docker("plugin", "disable", "-f", PLUGIN, check=False)
+        self.driver = "pyoverlay"
         self.docker("plugin", "rm", "-f", PLUGIN, check=False)
 
     def create_swarm_network(self, name: str, subnet: str, driver: str = PLUGIN) -> str:
@@ -655,6 +674,8 @@ def start_seed_app(
 
 class Lab:
     """N Docker hosts on one underlay bridge, all named with `prefix`."""
+
+    slow = 1  # how much longer than here waits that include host work take (VMs: more)
 
     def __init__(
         self,

@@ -8,7 +8,9 @@ Start-up order:
    but in a cluster, no remote FDB/ARP entry is removed until gossip has
    synced (the sync gate below): the table is empty after a restart, and
    the entries in the kernel are what running containers use;
-5. serve Docker on the unix socket (a stale socket file is replaced);
+5. serve Docker on the unix socket (a stale socket file is replaced); `pyoverlay
+   plugin` listens on it from its first instruction (plugin/prebound.py), so
+   dockerd's 12.5 s wait for a managed plugin's socket holds on slow hosts too;
 6. sync gate: at the first full state exchange with a live member (or after
    SYNC_GRACE seconds with no answer), entries the table no longer wants are
    removed and IPAM may claim new blocks.
@@ -46,6 +48,7 @@ from pyoverlay.state.errors import PyoverlayError
 from pyoverlay.state.store import JsonDocument
 from pyoverlay.state.tasks import TaskSet
 
+from . import prebound
 from .admin import ADMIN_SOCKET, MEMBERS_FILE, make_admin_app, members_view
 from .app import make_app
 from .background import PeerSyncer
@@ -326,6 +329,10 @@ async def serve(
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             runners.append(runner)
+            early = prebound.take(path)  # listening since the process started
+            if early is not None:
+                await web.SockSite(runner, early).start()
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             await web.UnixSite(runner, str(path)).start()

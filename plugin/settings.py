@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pyoverlay.state.errors import InvalidOption
 
+DEFAULT_SOCKET = "/run/docker/plugins/pyoverlay.sock"
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -38,7 +40,7 @@ class Setting:
 SETTINGS = (
     Setting(
         "socket",
-        "/run/docker/plugins/pyoverlay.sock",
+        DEFAULT_SOCKET,
         "unix socket Docker connects to; the driver name is its basename without .sock",
     ),
     Setting("state-dir", "/var/lib/pyoverlay", "where networks, endpoints and pools are kept"),

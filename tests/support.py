@@ -62,8 +62,9 @@ class Scratch:
         self.made: list[tuple[Host, str, str]] = []
 
     def network(self, host: Host, name: str, *args: str) -> str:
+        d = host.driver  # pyoverlay, or pyoverlay:latest for a managed plugin
         nid = host.docker(
-            "network", "create", "-d", "pyoverlay", "--ipam-driver", "pyoverlay", *args, name
+            "network", "create", "-d", d, "--ipam-driver", d, *args, name
         ).stdout.strip()
         self.made.append((host, "network", name))
         return nid

@@ -17,6 +17,7 @@ import pytest
 from support import Scratch, require_root
 
 from pyoverlay.lab.hosts import DOCKERD, Host, Lab
+from pyoverlay.lab.vms import VmCluster
 
 
 def require_docker() -> None:
@@ -27,8 +28,22 @@ def require_docker() -> None:
         pytest.skip("dockerd is not installed (scripts/install)")
 
 
+@pytest.fixture(scope="session")
+def vms() -> VmCluster:
+    """The Vagrant VMs, when the tests run with --hosts vagrant (scripts/test-vm)."""
+    return VmCluster()
+
+
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    if request.config.getoption("--hosts") == "vagrant":
+        cluster = request.getfixturevalue("vms")
+        yield cluster  # same interface, as far as the tests marked vm use it
+        if request.session.testsfailed:
+            for h in cluster.hosts:
+                print(f"--- plugin log {h.name} (tail) ---\n{h.plugin_log()[-4000:]}")
+        assert not cluster.down()
+        return
     require_docker()
     hosts = getattr(request.module, "HOSTS", 1)
     lab = Lab("i" + secrets.token_hex(2), hosts=hosts)

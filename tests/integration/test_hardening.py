@@ -20,7 +20,7 @@ import time
 import pytest
 from support import Scratch, both, cli, ip_of, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, CommandFailed, Host, Lab, wait_for
+from pyoverlay.lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -28,10 +28,17 @@ SLEEP = ("sleep", "3600")
 
 
 def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:
-    """A 20 ms ping (busybox ping's -i takes fractions) from `container` on `h`."""
-    cmd = [DOCKER, "-H", f"unix://{h.docker_sock}", "exec", container]
-    cmd += ["ping", "-c", str(count), "-i", "0.02", "-W", "1", target]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    """A 20 ms ping (busybox ping's -i takes fractions) from `container` on `h`, returned
+    once its first reply is in (so what follows happens while it runs)."""
+    proc = h.docker_popen(
+        "exec", container, "ping", "-c", str(count), "-i", "0.02", "-W", "1", target
+    )
+    assert proc.stdout is not None
+    first = ""
+    while "bytes from" not in first:
+        first = proc.stdout.readline()
+        assert first, "ping ended before its first reply"
+    return proc
 
 
 def loss(out: str) -> tuple[int, int]:
@@ -40,6 +47,7 @@ def loss(out: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+@pytest.mark.vm
 @pytest.mark.parametrize("side", ["sender", "receiver"])
 def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, side: str) -> None:
     h1, h2 = lab.host(1), lab.host(2)
@@ -48,8 +56,8 @@ def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, si
     scratch.run(h1, f"{net}a", "--network", net, IMAGE, *SLEEP)
     scratch.run(h2, f"{net}b", "--network", net, IMAGE, *SLEEP)
     target = ip_of(h1, f"{net}a", net)
-    wait_for("h2 -> h1", lambda: ping(h2, f"{net}b", target), timeout=15)
-    pinger = start_ping(h2, f"{net}b", target, 250)  # 5 s
+    wait_for("h2 -> h1", lambda: ping(h2, f"{net}b", target), timeout=15 * lab.slow)
+    pinger = start_ping(h2, f"{net}b", target, 250 * lab.slow)  # 5 s here
     victim = h2 if side == "sender" else h1
     time.sleep(1.0)  # deliberate: the outage must fall inside the running ping
     victim.stop_plugin(signal.SIGKILL)
@@ -58,7 +66,7 @@ def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, si
     scratch.run(other, f"{net}c", "--network", net, IMAGE, *SLEEP)
     time.sleep(0.5)
     victim.start_plugin()
-    out, _ = pinger.communicate(timeout=30)
+    out, _ = pinger.communicate(timeout=30 * lab.slow)
     sent, got = loss(out)
     assert got == sent, out
     # and catches up with it
@@ -67,7 +75,7 @@ def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, si
     wait_for(
         "the restarted host reaches the late container",
         lambda: ping(victim, mine, late),
-        timeout=15,
+        timeout=15 * lab.slow,
     )
     # and the restarted plugin is in sync again (nothing stale, nothing missing)
     wait_for(
@@ -77,7 +85,7 @@ def test_plugin_kill9_and_restart_loses_no_packet(lab: Lab, scratch: Scratch, si
             for v in json.loads(cli(victim, lab, "peers", "--json").stdout)
             for p in v["peers"]
         ),
-        timeout=15,
+        timeout=15 * lab.slow,
     )
 
 

@@ -1,0 +1,211 @@
+"""The Vagrant VMs (the checkout's Vagrantfile) as test hosts, driven over ssh.
+
+`VmCluster` and `VmHost` offer the part of `Lab` and `Host` that the
+integration tests marked `vm` use, so the same tests run against namespace
+hosts (one kernel) and against two VMs (two kernels, two systemd, a real L2
+network). The VMs are made and destroyed by scripts/test-vm; here they are
+only used. Each command is one ssh call over a shared connection
+(ControlMaster), run with sudo in the VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from .hosts import ROOT, CommandFailed, wait_for
+
+PYOVERLAY = "/opt/pyoverlay/bin/pyoverlay"  # scripts/vm-provision installs it here
+STATE_DIR = Path("/var/lib/pyoverlay")
+PLUGIN = "pyoverlay:latest"
+
+
+def vagrant(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        ["vagrant", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if r.returncode != 0:
+        raise CommandFailed(r.returncode, ["vagrant", *args], r.stdout, r.stderr)
+    return r
+
+
+class VmHost:
+    def __init__(self, cluster: VmCluster, index: int, name: str, address: str, mode: str):
+        self.cluster = cluster
+        self.index = index
+        self.name = name
+        self.address = address
+        self.mode = mode  # legacy (systemd unit) or managed (docker plugin)
+        self.driver = "pyoverlay" if mode == "legacy" else PLUGIN  # `docker network create -d`
+        self.state_dir = STATE_DIR
+        self.dockerd_pid: int | None = 1  # Scratch skips hosts whose dockerd is down
+        self.plugin_pid: int | None = 1
+
+    def __repr__(self) -> str:
+        return f"VmHost({self.name}, {self.address}, {self.mode})"
+
+    # -- running things inside ---------------------------------------------------
+
+    def ssh_argv(self, command: str) -> list[str]:
+        return ["ssh", "-F", str(self.cluster.ssh_config), self.name, command]
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.ssh_argv("sudo -n " + shlex.join(cmd))
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 255 and "ssh:" in r.stderr:  # the connection, not the command
+            raise ConnectionError(f"ssh to {self.name} failed: {r.stderr.strip()}")
+        if check and r.returncode != 0:
+            raise CommandFailed(r.returncode, list(cmd), r.stdout, r.stderr)
+        return r
+
+    def popen(self, *cmd: str) -> subprocess.Popen[str]:
+        """A long-running command in the VM; its stdout is a pipe."""
+        argv = self.ssh_argv("sudo -n " + shlex.join(cmd))
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("docker", *args, check=check, timeout=timeout)
+
+    def docker_popen(self, *args: str) -> subprocess.Popen[str]:
+        return self.popen("docker", *args)
+
+    def ns_exec(self, ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return self.run("ip", "netns", "exec", ns, *cmd)
+
+    def overlay_namespaces(self) -> list[str]:
+        out = self.run("ip", "netns", "list").stdout
+        return sorted(line.split()[0] for line in out.splitlines() if line.startswith("1-"))
+
+    def pyoverlay(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(PYOVERLAY, *args, "--state-dir", str(self.state_dir), check=False)
+
+    # -- the plugin --------------------------------------------------------------
+
+    def plugin_log(self) -> str:
+        unit = "pyoverlay" if self.mode == "legacy" else "docker"
+        r = self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager", "-n", "300", check=False)
+        return r.stdout
+
+    def _plugin_pids(self) -> list[str]:
+        r = self.run("pgrep", "-f", f"^{PYOVERLAY} plugin", check=False)
+        return r.stdout.split()
+
+    def stop_plugin(self, sig: int = signal.SIGTERM) -> None:
+        """Kill the plugin's process. Its supervisor (systemd, or dockerd for a managed
+        plugin) starts it again, as on a user's host."""
+        pids = self._plugin_pids()
+        if pids:
+            self.run("kill", f"-{signal.Signals(sig).name}", *pids, check=False)
+        wait_for(
+            f"the plugin on {self.name} to die",
+            lambda: not set(pids) & set(self._plugin_pids()),
+            timeout=15,
+        )
+
+    def start_plugin(self) -> None:
+        """Wait for the supervisor's restart (start the unit if it was stopped)."""
+        if self.mode == "legacy":
+            self.run("systemctl", "start", "pyoverlay")
+        wait_for(f"the plugin on {self.name}", self.plugin_up, timeout=60 * self.cluster.slow)
+
+    def plugin_up(self) -> bool:
+        r = self.pyoverlay("status")
+        return r.returncode == 0 and "DOWN" not in r.stderr
+
+    # -- power and links ---------------------------------------------------------
+
+    def power_off(self) -> None:
+        """A clean shutdown (`vagrant halt`): systemd stops dockerd and the plugin."""
+        vagrant("halt", self.name)
+        self.dockerd_pid = self.plugin_pid = None
+
+    def power_on(self) -> None:
+        """Boot again (`vagrant up --no-provision`): systemd starts pyoverlay and dockerd,
+        and dockerd the containers with a restart policy."""
+        vagrant("up", "--no-provision", self.name)
+        self.dockerd_pid = self.plugin_pid = 1
+        wait_for(f"the plugin on {self.name} after boot", self.plugin_up, timeout=120)
+
+    def set_link(self, up: bool) -> None:
+        """The private NIC (the underlay) down or up; ssh goes over the first NIC."""
+        self.run("ip", "link", "set", self.cluster.underlay_nic, "up" if up else "down")
+
+
+class VmCluster:
+    """The Vagrantfile's two VMs: h1 (legacy plugin), h2 (managed plugin)."""
+
+    slow = 4  # software emulation: scale for waits that include VM work
+    pyoverlay = PYOVERLAY
+    underlay_nic = "eth1"
+
+    def __init__(self, modes: tuple[str, ...] = ("legacy", "managed")) -> None:
+        self.ssh_config = ROOT / ".vagrant" / "ssh-config"
+        text = vagrant("ssh-config").stdout
+        ctl = ROOT / ".vagrant" / "ssh-%h"
+        extra = f"  ControlMaster auto\n  ControlPath {ctl}\n  ControlPersist 600\n"
+        extra += "  ServerAliveInterval 5\n  LogLevel ERROR\n"
+        blocks = [b for b in text.split("\nHost ") if b.strip()]
+        self.ssh_config.write_text(
+            "".join(("Host " + b.removeprefix("Host ")).rstrip() + "\n" + extra for b in blocks)
+        )
+        addrs = {"h1": "192.168.56.11", "h2": "192.168.56.12"}
+        self.hosts = [
+            VmHost(self, i + 1, name, addr, modes[i])
+            for i, (name, addr) in enumerate(addrs.items())
+        ]
+        self.prefix = "vm"
+
+    def host(self, i: int) -> VmHost:
+        return self.hosts[i - 1]
+
+    def bridge(self) -> str:
+        """The host-side bridge of the VMs' private network."""
+        out = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "net-info", "pyoverlay-vm"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return next(line.split()[1] for line in out.splitlines() if line.startswith("Bridge:"))
+
+    def http_get(self, host: VmHost, port: int, path: str = "/") -> str:
+        """An HTTP/1.0 GET from this machine (on the private network) to host:port."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((host.address, port), timeout=5) as s,
+        ):
+            s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+        return ""
+
+    def capture_vxlan(self, count: int, timeout: int = 20) -> subprocess.Popen[str]:
+        """tcpdump on the private network's bridge: the first `count` VXLAN packets."""
+        cmd = ["timeout", str(timeout), "tcpdump", "-lni", self.bridge(), "-c", str(count)]
+        proc = subprocess.Popen(
+            [*cmd, "udp", "port", "4789"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stderr is not None
+        proc.stderr.readline()  # "listening on ...": capturing from here on
+        return proc
+
+    def down(self) -> list[str]:
+        """What the tests left that they should not have (the VMs stay: scripts/test-vm)."""
+        problems = []
+        for h in self.hosts:
+            if h.dockerd_pid is None:
+                continue
+            left = h.docker("ps", "-aq", check=False).stdout.split()
+            if left:
+                problems.append(f"{h.name}: containers left: {left}")
+        return problems
