@@ -31,12 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .docker_verbs import PLUGIN as PLUGIN
+from .docker_verbs import DockerVerbs, form_swarm
+
 RUN_ROOT = Path("/run/pyo")
 LIB_ROOT = Path("/var/lib/pyo")
 DOCKER = os.environ.get("PYOVERLAY_DOCKER_CLI", "/usr/bin/docker")
 DOCKERD = os.environ.get("PYOVERLAY_DOCKERD", "/usr/sbin/dockerd")
 IMAGE = "bb:latest"
-PLUGIN = "pyoverlay:latest"  # the managed plugin's full name
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (lab/ is never installed elsewhere)
 IMAGE_VERSION = 3  # bump when the image's contents change (the tarball is cached)
 # The seed's three-tier application, in busybox: a redis-like counter on
@@ -167,7 +169,7 @@ def busybox_tarball() -> Path:
 
 
 @dataclass
-class Host:
+class Host(DockerVerbs):
     lab: Lab
     index: int  # 1-based
     dockerd_pid: int | None = None
@@ -239,9 +241,6 @@ class Host:
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return sh(DOCKER, "-H", f"unix://{self.docker_sock}", *args, check=check, timeout=timeout)
-
-    def container_pid(self, container: str) -> int:
-        return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip())
 
     def in_container_netns(
         self, container: str, *cmd: str, timeout: float = 60
@@ -442,21 +441,6 @@ class Host:
         pidfile.unlink(missing_ok=True)
         self.set_link(False)
 
-    def create_network(self, name: str, subnet: str, *extra: str, driver: str = "pyoverlay") -> str:
-        """`docker network create` with pyoverlay as driver and IPAM; returns the network ID."""
-        return self.docker(
-            "network",
-            "create",
-            "-d",
-            driver,
-            "--ipam-driver",
-            driver,
-            "--subnet",
-            subnet,
-            *extra,
-            name,
-        ).stdout.strip()
-
     def install_plugin(self, *settings: str) -> None:
         """pyoverlay as a managed plugin on this host's dockerd (scripts/build-plugin), the
         lab's key in a 0600 file in the state mount (as the README says), `settings` for
@@ -500,64 +484,6 @@ class Host:
         self.docker("plugin", "disable", "-f", PLUGIN, check=False)
         self.driver = "pyoverlay"
         self.docker("plugin", "rm", "-f", PLUGIN, check=False)
-
-    def create_swarm_network(self, name: str, subnet: str, driver: str = PLUGIN) -> str:
-        """`docker network create --scope swarm --attachable` on this manager; its ID."""
-        return self.docker(
-            "network",
-            "create",
-            "-d",
-            driver,
-            "--scope",
-            "swarm",
-            "--attachable",
-            "--subnet",
-            subnet,
-            name,
-        ).stdout.strip()
-
-    def create_service(
-        self, name: str, network: str, on: Host | None, *args: str, mode: str = "vip"
-    ) -> None:
-        """`docker service create` on this manager: a task on host `on` (None: anywhere),
-        in endpoint mode `mode` (vip, Docker's default, or dnsrr); no registry here, so
-        no image digest lookup."""
-        where = ["--constraint", f"node.id=={on.node_id}"] if on is not None else []
-        self.docker(
-            "service",
-            "create",
-            "--detach",
-            "--no-resolve-image",
-            "--name",
-            name,
-            "--network",
-            network,
-            "--endpoint-mode",
-            mode,
-            *where,
-            *args,
-            timeout=120,
-        )
-
-    def service_vip(self, service: str, network_id: str) -> str:
-        """The VIP swarm gave `service` on a network (ask a manager)."""
-        fmt = "{{json .Endpoint.VirtualIPs}}"
-        for v in json.loads(self.docker("service", "inspect", "-f", fmt, service).stdout):
-            if v["NetworkID"] == network_id:
-                return str(v["Addr"]).split("/")[0]
-        raise LookupError(f"service {service} has no VIP on network {network_id}")
-
-    @property
-    def node_id(self) -> str:
-        """This host's swarm node ID."""
-        return self.docker("info", "-f", "{{.Swarm.NodeID}}").stdout.strip()
-
-    def service_containers(self, service: str) -> list[str]:
-        """Names of this host's running containers of a swarm service."""
-        out = self.docker(
-            "ps", "-f", f"label=com.docker.swarm.service.name={service}", "--format", "{{.Names}}"
-        ).stdout
-        return out.split()
 
     def set_link(self, up: bool) -> None:
         """The host's underlay link down (a crash, a cable) or up again with its default route."""
@@ -744,27 +670,7 @@ class Lab:
         os.replace(tmp, self.key_file)
 
     def swarm(self, managers: int = 1) -> None:
-        """A Docker swarm of the lab's hosts: h1 initialises it, the next `managers - 1`
-        hosts join as managers, the rest as workers (control plane and swarm's own data
-        path on the underlay)."""
-        h1 = self.hosts[0]
-        h1.docker("swarm", "init", "--advertise-addr", h1.address, timeout=120)
-        token = {
-            role: h1.docker("swarm", "join-token", "-q", role).stdout.strip()
-            for role in ("manager", "worker")
-        }
-        for h in self.hosts[1:]:
-            role = "manager" if h.index <= managers else "worker"
-            h.docker(
-                "swarm",
-                "join",
-                "--token",
-                token[role],
-                "--advertise-addr",
-                h.address,
-                f"{h1.address}:2377",
-                timeout=120,
-            )
+        form_swarm(self.hosts, managers)
 
     def default_plugin_args(self, h: Host) -> list[str]:
         """Every host joins through h1 with the lab's gossip key (from a 0600 file)."""

@@ -17,11 +17,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+from .docker_verbs import PLUGIN, DockerVerbs, form_swarm
 from .hosts import ROOT, CommandFailed, wait_for
 
 PYOVERLAY = "/opt/pyoverlay/bin/pyoverlay"  # scripts/vm-provision installs it here
 STATE_DIR = Path("/var/lib/pyoverlay")
-PLUGIN = "pyoverlay:latest"
 
 
 def vagrant(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -33,7 +33,7 @@ def vagrant(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str
     return r
 
 
-class VmHost:
+class VmHost(DockerVerbs):
     def __init__(self, cluster: VmCluster, index: int, name: str, address: str, mode: str):
         self.cluster = cluster
         self.index = index
@@ -120,6 +120,29 @@ class VmHost:
         r = self.pyoverlay("status")
         return r.returncode == 0 and "DOWN" not in r.stderr
 
+    def provision(self, mode: str, *settings: str) -> None:
+        """Run pyoverlay on this VM as `mode` (legacy or managed) with extra plugin
+        `settings` (scripts/vm-provision, as `vagrant up` did)."""
+        join = ",".join(h.address for h in self.cluster.hosts if h is not self)
+        self.run("/vagrant/scripts/vm-provision", mode, self.address, join, *settings, timeout=900)
+        self.driver = "pyoverlay" if mode == "legacy" else PLUGIN
+
+    def install_plugin(self, *settings: str) -> None:
+        """The managed plugin with `settings` (e.g. PYOVERLAY_SCOPE=global for swarm)."""
+        self.provision("managed", *settings)
+
+    def remove_plugin(self) -> None:
+        """Every container and pyoverlay network gone, then pyoverlay as `vagrant up`
+        left it on this VM."""
+        ids = self.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids, check=False)
+        for d in ("pyoverlay", PLUGIN):
+            nets = self.docker("network", "ls", "-q", "--filter", f"driver={d}", check=False)
+            if nets.stdout.split():
+                self.docker("network", "rm", *nets.stdout.split(), check=False)
+        self.provision(self.mode)
+
     # -- power and links ---------------------------------------------------------
 
     def power_off(self) -> None:
@@ -165,6 +188,9 @@ class VmCluster:
 
     def host(self, i: int) -> VmHost:
         return self.hosts[i - 1]
+
+    def swarm(self, managers: int = 1) -> None:
+        form_swarm(self.hosts, managers)
 
     def bridge(self) -> str:
         """The host-side bridge of the VMs' private network."""

@@ -70,8 +70,9 @@ def peer_vteps(h: Host, lab: Lab) -> set[str]:
     return {p["vtep"] for v in views for p in v["peers"] if p["state"] != "local"}
 
 
+@pytest.mark.vm
 def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
-    h1, h2, h3 = swarm.hosts
+    h1, h2, h3 = (swarm.hosts * 2)[:3]  # on two hosts (the VMs) front runs beside kv
     nid = h1.create_swarm_network("net1", SUBNET)
     info = json.loads(h1.docker("network", "inspect", "net1").stdout)[0]
     assert info["Scope"] == "swarm" and info["IPAM"]["Config"][0]["Subnet"] == SUBNET
@@ -186,11 +187,15 @@ def test_plugin_disable_enable_on_a_worker_keeps_traffic(swarm: Lab) -> None:
 
 def nft_table(h: Host, container: str) -> str:
     """`nft list table ip pyoverlay` in a container's namespace ("" if there is none)."""
-    r = subprocess.run(
-        ["nsenter", f"--net=/proc/{h.container_pid(container)}/ns/net"]
-        + ["nft", "list", "table", "ip", "pyoverlay"],
-        capture_output=True,
-        text=True,
+    pid = h.container_pid(container)
+    r = h.run(
+        "nsenter",
+        f"--net=/proc/{pid}/ns/net",
+        "nft",
+        "list",
+        "table",
+        "ip",
+        "pyoverlay",
         check=False,
     )
     return r.stdout
