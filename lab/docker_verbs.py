@@ -48,8 +48,10 @@ class DockerVerbs:
             name,
         ).stdout.strip()
 
-    def create_swarm_network(self, name: str, subnet: str, driver: str = PLUGIN) -> str:
-        """`docker network create --scope swarm --attachable` on this manager; its ID."""
+    def create_swarm_network(self, name: str, subnet: str, driver: str = "") -> str:
+        """`docker network create --scope swarm --attachable` on this manager (default
+        driver: the name this host knows pyoverlay by); its ID."""
+        driver = driver or self.driver
         return self.docker(
             "network",
             "create",

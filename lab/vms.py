@@ -17,11 +17,15 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .docker_verbs import PLUGIN, DockerVerbs, form_swarm
+from .docker_verbs import DockerVerbs, form_swarm
 from .hosts import ROOT, CommandFailed, wait_for
 
 PYOVERLAY = "/opt/pyoverlay/bin/pyoverlay"  # scripts/vm-provision installs it here
 STATE_DIR = Path("/var/lib/pyoverlay")
+# The box's managed plugin (scripts/build-box). Not pyoverlay:latest: Docker resolves
+# `-d pyoverlay` to a managed pyoverlay:latest before the legacy socket, even when that
+# plugin is disabled ("plugin pyoverlay found but disabled"), and h1 has both.
+PLUGIN = "pyoverlay-plugin:latest"
 
 
 def vagrant(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

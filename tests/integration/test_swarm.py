@@ -56,7 +56,12 @@ def task_on(h: Host, service_name: str) -> str:
         found[:] = h.service_containers(service_name)
         return bool(found)
 
-    wait_for(f"a {service_name} task on {h.name}", running, timeout=90, interval=0.5)
+    try:
+        wait_for(f"a {service_name} task on {h.name}", running, timeout=90, interval=0.5)
+    except TimeoutError:
+        ps = h.docker("service", "ps", "--no-trunc", service_name, check=False)
+        print(f"docker service ps {service_name}:\n{ps.stdout}{ps.stderr}")
+        raise
     return found[0]
 
 
@@ -100,7 +105,7 @@ def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     wait_for(
         "front's rules send kv's VIP to its task",
         lambda: f"{kv_vip} : goto svc-{kv_vip}" in nft_table(h3, front),
-        timeout=30,
+        timeout=30 * swarm.slow,
     )
     assert f"dnat to numgen random mod 1 map {{ 0 : {overlay_addr(h1, kv)} }}" in nft_table(
         h3, front
@@ -109,7 +114,7 @@ def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     wait_for(
         "front(h3) -> web(h2) -> kv(h1)",
         lambda: "says hits=" in swarm.http_get(h3, 1080, "/cgi-bin/app"),
-        timeout=60,
+        timeout=60 * swarm.slow,
     )
     diagram = cli(h2, swarm, "diagram").stdout
     assert "br0 100.0.0.1/24" in diagram and h1.address in diagram, diagram
