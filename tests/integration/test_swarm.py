@@ -48,7 +48,7 @@ def swarm(lab: Lab) -> Iterator[Lab]:
         h.remove_plugin()
 
 
-def task_on(h: Host, service_name: str) -> str:
+def task_on(h: Host, service_name: str, timeout: float = 90) -> str:
     """The name of a running container of `service_name` on host `h` (waits for one)."""
     found: list[str] = []
 
@@ -57,7 +57,7 @@ def task_on(h: Host, service_name: str) -> str:
         return bool(found)
 
     try:
-        wait_for(f"a {service_name} task on {h.name}", running, timeout=90, interval=0.5)
+        wait_for(f"a {service_name} task on {h.name}", running, timeout=timeout, interval=0.5)
     except TimeoutError:
         ps = h.docker("service", "ps", "--no-trunc", service_name, check=False)
         print(f"docker service ps {service_name}:\n{ps.stdout}{ps.stderr}")
@@ -93,7 +93,8 @@ def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
         "/app/front-server",
         "web",
     )
-    kv, web, front = task_on(h1, "kv"), task_on(h2, "web"), task_on(h3, "front")
+    slow = 90 * swarm.slow  # a task starts in seconds here, in minutes under emulation
+    kv, web, front = task_on(h1, "kv", slow), task_on(h2, "web", slow), task_on(h3, "front", slow)
     addrs = {overlay_addr(h1, kv), overlay_addr(h2, web), overlay_addr(h3, front)}
     assert len(addrs) == 3 and all(a.startswith("100.0.0.") for a in addrs), addrs
     # the seed's data path on a worker: the namespace of this swarm network, br0, VTEP
