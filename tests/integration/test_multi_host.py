@@ -83,7 +83,6 @@ def test_cross_host_ping_and_tcp_both_ways_over_vxlan(lab: Lab, scratch: Scratch
     assert cli(h1, lab, "peers").returncode == 0
 
 
-@pytest.mark.vm
 def test_container_removal_leaves_no_stale_entries(lab: Lab, scratch: Scratch) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     nss = both(scratch, lab, "net3", "100.0.3.0/24")
@@ -141,7 +140,6 @@ def test_host_power_cut_is_detected_and_the_host_converges_when_back(
     wait_for("x1 -> x2 after the outage", lambda: ping(other, "x1", x2), timeout=20 * lab.slow)
 
 
-@pytest.mark.vm
 def test_partition_heals_with_no_stale_or_missing_entries(lab: Lab, scratch: Scratch) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     both(scratch, lab, "net6", "100.0.6.0/24")

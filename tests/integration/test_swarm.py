@@ -75,7 +75,6 @@ def peer_vteps(h: Host, lab: Lab) -> set[str]:
     return {p["vtep"] for v in views for p in v["peers"] if p["state"] != "local"}
 
 
-@pytest.mark.vm
 def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     h1, h2, h3 = (swarm.hosts * 2)[:3]  # on two hosts (the VMs) front runs beside kv
     nid = h1.create_swarm_network("net1", SUBNET)
