@@ -43,7 +43,8 @@ class VmHost(DockerVerbs):
         self.index = index
         self.name = name
         self.address = address
-        self.mode = mode  # legacy (systemd unit) or managed (docker plugin)
+        self.mode = mode  # as `vagrant up` made it: legacy (systemd unit) or managed
+        self.running_as = mode  # as now (the swarm round makes every host managed)
         self.driver = "pyoverlay" if mode == "legacy" else PLUGIN  # `docker network create -d`
         self.state_dir = STATE_DIR
         self.dockerd_pid: int | None = 1  # Scratch skips hosts whose dockerd is down
@@ -94,7 +95,7 @@ class VmHost(DockerVerbs):
     # -- the plugin --------------------------------------------------------------
 
     def plugin_log(self) -> str:
-        unit = "pyoverlay" if self.mode == "legacy" else "docker"
+        unit = "pyoverlay" if self.running_as == "legacy" else "docker"
         r = self.run("journalctl", "-u", unit, "-o", "cat", "--no-pager", "-n", "300", check=False)
         return r.stdout
 
@@ -116,7 +117,7 @@ class VmHost(DockerVerbs):
 
     def start_plugin(self) -> None:
         """Wait for the supervisor's restart (start the unit if it was stopped)."""
-        if self.mode == "legacy":
+        if self.running_as == "legacy":
             self.run("systemctl", "start", "pyoverlay")
         wait_for(f"the plugin on {self.name}", self.plugin_up, timeout=60 * self.cluster.slow)
 
@@ -130,6 +131,7 @@ class VmHost(DockerVerbs):
         join = ",".join(h.address for h in self.cluster.hosts if h is not self)
         self.run("/vagrant/scripts/vm-provision", mode, self.address, join, *settings, timeout=900)
         self.driver = "pyoverlay" if mode == "legacy" else PLUGIN
+        self.running_as = mode
 
     def install_plugin(self, *settings: str) -> None:
         """The managed plugin with `settings` (e.g. PYOVERLAY_SCOPE=global for swarm)."""
