@@ -35,35 +35,18 @@ class DockerVerbs:
         """`docker network create` with pyoverlay as driver and IPAM (default: the name
         this host's Docker knows it by); returns the network ID."""
         driver = driver or self.driver
-        return self.docker(
-            "network",
-            "create",
-            "-d",
-            driver,
-            "--ipam-driver",
-            driver,
-            "--subnet",
-            subnet,
-            *extra,
-            name,
-        ).stdout.strip()
+        return self._network_create(
+            driver, "--ipam-driver", driver, "--subnet", subnet, *extra, name
+        )
 
     def create_swarm_network(self, name: str, subnet: str, driver: str = "") -> str:
         """`docker network create --scope swarm --attachable` on this manager (default
         driver: the name this host knows pyoverlay by); its ID."""
-        driver = driver or self.driver
-        return self.docker(
-            "network",
-            "create",
-            "-d",
-            driver,
-            "--scope",
-            "swarm",
-            "--attachable",
-            "--subnet",
-            subnet,
-            name,
-        ).stdout.strip()
+        opts = ("--scope", "swarm", "--attachable", "--subnet", subnet)
+        return self._network_create(driver or self.driver, *opts, name)
+
+    def _network_create(self, driver: str, *args: str) -> str:
+        return self.docker("network", "create", "-d", driver, *args).stdout.strip()
 
     def create_service(
         self, name: str, network: str, on: DockerVerbs | None, *args: str, mode: str = "vip"
