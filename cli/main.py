@@ -94,13 +94,45 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
             n["vni"],
             n["subnet"],
             n["mtu"],
+            "ipsec" if n.get("encrypted") else "-",
             n["namespace"] or NO_SANDBOX,
             n["endpoints"],
         ]
         for n in st["networks"]
     ]
-    print(_table(rows, ["NETWORK", "VNI", "SUBNET", "MTU", "NAMESPACE", "ENDPOINTS"]))
+    print(_table(rows, ["NETWORK", "VNI", "SUBNET", "MTU", "ENCRYPTED", "NAMESPACE", "ENDPOINTS"]))
+    _print_ipsec(st.get("ipsec"))
     return 0
+
+
+def _print_ipsec(sec: dict[str, Any] | None) -> None:
+    if not sec:
+        return
+    drops = sec.get("drops") or {}
+    print(
+        f"guard:    VXLAN admission {'on' if sec['admission'] else 'off'} "
+        f"({len(sec['admitted'])} member VTEPs), dropped: {drops.get('admission_drops', 0)} "
+        f"from non-members, {drops.get('plain_drops', 0)} unencrypted on encrypted networks"
+    )
+    if not sec["available"]:
+        print(f"ipsec:    unavailable: {sec['why_not']}")
+        return
+    for e in sec.get("errors") or []:
+        print(f"! ipsec: {e}")
+    rows = []
+    for peer, s in sorted((sec.get("sending") or {}).items()):
+        r = (sec.get("receiving") or {}).get(peer, {})
+        active = ", ".join(f"n{a['n']} {a['spi']}" for a in r.get("active", [])) or "-"
+        rows.append(
+            [peer, f"n{s['n']}", s["spi"], s["key"], s["packets"], active, r.get("installed", 0)]
+        )
+    if rows:
+        print(
+            _table(
+                rows,
+                ["PEER", "SEND", "SPI OUT", "KEY", "PACKETS OUT", "RECEIVING (n spi)", "SAS IN"],
+            )
+        )
 
 
 NO_SANDBOX = "- (no local endpoint)"

@@ -80,12 +80,14 @@ class Keyring:
         if not keys:
             raise ValueError("a keyring needs at least one key")
         self._ciphers = [AESGCM(k) for k in keys]
+        self.keys: list[bytes] = list(keys)  # the raw keys (IPsec keys are derived from them)
 
     def replace(self, keys: Sequence[bytes]) -> None:
         """Swap the keys (live rotation): the first one sends from now on."""
         if not keys:
             raise ValueError("a keyring needs at least one key")
         self._ciphers = [AESGCM(k) for k in keys]
+        self.keys = list(keys)
 
     def seal(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE)

@@ -25,6 +25,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 IFNAMSIZ = 15
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+# ESP transport, AES-GCM: SPI 4 + sequence 4 + IV 8 + ICV 16 + pad length 1 + next header 1
+# + padding 0..3 = 37 at most; rounded up to 40 (encrypted networks)
+ESP_OVERHEAD = 40
+FLAG_TRUE = ("", "true", "1", "yes", "on")  # -o encrypted arrives as ""
 MIN_MTU = 576
 VNI_MIN = 1
 VNI_MAX = 2**24 - 1
@@ -112,6 +116,12 @@ class NetworkSpec:
     def swarm(self) -> bool:
         """A swarm-scoped network: its VNI came from the swarm leader (AllocateNetwork)."""
         return "pyoverlay.vni" in self.options
+
+    @property
+    def encrypted(self) -> bool:
+        """`-o encrypted`: its VXLAN between hosts is ESP (driver/ipsec.py)."""
+        v = self.options.get("encrypted")
+        return v is not None and v.strip().lower() in FLAG_TRUE
 
     @property
     def vxlan(self) -> str:

@@ -5,6 +5,8 @@ pyoverlay accepts:
 
     vni=N                             1..16777215; default: derived from --subnet
     com.docker.network.driver.mtu=N   576..(underlay MTU - 50); default: underlay MTU - 50
+                                      (minus 40 more for ESP when encrypted)
+    encrypted[=true|false]            IPsec ESP (AES-GCM) between the VTEPs (driver/ipsec.py)
     pyoverlay.vni=N                   (swarm networks) the VNI the leader allocated
                                       (driver.swarm), which every node gets
 
@@ -19,12 +21,34 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyoverlay.state.errors import InvalidOption
 
-from .model import MIN_MTU, VNI_MAX, VNI_MIN, NetworkSpec, Underlay, derive_vni
+from .model import (
+    ESP_OVERHEAD,
+    FLAG_TRUE,
+    MIN_MTU,
+    VNI_MAX,
+    VNI_MIN,
+    NetworkSpec,
+    Underlay,
+    derive_vni,
+)
 
 OPT_VNI = "vni"
 OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ENCRYPTED = "encrypted"
 ALLOCATED_VNI = "pyoverlay.vni"  # what AllocateNetwork returns; nodes read it in CreateNetwork
-KNOWN_OPTIONS = (OPT_VNI, OPT_MTU, ALLOCATED_VNI)
+KNOWN_OPTIONS = (OPT_VNI, OPT_MTU, OPT_ENCRYPTED, ALLOCATED_VNI)
+ACCEPTED = "-o vni=N, -o com.docker.network.driver.mtu=N and -o encrypted"
+FALSE = ("false", "0", "no", "off")
+
+
+def parse_flag(key: str, value: str) -> bool:
+    """`--opt encrypted` arrives as "" (Docker's own overlay takes it the same way)."""
+    v = value.strip().lower()
+    if v in FLAG_TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise InvalidOption(f"-o {key}={value}: give -o {key} (or ={'|'.join(FLAG_TRUE[1:] + FALSE)})")
 
 
 @dataclass(frozen=True)
@@ -70,7 +94,7 @@ def parse_network(
         shown = ", ".join(f"-o {k}={generic[k]}" for k in unknown)
         raise InvalidOption(
             f"unknown network option{'s' if len(unknown) > 1 else ''} {shown}; "
-            f"pyoverlay accepts -o vni=N and -o com.docker.network.driver.mtu=N"
+            f"pyoverlay accepts {ACCEPTED}"
         )
     if enable_ipv6 or ipv6:
         raise InvalidOption(
@@ -102,7 +126,9 @@ def parse_network(
         vni = _int_option(OPT_VNI, opts[OPT_VNI], VNI_MIN, VNI_MAX, "the VXLAN network id")
     else:
         vni = derive_vni(subnet)
-    max_mtu = underlay.overlay_mtu
+    encrypted = OPT_ENCRYPTED in opts and parse_flag(OPT_ENCRYPTED, opts[OPT_ENCRYPTED])
+    max_mtu = underlay.overlay_mtu - (ESP_OVERHEAD if encrypted else 0)
+    esp = f" and {ESP_OVERHEAD} of ESP" if encrypted else ""
     if OPT_MTU in opts:
         if max_mtu < MIN_MTU:
             raise InvalidOption(f"the underlay MTU {underlay.mtu} is too small for VXLAN")
@@ -111,7 +137,7 @@ def parse_network(
             opts[OPT_MTU],
             MIN_MTU,
             max_mtu,
-            f"the MTU (at most the underlay's {underlay.mtu} minus 50 bytes of VXLAN header)",
+            f"the MTU (at most the underlay's {underlay.mtu} minus 50 bytes of VXLAN header{esp})",
         )
     else:
         mtu = max_mtu

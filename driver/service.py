@@ -33,6 +33,7 @@ from pyoverlay.state.store import JsonDocument
 
 from . import identity, peers, plan, vips
 from .directory import LocalDirectory, PeerDirectory
+from .encryption import Encryption
 from .kernel import Kernel, PeerEntries, RuleTables
 from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
 from .ops import Op, PeerOp, undo
@@ -119,6 +120,8 @@ class OverlayDriver:
         # False (default): a network's namespace, br0 and VTEP exist only while it has a
         # local endpoint, and only then does this host receive its endpoint rows
         self.eager = False
+        # IPsec for `-o encrypted` and the VXLAN guard table (None: single host, no key)
+        self.encryption: Encryption | None = None
 
     # -- state -------------------------------------------------------------
 
@@ -223,19 +226,47 @@ class OverlayDriver:
                         f"VNI {spec.vni} is already used by network {_short(other.network_id)} "
                         f"(subnet {other.subnet}) on this host; pick {how}"
                     )
-            ops = await self._open_sandbox(spec) if self.eager else []
+            self._check_encryption(spec)
             self.networks[nid] = spec
+            try:
+                await self._guard(spec)  # fail-closed rules before anything can send
+                ops = await self._open_sandbox(spec) if self.eager else []
+            except PyoverlayError:
+                del self.networks[nid]
+                await self._guard(None)
+                raise
             try:
                 self.save()
             except PyoverlayError:
                 del self.networks[nid]
                 await self._undo_sandbox(spec, ops)
+                await self._guard(None)
                 raise
             self.directory.publish(identity.scope(spec.vni), self.node_id, identity.record(spec))
             log.info("network created", nid=_short(nid), vni=spec.vni, mtu=spec.mtu)
             if ops:
                 await self._fetch_peers(spec)
             return spec
+
+    def _check_encryption(self, spec: NetworkSpec) -> None:
+        if not spec.encrypted:
+            return
+        if self.encryption is None:
+            raise InvalidOption(
+                "-o encrypted needs pyoverlay's cluster key, from which the IPsec keys are "
+                "derived: set PYOVERLAY_GOSSIP_KEY_FILE (the same key file on every host)"
+            )
+        if self.encryption.unsupported:
+            raise InvalidOption(f"-o encrypted: {self.encryption.unsupported}")
+
+    async def _guard(self, spec: NetworkSpec | None) -> None:
+        """Bring the guard table and SAs in line with self.networks; for a new encrypted
+        network (`spec`) a failure is an error (it must not exist without its rules)."""
+        if self.encryption is None:
+            return
+        errors = await self.encryption.sync()
+        if spec is not None and spec.encrypted and errors:
+            raise PyoverlayError(f"-o encrypted: the IPsec rules failed: {'; '.join(errors)}")
 
     async def delete_network(self, nid: str) -> None:
         async with self._structure, self._lock(nid):
@@ -247,6 +278,7 @@ class OverlayDriver:
             await self._close_sandbox(net)  # idempotent: also when it had none
             del self.networks[nid]
             self.save()
+            await self._guard(None)
             if not any(n.vni == net.vni for n in self.networks.values()):
                 self.directory.withdraw(identity.scope(net.vni), self.node_id)
             log.info("network deleted", nid=_short(nid), ns=net.namespace)

@@ -30,12 +30,9 @@ from pyoverlay.state.errors import InvalidOption
 from pyoverlay.state.store import JsonDocument
 
 from .model import DERIVED_VNI_BASE, VNI_MAX, VNI_MIN
-from .options import ALLOCATED_VNI, OPT_MTU, OPT_VNI
+from .options import ACCEPTED, ALLOCATED_VNI, OPT_ENCRYPTED, OPT_MTU, OPT_VNI, parse_flag
 
-ECHOED = (OPT_VNI, OPT_MTU)  # user options that must reach the nodes
-REFUSED = {
-    "encrypted": "-o encrypted is not supported by pyoverlay yet (no IPsec): leave it out",
-}
+ECHOED = (OPT_VNI, OPT_MTU, OPT_ENCRYPTED)  # user options that must reach the nodes
 
 
 def derived_vni(network_id: str, taken: set[int]) -> int:
@@ -54,15 +51,14 @@ def plan_allocation(
 ) -> tuple[int, dict[str, str]]:
     """(VNI, the options every node gets) for AllocateNetwork; pure."""
     opts = {str(k): str(v) for k, v in options.items()}
-    for key, why in REFUSED.items():
-        if key in opts:
-            raise InvalidOption(why)
+    if OPT_ENCRYPTED in opts:
+        parse_flag(OPT_ENCRYPTED, opts[OPT_ENCRYPTED])  # a bad value fails here, on the leader
     unknown = sorted(k for k in opts if k not in ECHOED and k != ALLOCATED_VNI)
     if unknown:
         raise InvalidOption(
             "unknown network option "
             + ", ".join(f"-o {k}={opts[k]}" for k in unknown)
-            + "; pyoverlay accepts -o vni=N and -o com.docker.network.driver.mtu=N"
+            + f"; pyoverlay accepts {ACCEPTED}"
         )
     taken = {v for nid, v in held.items() if nid != network_id}
     for key in (ALLOCATED_VNI, OPT_VNI):  # an earlier answer (failover), then the user's choice

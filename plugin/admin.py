@@ -88,6 +88,28 @@ def network_summary(net: NetworkSpec) -> dict[str, Any]:
         "gateway": str(net.gateway) if net.gateway else None,
         "namespace": net.namespace,
         "vxlan": net.vxlan,
+        "encrypted": net.encrypted,
+    }
+
+
+def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
+    """The IPsec and guard-table state of the last sync (None: no cluster, no guard)."""
+    enc = driver.encryption
+    if enc is None:
+        return None
+    r = enc.report
+    return {
+        "available": enc.unsupported is None,
+        "why_not": enc.unsupported,
+        "rotation_s": enc.rotation,
+        "rekey_packets": enc.rekey_packets,
+        "admission": enc.inputs.members is not None,
+        "admitted": sorted(str(a) for a in enc.admitted),
+        "drops": r.counters,
+        "sending": r.sending,
+        "receiving": r.receiving,
+        "errors": r.errors,
+        "synced_at": r.at,
     }
 
 
@@ -128,6 +150,7 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
         **network_summary(net),
         "peers": rows,
         "stale": stale,
+        "ipsec": ipsec_view(driver) if net.encrypted else None,
     }
 
 
@@ -149,6 +172,7 @@ async def status(request: web.Request) -> web.Response:
             "vni": n.vni,
             "subnet": str(n.subnet),
             "mtu": n.mtu,
+            "encrypted": n.encrypted,
             "namespace": n.namespace if driver.active(n.network_id) else None,
             "endpoints": sum(1 for e in driver.endpoints.values() if e.network_id == n.network_id),
         }
@@ -167,6 +191,7 @@ async def status(request: web.Request) -> web.Response:
             "networks": nets,
             "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
             "counters": dict(gossip.counters) if gossip else {},
+            "ipsec": ipsec_view(driver),
         }
     )
 

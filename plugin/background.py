@@ -13,6 +13,7 @@ import asyncio
 import structlog
 
 from pyoverlay.driver.identity import NET_TABLE
+from pyoverlay.driver.ipsec import ROW_SCOPE
 from pyoverlay.driver.peers import PEER_TABLE
 from pyoverlay.driver.service import OverlayDriver
 from pyoverlay.state.metrics import METRICS
@@ -38,6 +39,8 @@ class PeerSyncer:
                 self.dirty.add(int(vni))
             if table == NET_TABLE:
                 self.check_specs = True
+            if table == ROW_SCOPE and self.driver.encryption is not None:
+                self.driver.encryption.wake.set()  # a peer's IPsec SA numbers moved
         if self.dirty or self.check_specs:
             self.wake.set()
 

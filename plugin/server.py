@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import structlog
@@ -37,6 +38,7 @@ from aiohttp import web
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys
 from pyoverlay.cluster.runtime import GossipRuntime
+from pyoverlay.driver.encryption import Encryption, Inputs
 from pyoverlay.driver.kernel import Kernel, RuleTables
 from pyoverlay.driver.model import Underlay
 from pyoverlay.driver.service import OverlayDriver
@@ -58,6 +60,7 @@ from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
 SYNC_GRACE = 10.0  # seconds a restarting plugin waits for a peer before it prunes alone
+IPSEC_TICK = 0.5  # seconds between IPsec checks (rotation age, rekey packet count)
 
 
 def node_id(state_dir: Path) -> str:
@@ -141,6 +144,9 @@ async def prune_after_sync(gossip: GossipRuntime, driver: OverlayDriver, alone: 
             )
     gossip.synced.set()
     driver.prune_peers = True
+    if driver.encryption is not None:
+        driver.encryption.prune = True
+        driver.encryption.wake.set()
     ops, errors = await driver.reconcile()
     log.info("synced reconcile", changes=len(ops), errors=len(errors))
 
@@ -192,6 +198,8 @@ def make_gossip(
         # what `pyoverlay members` shows when the plugin is down
         if runtime is not None:
             last_known.save({"at": time.time(), "members": members_view(runtime, driver)})
+        if driver.encryption is not None:
+            driver.encryption.wake.set()  # the admission set follows the membership
 
     runtime = GossipRuntime(
         name=driver.node_id,
@@ -232,7 +240,7 @@ def make_discovery(
 
 
 def make_key_reloader(
-    settings: PluginSettings, gossip: GossipRuntime | None
+    settings: PluginSettings, gossip: GossipRuntime | None, driver: OverlayDriver
 ) -> Callable[[], dict[str, object]]:
     """What SIGHUP and `pyoverlay keys reload` do: re-read the keys, swap them in."""
 
@@ -247,9 +255,66 @@ def make_key_reloader(
             log.error("gossip keys not reloaded", error=str(exc))
             return {"error": str(exc)}
         gossip.reload_keys(keys)
+        if driver.encryption is not None:
+            driver.encryption.wake.set()  # a new first key: new IPsec SAs at once
         return {"keys": len(keys), "file": settings.key_file}
 
     return reload
+
+
+async def make_encryption(
+    settings: PluginSettings, driver: OverlayDriver, gossip: GossipRuntime
+) -> Encryption | None:
+    """IPsec for `-o encrypted` and the VXLAN guard table: clustered hosts only (the keys
+    come from the cluster key); None if libnftables is missing (then -o encrypted is
+    refused)."""
+    from pyoverlay.driver.nft import Nft, NftError, available
+    from pyoverlay.driver.xfrm import Xfrm
+
+    try:
+        available()
+    except NftError as exc:
+        log.error("encrypted networks and VXLAN admission off", error=str(exc))
+        return None
+    enc = Encryption(
+        Xfrm(),
+        Nft(),
+        settings.state_dir / "ipsec.json",
+        driver.underlay.address,
+        driver.underlay.port,
+        driver.node_id,
+        rotation=settings.ipsec_rotation,
+        rekey_packets=settings.ipsec_rekey_packets,
+    )
+    last = JsonDocument(settings.state_dir / MEMBERS_FILE).load().get("members") or []
+    enc.admitted = {
+        IPv4Address(m["vtep"]) for m in last if isinstance(m, dict) and _is_ipv4(m.get("vtep"))
+    }
+
+    def member_vteps() -> list[IPv4Address]:
+        return [
+            IPv4Address(m.meta["vtep"])
+            for m in gossip.node.members.by_name.values()
+            if _is_ipv4(m.meta.get("vtep"))
+        ]
+
+    enc.inputs = Inputs(
+        ring=lambda: gossip.keyring.keys,
+        members=member_vteps if settings.vxlan_admission else None,
+        encrypted_vnis=lambda: [n.vni for n in driver.networks.values() if n.encrypted],
+        any_network=lambda: bool(driver.networks),
+    )
+    enc.directory = gossip
+    await enc.start()
+    return enc
+
+
+def _is_ipv4(text: object) -> bool:
+    try:
+        IPv4Address(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def make_tables(settings: PluginSettings) -> RuleTables | None:
@@ -297,6 +362,9 @@ async def serve(
                 gossip.forget(name)
             for kind, handler in guard.handlers().items():
                 gossip.register_rpc(kind, handler)
+            driver.encryption = await make_encryption(settings, driver, gossip)
+            if driver.encryption is not None:
+                await driver.encryption.sync()  # the guard rules before anything else
         driver.publish_joined()  # into the table before joining: our rows win over old ones
         driver.prune_peers = gossip is None
         ops, errors = await driver.reconcile()
@@ -308,12 +376,14 @@ async def serve(
             if isinstance(ipam.guard, ClusterGuard):
                 tasks.spawn("ipam-sync-gate", ipam_after_sync(gossip, ipam.guard, alone=not known))
         syncer.start(tasks)
+        if driver.encryption is not None:
+            tasks.spawn("ipsec", driver.encryption.run(IPSEC_TICK))
         if settings.scope == "global" and settings.docker_socket and driver.tables is not None:
             docker_api = DockerApi(settings.docker_socket)
             watcher = ServiceWatcher(driver, docker_api)
             driver.on_join = watcher.want
             watcher.start(tasks)
-        reload_keys = make_key_reloader(settings, gossip)
+        reload_keys = make_key_reloader(settings, gossip, driver)
         allocations = (
             SwarmAllocations(settings.state_dir / "swarm.json")
             if settings.scope == "global"

@@ -108,6 +108,24 @@ SETTINGS = (
         "network's endpoints, only while a local container is on it (as Docker's overlay); "
         "eager: from `network create` on, for every network",
     ),
+    Setting(
+        "ipsec-rotation",
+        "43200",
+        "seconds an IPsec SA of an encrypted network sends before a new key takes over "
+        "(Docker's overlay: 12 h); also at every keyring change",
+    ),
+    Setting(
+        "ipsec-rekey-packets",
+        "2147483648",
+        "packets an IPsec SA sends before a new key takes over, far below the 2^32 ESP "
+        "sequence wrap (the kernel drops an SA at twice this, capped below 2^32)",
+    ),
+    Setting(
+        "vxlan-admission",
+        "on",
+        "on: VXLAN from addresses that are not cluster members' VTEPs is dropped and counted "
+        "(nft table inet pyoverlay_guard); off: not checked",
+    ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
 )
@@ -131,6 +149,9 @@ class PluginSettings:
     docker_host: str = "unix:///var/run/docker.sock"
     sandbox_dir: Path = Path("/var/run/docker/netns")
     network_setup: str = "lazy"
+    ipsec_rotation: float = 43200.0
+    ipsec_rekey_packets: int = 2**31
+    vxlan_admission: bool = True
 
     @property
     def docker_socket(self) -> Path | None:
@@ -203,6 +224,13 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         raise InvalidOption(
             f"--network-setup {ns.network_setup!r} must be lazy or eager (PYOVERLAY_NETWORK_SETUP)"
         )
+    if ns.vxlan_admission not in ("on", "off"):
+        raise InvalidOption(
+            f"--vxlan-admission {ns.vxlan_admission!r} must be on or off "
+            "(PYOVERLAY_VXLAN_ADMISSION)"
+        )
+    rotation = _number("--ipsec-rotation", ns.ipsec_rotation, 1, 7 * 86400)
+    rekey = int(_number("--ipsec-rekey-packets", ns.ipsec_rekey_packets, 16, 2**31))
     if ns.log_format not in ("json", "console"):
         raise InvalidOption(f"--log-format {ns.log_format!r} must be json or console")
     if ns.log_level not in ("debug", "info", "warning", "error"):
@@ -224,6 +252,9 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         docker_host=ns.docker_host,
         sandbox_dir=Path(ns.sandbox_dir),
         network_setup=ns.network_setup,
+        ipsec_rotation=rotation,
+        ipsec_rekey_packets=rekey,
+        vxlan_admission=ns.vxlan_admission == "on",
     )
 
 
@@ -235,6 +266,16 @@ def _port(flag: str, text: str) -> int:
     if not 1 <= port <= 65535:
         raise InvalidOption(f"{flag} {text!r} must be a port from 1 to 65535")
     return port
+
+
+def _number(flag: str, text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidOption(f"{flag} {text!r} must be a number from {low:g} to {high:g}")
+    return value
 
 
 def _seconds(flag: str, text: str) -> float:

@@ -93,7 +93,13 @@ def test_explicit_vni_and_mtu() -> None:
         ({"vni": "16777216"}, {}, "-o vni=16777216"),
         ({"com.docker.network.driver.mtu": "9000"}, {}, "must be from 576 to 1450"),
         ({"com.docker.network.driver.mtu": "big"}, {}, "whole number"),
-        ({"encrypted": ""}, {}, "unknown network option -o encrypted="),
+        ({"encrypted": "maybe"}, {}, "-o encrypted=maybe: give -o encrypted (or =true|"),
+        (
+            {"encrypted": "", "com.docker.network.driver.mtu": "1450"},
+            {},
+            "-o com.docker.network.driver.mtu=1450: the MTU (at most the underlay's 1500 minus "
+            "50 bytes of VXLAN header and 40 of ESP) must be from 576 to 1410",
+        ),
         ({"foo": "1", "bar": "2"}, {}, "unknown network options -o bar=2, -o foo=1"),
         ({}, {"enable_ipv6": True}, "IPv6 is not supported by pyoverlay yet: remove --ipv6"),
         ({}, {"ipv4": []}, "exactly one IPv4 subnet, got 0"),

@@ -34,8 +34,10 @@ def test_user_vni_is_honoured_and_clashes_and_unsupported_options_are_refused() 
     assert vni == 700 and out == {"vni": "700", ALLOCATED_VNI: "700"}
     with pytest.raises(InvalidOption, match="-o vni=700 is already used by another swarm network"):
         plan_allocation("n2", {"vni": "700"}, {"n1": 700})
-    with pytest.raises(InvalidOption, match="-o encrypted is not supported"):
-        plan_allocation("n3", {"encrypted": ""}, {})
+    # -o encrypted reaches every node (the leader's answer is all they get)
+    assert plan_allocation("n3", {"encrypted": ""}, {})[1]["encrypted"] == ""
+    with pytest.raises(InvalidOption, match="-o encrypted=sometimes: give -o encrypted"):
+        plan_allocation("n3", {"encrypted": "sometimes"}, {})
     with pytest.raises(InvalidOption, match="unknown network option -o foo=bar"):
         plan_allocation("n3", {"foo": "bar"}, {})
 

@@ -1,0 +1,376 @@
+"""IPsec for encrypted networks: key derivation, SA numbering, and rotation without loss.
+
+The rotation tests run two keepers (driver/encryption.py) against a simulated
+xfrm table each (states carry their key; a packet is lost when the receiver
+has no state with the sender's SPI and key) on a fake clock, with the real
+planner and a shared table of `ipsec` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyoverlay.driver import ipsec
+from pyoverlay.driver.encryption import Encryption, Inputs
+from pyoverlay.driver.ipsec import InstalledSa, Published, Sending
+from pyoverlay.driver.xfrm import parse_policies, parse_states
+
+A, B, C = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
+K1, K2 = b"k" * 32, b"j" * 32
+
+
+def test_hkdf_matches_rfc5869_test_case_1() -> None:
+    okm = ipsec.hkdf(bytes([0x0B] * 22), bytes(range(0xF0, 0xFA)), 42, salt=bytes(range(0x0D)))
+    assert okm.hex() == (
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    )
+
+
+def test_both_ends_derive_the_same_sa_and_every_input_changes_it() -> None:
+    sa = ipsec.derive(K1, A, B, "00112233", 5)
+    assert (
+        sa == ipsec.derive(K1, A, B, "00112233", 5)
+        and sa.key == ipsec.derive(K1, A, B, "00112233", 5).key
+    )
+    assert len(sa.key) == ipsec.KEY_BYTES and sa.spi >= ipsec.SPI_MIN
+    others = [
+        ipsec.derive(K2, A, B, "00112233", 5),  # another ring key
+        ipsec.derive(K1, B, A, "00112233", 5),  # the other direction
+        ipsec.derive(K1, A, C, "00112233", 5),  # another peer
+        ipsec.derive(K1, A, B, "00112234", 5),  # another salt (sender's kernel state lost)
+        ipsec.derive(K1, A, B, "00112233", 6),  # the next SA number
+    ]
+    assert len({o.key for o in others} | {sa.key}) == 6
+    assert len({o.spi for o in others} | {sa.spi}) == 6
+    assert "key" not in repr(sa).replace("key_id", "")  # never logged
+
+
+def test_next_sending_moves_on_for_age_packets_key_and_a_lost_sa() -> None:
+    cur = Sending(3, 100.0, "k1")
+    live = InstalledSa(A, B, 1, packets=10)
+    step = ipsec.next_sending
+    assert step(None, None, "k1", 100.0, 60, 1000) == Sending(0, 100.0, "k1")
+    assert step(cur, live, "k1", 150.0, 60, 1000) is cur
+    assert step(cur, live, "k1", 160.0, 60, 1000) == Sending(4, 160.0, "k1")  # 60 s old
+    assert step(cur, InstalledSa(A, B, 1, packets=1000), "k1", 101, 60, 1000).n == 4
+    assert step(cur, live, "k2", 101.0, 60, 1000).n == 4  # the first key changed
+    assert step(cur, None, "k1", 101.0, 60, 1000).n == 4  # never re-add a used key
+
+
+def test_receivers_install_around_what_the_sender_publishes_for_every_ring_key() -> None:
+    peer = Published(B, "aabbccdd", {str(A): 7})
+    got = ipsec.wanted_inbound([K1, K2], A, [peer, Published(A, "00000000")])
+    assert [(s.n, s.key_id) for s in got] == [
+        (n, ipsec.key_id(k)) for k in (K1, K2) for n in range(6, 7 + ipsec.LOOKAHEAD + 1)
+    ]
+    assert {(s.src, s.dst) for s in got} == {(B, A)}
+
+
+def test_published_rows_from_other_hosts_are_checked() -> None:
+    good = Published(B, "aabbccdd", {str(A): 1})
+    assert Published.from_json(good.to_json()) == good
+    for bad in (
+        {"vtep": "x", "salt": "aabbccdd"},
+        {"vtep": "10.0.0.2", "salt": "NOT-HEX!"},
+        {"vtep": "10.0.0.2", "salt": "aabbccdd", "tx": {"10.0.0.1": "many"}},
+        {"vtep": "10.0.0.2", "salt": "aabbccdd", "tx": {str(i): 1 for i in range(5000)}},
+        {"salt": "aabbccdd"},
+    ):
+        assert Published.from_json(bad) is None
+
+
+def test_diff_adds_before_it_deletes_and_keeps_a_hidden_members_sas() -> None:
+    want = [ipsec.derive(K1, B, A, "aabbccdd", 1)]
+    old = InstalledSa(B, A, 999)
+    hidden = InstalledSa(C, A, 777)
+    ch = ipsec.diff_sas(want, [old, hidden], keep=[C])
+    assert ch.add == want and ch.delete == [old]
+
+
+def test_guard_table_drops_plain_vxlan_of_encrypted_vnis_and_non_members() -> None:
+    cmds = ipsec.guard_commands(4789, [300, 100], [B, A])
+    text = repr(cmds)
+    assert cmds[0] == {"add": {"table": {"family": "inet", "name": ipsec.GUARD_TABLE}}}
+    assert "'10.0.0.1', '10.0.0.2'" in text and "@members" in text
+    rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
+    vnis = [e["match"]["right"] for r in rules for e in r["expr"] if "th" in repr(e)]
+    assert sorted(set(vnis)) == [100, 300]
+    # per encrypted VNI: mark (out), accept-if-ipsec then drop in each direction
+    assert [r["chain"] for r in rules].count("mark") == 2
+    assert [r["chain"] for r in rules].count("out") == 4
+    assert [r["chain"] for r in rules].count("in") == 5  # + the admission rule
+    assert "saddr" not in repr(ipsec.guard_commands(4789, [100], None))  # admission off
+
+
+def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:
+    text = (
+        "src 10.0.0.2 dst 10.0.0.1\n"
+        "\tproto esp spi 0x00002001(8193) reqid 7960037(0x007975e5) mode transport\n"
+        "\treplay-window 32 seq 0x00000000 flag  (0x00000000)\n"
+        "\taead rfc4106(gcm(aes)) 0x0102 128\n"
+        "\tlifetime current:\n"
+        "\t  1200(bytes), 12(packets)\n"
+        "\t  add 2026-11-27 17:17:12 use 2026-11-27 17:17:12\n"
+        "src 10.0.0.1 dst 10.0.0.2\n"
+        "\tproto esp spi 0x00000100(256) reqid 1(0x00000001) mode transport\n"
+    )
+    (sa,) = parse_states(text.replace("7960037", str(ipsec.REQID)))
+    assert (sa.src, sa.dst, sa.spi, sa.packets) == (B, A, 0x2001, 12) and sa.added > 0
+    pol = "src 10.0.0.1/32 dst 10.0.0.2/32 proto udp dport 4789 \n\tdir out priority 0\n"
+    assert parse_policies(pol) == [(A, B, 4789)]
+
+
+# -- two keepers, simulated kernels, a fake clock --------------------------------------
+
+
+class SimXfrm:
+    """One host's xfrm states: ident -> (key, packets, added); the newest outbound state
+    to a peer is the one the kernel sends with (as xfrm_state_find prefers it)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[IPv4Address, IPv4Address, int], list[Any]] = {}
+        self.policies: set[tuple[IPv4Address, IPv4Address, int]] = set()
+        self.clock = 0.0
+        self.most = 0  # the most packets any outbound SA has sent
+
+    async def states_(self) -> list[InstalledSa]:
+        return [InstalledSa(s, d, spi, v[1], v[2]) for (s, d, spi), v in self.states.items()]
+
+    async def policies_(self) -> list[tuple[IPv4Address, IPv4Address, int]]:
+        return sorted(self.policies)
+
+    async def batch(self, lines: Sequence[str]) -> list[str]:
+        errors = []
+        for line in lines:
+            w = line.split()
+            if w[:3] == ["xfrm", "state", "add"]:
+                ident = (IPv4Address(w[4]), IPv4Address(w[6]), int(w[10], 16))
+                if ident in self.states:
+                    errors.append(f"EEXIST {line[:40]}")
+                    continue
+                key = bytes.fromhex(w[w.index("aead") + 2][2:])
+                self.states[ident] = [key, 0, self.clock]
+            elif w[:3] == ["xfrm", "state", "delete"]:
+                self.states.pop((IPv4Address(w[4]), IPv4Address(w[6]), int(w[10], 16)), None)
+            elif w[:3] == ["xfrm", "policy", "update"]:
+                self.policies.add(
+                    (IPv4Address(w[6].split("/")[0]), IPv4Address(w[8].split("/")[0]), int(w[12]))
+                )
+            elif w[:3] == ["xfrm", "policy", "delete"]:
+                self.policies.discard(
+                    (IPv4Address(w[6].split("/")[0]), IPv4Address(w[8].split("/")[0]), int(w[12]))
+                )
+        return errors
+
+    async def probe(self) -> str | None:
+        return None
+
+    def send(self, src: IPv4Address, dst: IPv4Address, peer: SimXfrm) -> bool:
+        """One packet src->dst: encrypted with our newest outbound SA, opened by the
+        peer's state of that SPI and key; False if it is lost (or would go out plain)."""
+        if (src, dst, 4789) not in self.policies:
+            return False
+        outs = [(v[2], i) for i, v in self.states.items() if i[0] == src and i[1] == dst]
+        if not outs:
+            return False
+        _, ident = max(outs)
+        self.states[ident][1] += 1
+        self.most = max(self.most, self.states[ident][1])
+        got = peer.states.get(ident)
+        if got is None or got[0] != self.states[ident][0]:
+            return False
+        got[1] += 1
+        return True
+
+
+class SimXfrmAdapter:
+    def __init__(self, sim: SimXfrm) -> None:
+        self.sim = sim
+
+    async def states(self) -> list[InstalledSa]:
+        return await self.sim.states_()
+
+    async def policies(self) -> list[tuple[IPv4Address, IPv4Address, int]]:
+        return await self.sim.policies_()
+
+    async def batch(self, lines: Sequence[str]) -> list[str]:
+        return await self.sim.batch(lines)
+
+    async def probe(self) -> str | None:
+        return None
+
+
+class SharedRows:
+    """The replicated table's `ipsec` scope (every host sees every row at once)."""
+
+    def __init__(self) -> None:
+        self.rows_: dict[str, dict[str, Any]] = {}
+
+    def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
+        self.rows_[key] = value
+
+    def withdraw(self, scope: str, key: str) -> None:
+        self.rows_.pop(key, None)
+
+    def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
+        return [(k, v, (0, k)) for k, v in self.rows_.items()]
+
+
+class NoTables:
+    async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
+        pass
+
+    async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def keeper(
+    tmp: Path,
+    name: str,
+    vtep: IPv4Address,
+    sim: SimXfrm,
+    rows: SharedRows,
+    ring: list[bytes],
+    rekey: int = 10**9,
+) -> Encryption:
+    enc = Encryption(
+        SimXfrmAdapter(sim),
+        NoTables(),
+        tmp / f"{name}.json",
+        vtep,
+        4789,
+        name,
+        rotation=60.0,
+        rekey_packets=rekey,
+    )
+    enc.inputs = Inputs(
+        ring=lambda: ring,
+        members=lambda: [A, B],
+        encrypted_vnis=lambda: [100],
+        any_network=lambda: True,
+    )
+    enc.directory = rows  # type: ignore[assignment]
+    enc.prune = True
+    return enc
+
+
+def run_pair(
+    tmp: Path,
+    seconds: int,
+    ring_a: list[bytes],
+    ring_b: list[bytes],
+    rekey: int = 10**9,
+    events: dict[int, Any] | None = None,
+) -> tuple[int, int, Encryption, Encryption, SimXfrm]:
+    """A and B ping each other 50 times a second for `seconds` (fake time), syncing every
+    0.5 s (A and B half a tick apart); returns (sent, lost, a, b, A's xfrm)."""
+    rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
+    a = keeper(tmp, "a", A, sa, rows, ring_a, rekey)
+    b = keeper(tmp, "b", B, sb, rows, ring_b, rekey)
+
+    async def main() -> tuple[int, int]:
+        await a.start()
+        await b.start()
+        sent = lost = 0
+        t0 = 1_000_000.0
+        for step in range(seconds * 50):
+            now = t0 + step * 0.02
+            sa.clock = sb.clock = now
+            if step % 25 == 0:
+                await a.sync(now)
+            if step % 25 == 12:
+                await b.sync(now)
+            if events and step in events:
+                events[step](a, b, sa, sb)
+            if step < 100:
+                continue  # the first two seconds: rows travel, both sides set up
+            for src, dst, x, y in ((A, B, sa, sb), (B, A, sb, sa)):
+                sent += 1
+                lost += not x.send(src, dst, y)
+        return sent, lost
+
+    sent, lost = asyncio.run(main())
+    return sent, lost, a, b, sa
+
+
+def test_scheduled_rotation_loses_no_packet(tmp_path: Path) -> None:
+    sent, lost, a, b, _ = run_pair(tmp_path, 200, [K1], [K1])  # 60 s rotation: 3 rotations
+    assert sent == 2 * 50 * 198 and lost == 0
+    assert a.sending[B].n == 3 and b.sending[A].n == 3
+
+
+def test_rekey_long_before_the_sequence_number_wraps_loses_no_packet(tmp_path: Path) -> None:
+    # a tiny limit: 100 packets per SA (50 a second): a new SA every 2-3 s
+    sent, lost, a, b, sa = run_pair(tmp_path, 40, [K1], [K1], rekey=100)
+    assert lost == 0
+    assert a.sending[B].n >= 12 and b.sending[A].n >= 12
+    # no SA sent more than the limit plus one tick of traffic; the kernel's cap is 2x
+    assert 100 <= sa.most <= 100 + 25 and a.hard_packets == 200
+
+
+def test_keyring_change_moves_to_the_new_key_without_loss(tmp_path: Path) -> None:
+    ring_a, ring_b = [K1], [K1]
+
+    def add_key(a: Encryption, b: Encryption, sa: SimXfrm, sb: SimXfrm) -> None:
+        ring_a.insert(0, K2)  # as `pyoverlay keys reload`, host by host
+        ring_b.insert(0, K2)
+
+    sent, lost, a, b, _ = run_pair(tmp_path, 20, ring_a, ring_b, events={500: add_key})
+    assert lost == 0 and a.sending[B].key_id == ipsec.key_id(K2)
+
+
+def test_a_host_without_the_new_key_can_neither_send_nor_read(tmp_path: Path) -> None:
+    """The removed host keeps the old key; the others move to a new ring without it."""
+    ring_a, ring_b = [K1], [K1]
+
+    def rotate_out(a: Encryption, b: Encryption, sa: SimXfrm, sb: SimXfrm) -> None:
+        ring_a[:] = [K2]  # A gets the new ring; B (removed) does not
+
+    sent, lost, a, b, _ = run_pair(tmp_path, 20, ring_a, ring_b, events={500: rotate_out})
+    # everything arrives until A's next sync after the change (step 525), then nothing,
+    # either way: A sends with a key B lacks, and no longer holds B's inbound SAs
+    assert lost == 2 * (20 * 50 - 525)
+
+
+def test_a_lost_outbound_sa_is_never_re_added_with_the_same_key(tmp_path: Path) -> None:
+    used: set[bytes] = set()
+
+    def drop_out(a: Encryption, b: Encryption, sa: SimXfrm, sb: SimXfrm) -> None:
+        for ident in [i for i in sa.states if i[0] == A]:
+            used.add(sa.states.pop(ident)[0])  # someone ran `ip xfrm state flush`
+
+    sent, lost, a, b, sa = run_pair(tmp_path, 10, [K1], [K1], events={300: drop_out})
+    assert used and a.sending[B].n == 1 and not used & {v[0] for v in sa.states.values()}
+    assert lost <= 2 * 25  # until A's next sync (half a second of A->B)
+
+
+@pytest.mark.parametrize("restart_kernel", [False, True])
+def test_restart_keeps_numbers_or_takes_a_new_salt(tmp_path: Path, restart_kernel: bool) -> None:
+    rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
+    a = keeper(tmp_path, "a", A, sa, rows, [K1])
+    b = keeper(tmp_path, "b", B, sb, rows, [K1])
+
+    async def main() -> None:
+        await a.start()
+        await b.start()
+        for now in (1.0, 2.0, 100.0):  # the second sync at 100 s: rotated once
+            await a.sync(now)
+            await b.sync(now)
+        if restart_kernel:
+            sa.states.clear()
+            sa.policies.clear()
+        again = keeper(tmp_path, "a", A, sa, rows, [K1])
+        await again.start()
+        assert (again.salt == a.salt) is (not restart_kernel)
+        assert again.sending.get(B, Sending(-1, 0, "")).n == (-1 if restart_kernel else 1)
+
+    asyncio.run(main())
