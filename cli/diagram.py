@@ -58,6 +58,16 @@ def docker_view(network: str) -> tuple[dict[str, tuple[str, str]], str]:
     return by_ep, gw_subnet
 
 
+def _wire(view: dict[str, Any], sec: dict[str, Any], vtep: str) -> str:
+    """How this network's VXLAN to `vtep` travels: plain, or inside ESP (which SA)."""
+    if not view.get("encrypted"):
+        return "udp/4789"
+    out = (sec.get("sending") or {}).get(vtep)
+    if out is None:
+        return "udp/4789 in ESP: NO SA yet (dropped, never plain)"
+    return f"udp/4789 in ESP spi {out['spi']} n{out['n']}"
+
+
 def _row(cells: list[str]) -> str:
     return "".join(f"{c:<{COL}}" for c in cells).rstrip()
 
@@ -124,12 +134,13 @@ def draw(
         vteps.setdefault(p["vtep"], []).append(p)
     if not vteps:
         out.append(" " * 11 + "+-- (no remote VTEP: no container of this VNI on another host)")
+    sec = view.get("ipsec") or {}
     for vtep, eps in sorted(vteps.items()):
         shown = ", ".join(
             f"{e['ip']} {e['mac']}" + ("" if e["state"] == "ok" else f" [{e['state']}]")
             for e in eps
         )
-        out.append(" " * 11 + f"+-- udp/4789 --> VTEP {vtep}: {shown}")
+        out.append(" " * 11 + f"+-- {_wire(view, sec, vtep)} --> VTEP {vtep}: {shown}")
     for s in view.get("stale", []):
         out.append(" " * 11 + f"!   stale {describe_entry(s)} (no row in the table)")
     services = view.get("services") or []

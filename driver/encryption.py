@@ -101,6 +101,7 @@ class Encryption:
         self.admitted: set[IPv4Address] = set()
         self._applied: list[dict[str, Any]] = []
         self._applied_at = 0.0
+        self._published: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
 
@@ -135,14 +136,17 @@ class Encryption:
         )
 
     def publish(self) -> None:
+        """Our row, when it changed (a write wakes every host's keeper, ours included)."""
         if self.directory is not None and self.salt:
             row = Published(
                 self.local,
                 self.salt,
                 {str(p): s.n for p, s in self.sending.items()},
                 tuple(ipsec.key_id(k) for k in self.inputs.ring()),
-            )
-            self.directory.publish(ipsec.ROW_SCOPE, self.node, row.to_json())
+            ).to_json()
+            if row != self._published:
+                self.directory.publish(ipsec.ROW_SCOPE, self.node, row)
+                self._published = row
 
     def published(self) -> dict[IPv4Address, Published]:
         if self.directory is None:

@@ -28,6 +28,7 @@ _SPI = re.compile(r"proto esp spi 0x([0-9a-f]+)\(\d+\) reqid (\d+)")
 _COUNT = re.compile(r"^\s*(\d+)\(bytes\), (\d+)\(packets\)")
 _ADDED = re.compile(r"^\s*add (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 _POLICY = re.compile(r"^src (\S+)/32 dst (\S+)/32 proto udp dport (\d+)")
+_MARK = re.compile(r"^\s+mark 0x([0-9a-f]+)/0xffffffff")
 _TIMEOUT = 30.0
 
 
@@ -95,11 +96,17 @@ def parse_states(text: str) -> list[InstalledSa]:
 
 
 def parse_policies(text: str) -> list[tuple[IPv4Address, IPv4Address, int]]:
-    """`ip xfrm policy list dir out mark MARK` -> (local, peer, port) of ours."""
+    """`ip xfrm policy list dir out` -> (local, peer, port) of ours (mark MARK)."""
     out = []
+    cur: tuple[IPv4Address, IPv4Address, int] | None = None
     for line in text.splitlines():
         if m := _POLICY.match(line):
-            out.append((IPv4Address(m[1]), IPv4Address(m[2]), int(m[3])))
+            cur = (IPv4Address(m[1]), IPv4Address(m[2]), int(m[3]))
+        elif line[:1] != "\t" and line.strip() and not line.startswith(" "):
+            cur = None  # another policy (not a VXLAN one)
+        elif cur is not None and (m := _MARK.search(line)) and int(m[1], 16) == MARK:
+            out.append(cur)
+            cur = None
     return out
 
 
@@ -111,9 +118,7 @@ class Xfrm:
         return parse_states(out)
 
     async def policies(self) -> list[tuple[IPv4Address, IPv4Address, int]]:
-        rc, out, err = await _run(
-            ["xfrm", "policy", "list", "dir", "out", "mark", f"{MARK:#x}", "mask", "0xffffffff"]
-        )
+        rc, out, err = await _run(["xfrm", "policy", "list", "dir", "out"])
         if rc != 0:
             raise XfrmError(f"ip xfrm policy list: {err.strip() or rc}")
         return parse_policies(out)

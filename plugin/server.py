@@ -60,7 +60,7 @@ from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
 SYNC_GRACE = 10.0  # seconds a restarting plugin waits for a peer before it prunes alone
-IPSEC_TICK = 0.5  # seconds between IPsec checks (rotation age, rekey packet count)
+IPSEC_TICK = 1.0  # seconds between IPsec checks (rotation age, rekey packet count)
 
 
 def node_id(state_dir: Path) -> str:

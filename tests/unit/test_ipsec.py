@@ -122,7 +122,12 @@ def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:
     )
     (sa,) = parse_states(text.replace("7960037", str(ipsec.REQID)))
     assert (sa.src, sa.dst, sa.spi, sa.packets) == (B, A, 0x2001, 12) and sa.added > 0
-    pol = "src 10.0.0.1/32 dst 10.0.0.2/32 proto udp dport 4789 \n\tdir out priority 0\n"
+    pol = (
+        "src 10.0.0.1/32 dst 10.0.0.2/32 proto udp dport 4789 \n\tdir out priority 0 \n"
+        f"\tmark {ipsec.MARK:#x}/0xffffffff \n\ttmpl src 10.0.0.1 dst 10.0.0.2\n"
+        "src 10.0.0.1/32 dst 10.0.0.3/32 proto udp dport 4789 \n\tdir out priority 0 \n"
+        "\tmark 0xd0c4e3/0xffffffff \n"  # Docker's, not ours
+    )
     assert parse_policies(pol) == [(A, B, 4789)]
 
 
