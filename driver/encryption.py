@@ -102,12 +102,16 @@ class Encryption:
         self._applied: list[dict[str, Any]] = []
         self._applied_at = 0.0
         self._published: dict[str, Any] = {}
+        self._maybe_sas = True  # ours may be in the kernel (unknown at start)
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
 
     @property
     def hard_packets(self) -> int:
-        return min(self.rekey_packets * 2, MAX_HARD_PACKETS)
+        """The kernel's own cap per SA: just below the 32-bit sequence wrap, whatever the
+        rekey limit (so an SA the plugin cannot replace while it is down keeps working
+        until then, and stops, never wraps, after)."""
+        return MAX_HARD_PACKETS
 
     async def start(self) -> None:
         """Probe the kernel; keep the salt and SA numbers if the kernel still has our
@@ -186,7 +190,9 @@ class Encryption:
         self.report.counters = ipsec.guard_counters(
             await self.tables.list_table(None, "inet", ipsec.GUARD_TABLE)
         )
-        if not vnis or self.unsupported or not self.salt:
+        if self.unsupported or not self.salt:
+            return []  # no ESP here: nothing of ours can be in the kernel
+        if not vnis:
             await self._remove_sas()
             return []
         ring = list(self.inputs.ring())
@@ -236,7 +242,10 @@ class Encryption:
         lines = [ipsec.state_add_line(sa, self.hard_packets) for sa in changes.add]
         have_pol = set(await self.xfrm.policies())
         want_pol = {(self.local, p, self.port) for p in sending}
-        lines += [ipsec.policy_line("update", self.local, p, self.port) for p in sorted(sending)]
+        lines += [
+            ipsec.policy_line("update", loc, p, port)
+            for loc, p, port in sorted(want_pol - have_pol)
+        ]
         lines += [ipsec.state_delete_line(s) for s in changes.delete if s.src == self.local]
         lines += [ipsec.state_delete_line(s) for s in changes.delete if s.src != self.local]
         lines += [
@@ -244,6 +253,8 @@ class Encryption:
             for loc, p, port in sorted(have_pol - want_pol)
             if p not in keep and self.prune
         ]
+        if lines:
+            self._maybe_sas = True
         errors = await self.xfrm.batch(lines)
         if changes:
             log.info(
@@ -282,6 +293,8 @@ class Encryption:
         self.report.receiving = recv
 
     async def _remove_sas(self) -> None:
+        if not self._maybe_sas:
+            return  # nothing installed since the last clean-up (no subprocess per tick)
         installed = await self.xfrm.states()
         pols = await self.xfrm.policies()
         lines = [ipsec.policy_line("delete", loc, p, port) for loc, p, port in pols]
@@ -289,6 +302,7 @@ class Encryption:
         if lines:
             await self.xfrm.batch(lines)
             log.info("ipsec sas removed", sas=len(installed), policies=len(pols))
+        self._maybe_sas = False
 
     async def _remove_all(self) -> None:
         """No pyoverlay network left on this host: no guard table, no SA."""

@@ -118,7 +118,7 @@ SETTINGS = (
         "ipsec-rekey-packets",
         "2147483648",
         "packets an IPsec SA sends before a new key takes over, far below the 2^32 ESP "
-        "sequence wrap (the kernel drops an SA at twice this, capped below 2^32)",
+        "sequence wrap (the kernel itself drops an SA at 2^32 - 2^16)",
     ),
     Setting(
         "vxlan-admission",
