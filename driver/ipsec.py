@@ -47,6 +47,7 @@ PLAIN_COUNTER = "plain_drops"
 AEAD = "rfc4106(gcm(aes))"
 KEY_BYTES = 36  # AES-256 key + 4-byte salt (RFC 4106)
 ICV_BITS = 128
+REPLAY_WINDOW = 32  # inbound anti-replay (the kernel's default is 0: none)
 LOOKAHEAD = 2  # inbound SAs installed beyond the sender's published n
 DEFAULT_ROTATION = 12 * 3600.0  # Docker's overlay rotates every 12 h
 DEFAULT_REKEY_PACKETS = 2**31  # half the 32-bit ESP sequence space
@@ -386,8 +387,8 @@ def policy_line(verb: str, local: IPv4Address, peer: IPv4Address, port: int) -> 
 def state_add_line(sa: Sa, hard_packets: int) -> str:
     return (
         f"xfrm state add src {sa.src} dst {sa.dst} proto esp spi {sa.spi:#x} reqid {REQID:#x} "
-        f"mode transport aead '{AEAD}' 0x{sa.key.hex()} {ICV_BITS} "
-        f"limit packet-hard {hard_packets}"
+        f"mode transport replay-window {REPLAY_WINDOW} aead '{AEAD}' 0x{sa.key.hex()} "
+        f"{ICV_BITS} limit packet-hard {hard_packets}"
     )
 
 
