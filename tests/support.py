@@ -49,9 +49,11 @@ class Services:
         return Services(self.state_dir, self.kernel)
 
 
-def cli(h: Host, lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(h: Host, lab: Lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`pyoverlay ARGS` against host h's plugin."""
-    return h.run(lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False)
+    return h.run(
+        lab.pyoverlay, *args, "--state-dir", str(h.state_dir), check=False, timeout=timeout
+    )
 
 
 class Scratch:
