@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -102,3 +103,23 @@ def both(scratch: Scratch, lab: Lab, name: str, subnet: str) -> dict[str, str]:
         nid = scratch.network(h, name, "--subnet", subnet)
         out[h.name] = f"1-{nid[:10]}"
     return out
+
+
+def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:
+    """A 20 ms ping (busybox ping's -i takes fractions) from `container` on `h`, returned
+    once its first reply is in (so what follows happens while it runs)."""
+    proc = h.docker_popen(
+        "exec", container, "ping", "-c", str(count), "-i", "0.02", "-W", "1", target
+    )
+    assert proc.stdout is not None
+    first = ""
+    while "bytes from" not in first:
+        first = proc.stdout.readline()
+        assert first, "ping ended before its first reply"
+    return proc
+
+
+def loss(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))

@@ -12,39 +12,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
-import subprocess
 import time
 
 import pytest
-from support import Scratch, both, cli, ip_of, ping
+from support import Scratch, both, cli, ip_of, loss, ping, start_ping
 
-from pyoverlay.lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
+from pyoverlay.lab.hosts import IMAGE, CommandFailed, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
 SLEEP = ("sleep", "3600")
-
-
-def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:
-    """A 20 ms ping (busybox ping's -i takes fractions) from `container` on `h`, returned
-    once its first reply is in (so what follows happens while it runs)."""
-    proc = h.docker_popen(
-        "exec", container, "ping", "-c", str(count), "-i", "0.02", "-W", "1", target
-    )
-    assert proc.stdout is not None
-    first = ""
-    while "bytes from" not in first:
-        first = proc.stdout.readline()
-        assert first, "ping ended before its first reply"
-    return proc
-
-
-def loss(out: str) -> tuple[int, int]:
-    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2))
 
 
 @pytest.mark.vm

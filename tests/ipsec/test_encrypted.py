@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Scratch, cli, ip_of, ping
+from support import Scratch, cli, ip_of, loss, ping, start_ping
 
 from pyoverlay.driver import ipsec
 from pyoverlay.lab.hosts import IMAGE, Host, Lab, wait_for
@@ -96,24 +96,6 @@ def vxlan_vnis(lines: list[str]) -> dict[int, int]:
 def esp_spis(lines: list[str], src: str, dst: str) -> list[int]:
     pat = re.compile(rf"IP {re.escape(src)} > {re.escape(dst)}: ESP\(spi=0x([0-9a-f]+),")
     return [int(m[1], 16) for line in lines if (m := pat.search(line))]
-
-
-def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.Popen[str]:
-    proc = h.docker_popen(
-        "exec", container, "ping", "-c", str(count), "-i", "0.02", "-W", "1", target
-    )
-    assert proc.stdout is not None
-    first = ""
-    while "bytes from" not in first:
-        first = proc.stdout.readline()
-        assert first, "ping ended before its first reply"
-    return proc
-
-
-def loss(out: str) -> tuple[int, int]:
-    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2))
 
 
 @pytest.fixture(scope="module")
