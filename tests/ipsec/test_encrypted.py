@@ -253,8 +253,13 @@ def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
         # remove h3: it stops (its kernel keeps its SAs and its key), the others forget it
         # and move to a new cluster key it never gets
         h3.stop_plugin(signal.SIGKILL)
+        gone = h3_node(lab, h3)
         for h in (h1, h2):
-            admin(h, "POST", f"/forget?node={h3_node(lab, h3)}")
+            # forget is refused while h3 is only suspect: wait for `pyoverlay members` to say dead
+            wait_for(
+                f"h{h.index} sees h3 dead", lambda h=h: member_status(h, gone) == "dead", 120, 1.0
+            )
+            admin(h, "POST", f"/forget?node={gone}")
         new = os.urandom(32)
         old_keys = lab.key_file.read_text().split()
         lab.write_keys(__import__("base64").b64encode(new).decode())
@@ -293,6 +298,13 @@ def admin(h: Host, method: str, path: str) -> None:
     sock = str(h.state_dir / ADMIN_SOCKET)
     out = h.run("curl", "-sf", "-X", method, "--unix-socket", sock, f"http://p{path}").stdout
     assert "error" not in json.loads(out), out
+
+
+def member_status(h: Host, node: str) -> str:
+    """`node`'s state in h's `pyoverlay members`."""
+    sock = str(h.state_dir / ADMIN_SOCKET)
+    out = h.run("curl", "-sf", "--max-time", "30", "--unix-socket", sock, "http://p/members")
+    return next((str(m["status"]) for m in json.loads(out.stdout) if m["name"] == node), "")
 
 
 def h3_node(lab: Lab, h3: Host) -> str:
