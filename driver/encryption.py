@@ -65,7 +65,6 @@ class Report:
     errors: list[str] = field(default_factory=list)
     sending: dict[str, dict[str, Any]] = field(default_factory=dict)
     receiving: dict[str, dict[str, Any]] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 class Encryption:
@@ -174,6 +173,16 @@ class Encryption:
                 log.error("ipsec sync", error=e)
             return errors
 
+    async def drop_counters(self) -> dict[str, int]:
+        """The guard table's drop counters, read from the kernel when asked (status), not
+        at every tick; empty while there is no table or it cannot be read (logged)."""
+        try:
+            listing = await self.tables.list_table(None, "inet", ipsec.GUARD_TABLE)
+        except Exception as exc:  # status must still answer
+            log.error("guard counters", error=f"{type(exc).__name__}: {exc}")
+            return {}
+        return ipsec.guard_counters(listing)
+
     async def _sync(self, now: float) -> list[str]:
         vnis = sorted(set(self.inputs.encrypted_vnis()))
         if not self.inputs.any_network():
@@ -187,9 +196,6 @@ class Encryption:
         if cmds != self._applied or now - self._applied_at > GUARD_REFRESH:
             await self.tables.apply(None, cmds)  # one transaction: never a moment without rules
             self._applied, self._applied_at = cmds, now
-        self.report.counters = ipsec.guard_counters(
-            await self.tables.list_table(None, "inet", ipsec.GUARD_TABLE)
-        )
         if self.unsupported or not self.salt:
             return []  # no ESP here: nothing of ours can be in the kernel
         if not vnis:

@@ -13,6 +13,8 @@ two hosts
   crash            a killed host's entries gone from the other; a 2 s stall is no false alarm
   restart-loss     kill -9 + restart 0.5 s later of the plugin on the sending, then the
                    receiving host, during a 20 ms ping across hosts; --runs times each; worst loss
+  admission        cross-host TCP on a plain network with VXLAN admission (the guard table's
+                   member-set check) on vs off, alternated, plugins restarted per switch
   hostile          20 unauthenticated TCP connections to a plugin's gossip port, each sending a
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
@@ -56,6 +58,7 @@ from ipaddress import IPv4Address
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
+from pyoverlay.driver.ipsec import GUARD_TABLE, MEMBERS_SET
 
 from . import bench_footprint
 from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
@@ -565,6 +568,50 @@ def bench_restart_loss(lab: Lab, runs: int) -> None:
     )
 
 
+def admission_in_force(h: Host) -> bool:
+    """Whether h's guard table drops VXLAN from non-members (what `nft list table` shows)."""
+    out = h.run("nft", "list", "table", "inet", GUARD_TABLE, check=False).stdout
+    return f"@{MEMBERS_SET}" in out
+
+
+def bench_admission(lab: Lab, runs: int) -> None:
+    """Cross-host TCP on a plain network with VXLAN admission on, then off, alternately:
+    both plugins restart with `--vxlan-admission on|off` before each measurement."""
+    h1, h2 = lab.host(1), lab.host(2)
+    target = pair(lab, "100.7.0.0/24", "asrv", "acli")
+    results: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(max(2, min(runs, 4))):
+        for mode in ("on", "off"):
+            for h in lab.hosts:
+                h.stop_plugin()
+                h.start_plugin(*lab.default_plugin_args(h), "--vxlan-admission", mode)
+            for h in lab.hosts:
+                wait_for(
+                    f"admission {mode} in {h.name}'s guard table",
+                    lambda h=h, on=mode == "on": admission_in_force(h) is on,
+                    timeout=60,
+                )
+            wait_for("acli -> asrv", lambda: ping_loss(h2, "acli", target, 1)[1] == 1, timeout=30)
+            results[mode].append(iperf((h1, "asrv"), (h2, "acli"), target))
+    for h in lab.hosts:
+        h.stop_plugin()
+        h.start_plugin(*lab.default_plugin_args(h))
+    remove(h1, ["asrv"])
+    remove(h2, ["acli"])
+    for h in lab.hosts:
+        h.docker("network", "rm", "ovl", check=False)
+    on, off = statistics.median(results["on"]), statistics.median(results["off"])
+    report(
+        "admission",
+        runs=len(results["on"]),
+        admission_on_gbps=round(on, 2),
+        admission_off_gbps=round(off, 2),
+        on_over_off=round(on / off, 3),
+        spread_on=[round(x, 2) for x in results["on"]],
+        spread_off=[round(x, 2) for x in results["off"]],
+    )
+
+
 ATTACKER = r"""
 import os, socket, struct, sys, threading, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -852,6 +899,7 @@ DOUBLE: dict[str, Callable[[Lab, int], None]] = {
     "tcp-2h": lambda lab, runs: bench_tcp_2h(lab),
     "crash": lambda lab, runs: bench_crash(lab),
     "restart-loss": bench_restart_loss,
+    "admission": bench_admission,
     "hostile": bench_hostile,
     "footprint": lambda lab, runs: bench_footprint.idle(lab, report),
 }

@@ -92,8 +92,9 @@ def network_summary(net: NetworkSpec) -> dict[str, Any]:
     }
 
 
-def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
-    """The IPsec and guard-table state of the last sync (None: no cluster, no guard)."""
+async def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
+    """The IPsec state of the last sync and the guard's counters now (None: no cluster,
+    no guard)."""
     enc = driver.encryption
     if enc is None:
         return None
@@ -105,7 +106,7 @@ def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
         "rekey_packets": enc.rekey_packets,
         "admission": enc.inputs.members is not None,
         "admitted": sorted(str(a) for a in enc.admitted),
-        "drops": r.counters,
+        "drops": await enc.drop_counters(),
         "sending": r.sending,
         "receiving": r.receiving,
         "errors": r.errors,
@@ -150,7 +151,7 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
         **network_summary(net),
         "peers": rows,
         "stale": stale,
-        "ipsec": ipsec_view(driver) if net.encrypted else None,
+        "ipsec": await ipsec_view(driver) if net.encrypted else None,
     }
 
 
@@ -191,7 +192,7 @@ async def status(request: web.Request) -> web.Response:
             "networks": nets,
             "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
             "counters": dict(gossip.counters) if gossip else {},
-            "ipsec": ipsec_view(driver),
+            "ipsec": await ipsec_view(driver),
         }
     )
 

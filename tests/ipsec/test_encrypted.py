@@ -25,6 +25,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -98,13 +99,25 @@ def esp_spis(lines: list[str], src: str, dst: str) -> list[int]:
     return [int(m[1], 16) for line in lines if (m := pat.search(line))]
 
 
+@dataclass(frozen=True)
+class Nets:
+    """The module's two networks (h1's ids and VNIs) and each container's address on them."""
+
+    enc: str
+    plain: str
+    c1: dict[str, str]
+    c2: dict[str, str]
+    vni_enc: int
+    vni_plain: int
+
+
 @pytest.fixture(scope="module")
-def nets(lab: Lab) -> Iterator[dict[str, object]]:
+def nets(lab: Lab) -> Iterator[Nets]:
     """On h1 and h2: `enc` (-o encrypted) and `plain`, a container on each host in both."""
     s = Scratch(lab)
     h1, h2 = lab.host(1), lab.host(2)
     try:
-        ids = {}  # h1's network ids (each engine names its networks itself)
+        ids: dict[str, str] = {}  # h1's network ids (each engine names its networks itself)
         for h in (h1, h2):
             enc = s.network(h, "enc", "--subnet", "10.61.0.0/24", "-o", "encrypted")
             plain = s.network(h, "plain", "--subnet", "10.62.0.0/24")
@@ -112,38 +125,37 @@ def nets(lab: Lab) -> Iterator[dict[str, object]]:
         for h, name in ((h1, "c1"), (h2, "c2")):
             s.run(h, name, "--network", "enc", IMAGE, *SLEEP)
             h.docker("network", "connect", "plain", name)
-        yield {
-            "enc": ids["enc"],
-            "plain": ids["plain"],
-            "c1": {n: ip_of(h1, "c1", n) for n in ("enc", "plain")},
-            "c2": {n: ip_of(h2, "c2", n) for n in ("enc", "plain")},
-            "vni_enc": network_of(lab, h1, ids["enc"])["vni"],
-            "vni_plain": network_of(lab, h1, ids["plain"])["vni"],
-        }
+        yield Nets(
+            enc=ids["enc"],
+            plain=ids["plain"],
+            c1={n: ip_of(h1, "c1", n) for n in ("enc", "plain")},
+            c2={n: ip_of(h2, "c2", n) for n in ("enc", "plain")},
+            vni_enc=int(str(network_of(lab, h1, ids["enc"])["vni"])),
+            vni_plain=int(str(network_of(lab, h1, ids["plain"])["vni"])),
+        )
     finally:
         s.cleanup()
 
 
 def test_encrypted_network_is_esp_on_the_wire_and_the_plain_one_is_vxlan(
-    lab: Lab, nets: dict[str, object]
+    lab: Lab, nets: Nets
 ) -> None:
     h1, h2 = lab.host(1), lab.host(2)
-    c2 = nets["c2"]
-    assert isinstance(c2, dict)
+    c2 = nets.c2
     wait_for("c1 -> c2 encrypted", lambda: ping(h1, "c1", c2["enc"]), timeout=60)
     cap = Capture(lab, "wire")
     assert ping(h1, "c1", c2["enc"], count=5, wait=3)
     assert ping(h1, "c1", c2["plain"], count=5, wait=3)
     lines = cap.stop()
     vnis = vxlan_vnis(lines)
-    assert nets["vni_enc"] not in vnis, lines  # never in the clear
-    assert vnis.get(int(str(nets["vni_plain"])), 0) >= 6, lines
+    assert nets.vni_enc not in vnis, lines  # never in the clear
+    assert vnis.get(nets.vni_plain, 0) >= 6, lines
     assert len(esp_spis(lines, h1.address, h2.address)) >= 5, lines
     assert len(esp_spis(lines, h2.address, h1.address)) >= 5, lines
     # what a user sees: the MTU left for ESP, the network marked, SAs per peer
     mtu = h1.docker("exec", "c1", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
     assert mtu == "1410"  # 1500 - 50 (VXLAN) - 40 (ESP)
-    enc = network_of(lab, h1, str(nets["enc"]))
+    enc = network_of(lab, h1, nets.enc)
     assert enc["encrypted"] is True and enc["mtu"] == 1410
     sec = ipsec_of(lab, h1)
     sending = sec["sending"]
@@ -152,17 +164,15 @@ def test_encrypted_network_is_esp_on_the_wire_and_the_plain_one_is_vxlan(
     assert "ENCRYPTED" in text and "ipsec" in text and h2.address in text, text
 
 
-def test_forged_plain_vxlan_for_the_encrypted_vni_is_dropped(
-    lab: Lab, nets: dict[str, object]
-) -> None:
+def test_forged_plain_vxlan_for_the_encrypted_vni_is_dropped(lab: Lab, nets: Nets) -> None:
     """An attacker on the wire sends plain VXLAN for the encrypted VNI with h2's address."""
     h1, h2 = lab.host(1), lab.host(2)
-    ns, dev = overlay_vtep(lab, h1, str(nets["enc"]))
+    ns, dev = overlay_vtep(lab, h1, nets.enc)
     before_rx = rx_packets(h1, ns, dev)
     before = ipsec_of(lab, h1)["drops"]
     assert isinstance(before, dict)
     with attacker(lab, h2.address) as send:
-        send(h1, int(str(nets["vni_enc"])), 20)
+        send(h1, nets.vni_enc, 20)
     wait_for(
         "plain drops counted",
         lambda: counted(lab, h1, ipsec.PLAIN_COUNTER) >= before.get(ipsec.PLAIN_COUNTER, 0) + 20,
@@ -171,15 +181,13 @@ def test_forged_plain_vxlan_for_the_encrypted_vni_is_dropped(
     assert rx_packets(h1, ns, dev) == before_rx  # the VTEP never saw them
 
 
-def test_vxlan_from_a_non_member_is_dropped_on_a_plain_network(
-    lab: Lab, nets: dict[str, object]
-) -> None:
+def test_vxlan_from_a_non_member_is_dropped_on_a_plain_network(lab: Lab, nets: Nets) -> None:
     h1 = lab.host(1)
-    ns, dev = overlay_vtep(lab, h1, str(nets["plain"]))
+    ns, dev = overlay_vtep(lab, h1, nets.plain)
     before_rx = rx_packets(h1, ns, dev)
     before = counted(lab, h1, ipsec.ADMISSION_COUNTER)
     with attacker(lab, f"{lab.subnet_base}.200") as send:
-        send(h1, int(str(nets["vni_plain"])), 20)
+        send(h1, nets.vni_plain, 20)
     wait_for(
         "admission drops counted",
         lambda: counted(lab, h1, ipsec.ADMISSION_COUNTER) >= before + 20,
@@ -188,12 +196,9 @@ def test_vxlan_from_a_non_member_is_dropped_on_a_plain_network(
     assert rx_packets(h1, ns, dev) == before_rx
 
 
-def test_rotation_and_rekeying_under_a_20ms_ping_lose_nothing(
-    lab: Lab, nets: dict[str, object]
-) -> None:
+def test_rotation_and_rekeying_under_a_20ms_ping_lose_nothing(lab: Lab, nets: Nets) -> None:
     h1, h2 = lab.host(1), lab.host(2)
-    c2 = nets["c2"]
-    assert isinstance(c2, dict)
+    c2 = nets.c2
     n_before = ipsec_of(lab, h1)["sending"][h2.address]["n"]  # type: ignore[index]
     cap = Capture(lab, "rotation")
     pinger = start_ping(h1, "c1", c2["enc"], 1000)  # 20 s: 3 rotations, 3 rekeys at least
@@ -204,13 +209,12 @@ def test_rotation_and_rekeying_under_a_20ms_ping_lose_nothing(
     n_after = ipsec_of(lab, h1)["sending"][h2.address]["n"]  # type: ignore[index]
     spis = set(esp_spis(lines, h1.address, h2.address))
     assert n_after - n_before >= 4 and len(spis) >= 4, (n_before, n_after, spis)
-    assert nets["vni_enc"] not in vxlan_vnis(lines)
+    assert nets.vni_enc not in vxlan_vnis(lines)
 
 
-def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: dict[str, object]) -> None:
+def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: Nets) -> None:
     h1, h2 = lab.host(1), lab.host(2)
-    c2 = nets["c2"]
-    assert isinstance(c2, dict)
+    c2 = nets.c2
     cap = Capture(lab, "kill9")
     pinger = start_ping(h1, "c1", c2["enc"], 750)  # 15 s
     time.sleep(1.0)  # deliberate: the outage falls inside the running ping
@@ -222,7 +226,7 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: dict[str, o
     sent, got = loss(out)
     # every request left encrypted, while the plugin was down (a restart takes a minute
     # under emulation) too; none in the clear
-    assert nets["vni_enc"] not in vxlan_vnis(lines), "plain VXLAN of the encrypted network"
+    assert nets.vni_enc not in vxlan_vnis(lines), "plain VXLAN of the encrypted network"
     assert len(esp_spis(lines, h1.address, h2.address)) >= sent == 750
     # replies: h2 may declare h1 dead while its plugin is down for that long and stop
     # sending to it (the gossip's rule, not IPsec's); printed for the record
@@ -240,15 +244,14 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: dict[str, o
 
 
 def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
-    lab: Lab, nets: dict[str, object]
+    lab: Lab, nets: Nets
 ) -> None:
     h1, h2, h3 = lab.host(1), lab.host(2), lab.host(3)
     s = Scratch(lab)
     try:
         s.network(h3, "enc", "--subnet", "10.61.0.0/24", "-o", "encrypted")
         s.run(h3, "c3", "--network", "enc", IMAGE, *SLEEP)
-        c1 = nets["c1"]
-        assert isinstance(c1, dict)
+        c1 = nets.c1
         wait_for("c3 -> c1 encrypted", lambda: ping(h3, "c3", c1["enc"]), timeout=60)
         # remove h3: it stops (its kernel keeps its SAs and its key), the others forget it
         # and move to a new cluster key it never gets
@@ -265,8 +268,7 @@ def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
         lab.write_keys(__import__("base64").b64encode(new).decode())
         for h in (h1, h2):
             admin(h, "POST", "/keys/reload")
-        c2 = nets["c2"]
-        assert isinstance(c2, dict)
+        c2 = nets.c2
         wait_for(
             "h1 sends to h2 with the new key",
             lambda: (
