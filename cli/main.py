@@ -80,6 +80,8 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
     print(f"plugin:   {st['health']} (pyoverlay {st['version']})")
     print(f"node:     {st['node']}  vtep {st['vtep']}  gossip {st['gossip'] or 'off'}")
     print(f"members:  {members}")
+    for name in st.get("data_path_kept") or ():
+        print(f"          {name}: plugin down, host up: its containers' entries kept")
     if not st.get("synced", True):
         print(
             "sync:     waiting for a first full exchange with a live host "
@@ -119,6 +121,8 @@ def _print_ipsec(sec: dict[str, Any] | None) -> None:
         return
     for e in sec.get("errors") or []:
         print(f"! ipsec: {e}")
+    if "installed_sas" in sec:
+        print(f"ipsec:    {sec['installed_sas']} SAs in the kernel (at the last read)")
     rows = []
     for peer, s in sorted((sec.get("sending") or {}).items()):
         r = (sec.get("receiving") or {}).get(peer, {})
@@ -177,7 +181,7 @@ def cmd_members(state_dir: Path, as_json: bool) -> int:
     rows = [
         [
             m["name"] + (" (self)" if m["self"] else ""),
-            m["status"],
+            m["status"] + (" (plugin down, data path kept)" if m.get("data_path_kept") else ""),
             m["addr"],
             m["vtep"],
             m["incarnation"],
@@ -248,6 +252,8 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
         print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
         for s in v["stale"]:
             print(f"  ! stale {describe_entry(s)} (no row in the table)")
+        for s in v.get("kept") or ():
+            print(f"    kept  {describe_entry(s)} (its host's plugin is down, the host is up)")
         bad += len(v["stale"]) + sum(p["state"] in ("missing",) for p in v["peers"])
         print()
     if bad:

@@ -72,6 +72,18 @@ class Broadcasts:
             for key in [k for k, i in self._items.items() if i.net == net and not keep(i)]:
                 self.discard(key)
 
+    def items(self) -> list[tuple[Key, Item]]:
+        """Every queued update (a snapshot: the caller may change the queue)."""
+        return list(self._items.items())
+
+    def spent(self, key: Key) -> None:
+        """One send of `key` done; it leaves the queue after its last."""
+        item = self._items.get(key)
+        if item is not None:
+            self.discard(key)
+            item.left -= 1
+            self.put(key, item)
+
     def take(
         self,
         budget: int,

@@ -48,6 +48,8 @@ from .scoping import SUBSCRIPTIONS, Interest, network_of, subscription
 from .table import Row, RowEvent, Table
 
 Event = MemberEvent | RowEvent
+PACKET_OVERHEAD = 120  # bytes of a packet that are not piggybacked updates
+MAX_LARGE = 1 << 20  # an update larger than this is not sent at all (counted: never_fit)
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,22 @@ class GossipNode:
         rng: random.Random,
         now: float,
         meta: dict[str, str] | None = None,
+        incarnation: int = 0,
     ) -> None:
+        """`incarnation`: where this life starts; a restarted node passes its last one + 1,
+        so its first "alive" beats the "dead" the others may hold of its previous life."""
         self.config = config
         self.rng = rng
-        self.members = Members(Member(name, addr, 0, ALIVE, now, dict(meta or {})), config)
+        me = Member(name, addr, incarnation, ALIVE, now, dict(meta or {}))
+        self.members = Members(me, config)
+        self._refuted = False  # we raised our incarnation while merging the current input
         self.table = Table(name, config.tombstone_ttl)
         self.local: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue = Broadcasts()
+        # updates too large for a packet: spread by stream to `gossip_nodes` members per
+        # round, as many rounds as a packet update would be retransmitted
+        self.large = Broadcasts()
+        self.never_fit = 0  # updates larger than a stream may carry: dropped
         self.outbox: list[Send] = []
         self.malformed = 0  # updates that were valid JSON but not valid pyoverlay
         # True after the first full state exchange with another member (either way):
@@ -229,7 +240,7 @@ class GossipNode:
             self.next_reap,
             *self.resync.values(),
         ]
-        if self.queue:  # an idle node does not wake up 5 times a second for nothing
+        if self.queue or self.large:  # an idle node does not wake up 5 times a second
             times.append(self.next_gossip)
         if self.probe and not self.probe.acked and not self.probe.indirect:
             times.append(self.probe.timeout_at)
@@ -336,8 +347,10 @@ class GossipNode:
     # -- packets ---------------------------------------------------------------
 
     def on_packet(self, now: float, src: str, msg: dict[str, Any]) -> None:
+        self._refuted = False
         try:
             self._merge_piggyback(now, msg)
+            self._answer_refutation(src)
             t = msg["t"]
             if t == "ping":
                 if msg.get("to") == self.name:
@@ -387,8 +400,18 @@ class GossipNode:
         if u.get("n") == self.name:
             self.health = min(self.config.awareness_max, self.health + 1)
             self._enqueue_member(self.members.me)
+            self._refuted = True
         else:
             self._enqueue(("m", str(u["n"])), "m", u)
+
+    def _answer_refutation(self, addr: str) -> None:
+        """Whoever just told us we are suspect or dead hears our new "alive" at once, not at
+        the next gossip round: while it believes us dead it hides our rows (and its hosts
+        drop the traffic to our containers). The queue still spreads it to the others."""
+        if self._refuted:
+            self._refuted = False
+            msg = {"t": "gossip", "from": self.name, "mu": [self.members.me.update()]}
+            self.outbox.append(Send(addr, msg))
 
     def _check_own(self, now: float, row: Row) -> None:
         """A row under our name that we did not write in this life: reassert or delete it."""
@@ -411,7 +434,14 @@ class GossipNode:
             # (if nobody else is in the network, the next round drops it: push-pull
             # serves later joiners)
             left = self.config.retransmits(len(self._net_peers(net)) + 1)
-        self.queue.put(key, Item(kind, payload, size, left, net))
+        self.queue.discard(key)
+        self.large.discard(key)
+        if size > MAX_LARGE:
+            self.never_fit += 1  # push-pull cannot carry it either
+        elif size > self.config.packet_budget - PACKET_OVERHEAD:
+            self.large.put(key, Item(kind, payload, size, left, net))
+        else:
+            self.queue.put(key, Item(kind, payload, size, left, net))
 
     def _enqueue_member(self, m: Member) -> None:
         self._enqueue(("m", m.name), "m", m.update())
@@ -433,7 +463,7 @@ class GossipNode:
         mu: list[dict[str, Any]] = []
         ru: list[dict[str, Any]] = []
         wanted = nets or (lambda net: self.interest.wants(to, net))
-        budget = self.config.packet_budget - 120
+        budget = self.config.packet_budget - PACKET_OVERHEAD
         for item in self.queue.take(budget, first, counted, wanted):
             (mu if item.kind == "m" else ru).append(item.payload)
         if mu:
@@ -443,6 +473,8 @@ class GossipNode:
         return msg
 
     def _gossip(self, now: float) -> None:
+        if self.large:
+            self._gossip_large()
         if not self.queue:
             return
         targets = self.members.others(ALIVE, SUSPECT) + [
@@ -456,7 +488,10 @@ class GossipNode:
         for net in self.queue.nets():
             peers = self._net_peers(net)
             if not peers:
-                self.queue.discard_net(net, keep=lambda item: False)
+                # nobody else is in it: push-pull serves later joiners. Before our first
+                # full exchange we do not know who is in it yet: the update waits.
+                if self.synced:
+                    self.queue.discard_net(net, keep=lambda item: False)
                 continue
             picked = {m.name for m in chosen}
             have = sum(1 for name in picked if self.interest.wants(name, net))
@@ -468,6 +503,31 @@ class GossipNode:
             msg = self._packet({"t": "gossip", "from": self.name}, m.name)
             if "ru" in msg or "mu" in msg:  # the queue may hold only other networks' rows
                 self.outbox.append(Send(m.addr, msg))
+
+    def _gossip_large(self) -> None:
+        """One round for the updates too large for a packet: each goes by stream to
+        `gossip_nodes` random members (of its network, for a network row), one stream per
+        member with everything it takes, until sent as often as a packet update."""
+        live = self.members.others(ALIVE)
+        fanout = self.config.gossip_nodes
+        batches: dict[str, list[Item]] = {}
+        for key, item in self.large.items():
+            if item.net is None:
+                pool = live
+            else:
+                names = self.interest.members(item.net)
+                pool = [m for m in live if m.name in names]
+            if not pool and (item.net is None or self.synced):
+                self.large.discard(key)  # nobody to tell: push-pull serves later joiners
+                continue
+            for m in self.rng.sample(pool, min(len(pool), fanout)):
+                batches.setdefault(m.addr, []).append(item)
+            self.large.spent(key)
+        for addr, items in batches.items():
+            mu = [i.payload for i in items if i.kind == "m"]
+            ru = [i.payload for i in items if i.kind == "r"]
+            msg = {"t": "rows", "from": self.name, "mu": mu, "ru": ru}
+            self.outbox.append(Send(addr, msg, stream=True))
 
     # -- push-pull -----------------------------------------------------------------
 
@@ -519,8 +579,15 @@ class GossipNode:
         return msg
 
     def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
-        """Serve a push-pull: merge theirs, answer with ours (and the networks they are in)."""
+        """Serve a push-pull: merge theirs, answer with ours (and the networks they are in;
+        a refutation of what they said about us rides in the reply). Or take updates too
+        large for a packet (`rows`), as if they had come in one."""
+        if msg.get("t") == "rows":
+            self._merge_piggyback(now, msg)
+            self._collect()
+            return {"t": "rowsr", "from": self.name}
         self._merge_state(now, msg.get("state") or {})
+        self._refuted = False
         only = msg.get("only")
         if not isinstance(only, str):  # a full exchange (not one network's rows)
             self.synced = self.synced or msg.get("from") != self.name
@@ -543,7 +610,9 @@ class GossipNode:
         }
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
+        self._refuted = False
         self._merge_state(now, msg.get("state") or {})
+        self._answer_refutation(src)
         state = msg.get("state")
         if isinstance(state, dict) and "members" in state:  # a full exchange, not a network's
             self.synced = self.synced or msg.get("from") != self.name

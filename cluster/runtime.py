@@ -32,12 +32,15 @@ from typing import Any
 
 import structlog
 
+from pyoverlay.state.errors import StateError
+from pyoverlay.state.store import JsonDocument
 from pyoverlay.state.tasks import TaskSet
 
 from . import wire
 from .config import GossipConfig
+from .hostcheck import HostChecks
 from .keyring import OVERHEAD, AuthError, Keyring
-from .membership import MemberEvent
+from .membership import DEAD, SUSPECT, MemberEvent
 from .node import GossipNode
 from .replay import ReplayGuard, Stamp, StampSource
 from .table import RowEvent
@@ -51,10 +54,15 @@ MAX_STREAMS_PER_SOURCE = 4  # from one address: a flood from one host cannot tak
 HEADER_TIMEOUT = 1.0  # a peer that has not authenticated within this is cut off
 PENALTY_FAILURES = 8  # failed stream authentications from one address within PENALTY_S ...
 PENALTY_S = 10.0  # ... get its next connections closed unread for PENALTY_S
+HOST_CHECK_TIMEOUT = 1.0  # a silent host's kernel answers a TCP connection within this
 
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _int(value: object, default: int) -> int:
+    return value if type(value) is int and value >= 0 else default
 
 
 def split_addr(addr: str, default_port: int) -> tuple[str, int]:
@@ -87,15 +95,34 @@ class GossipRuntime:
         meta: dict[str, str] | None = None,
         on_rows: Callable[[set[str]], None] | None = None,
         on_members: Callable[[list[MemberEvent]], None] | None = None,
+        life: JsonDocument | None = None,
+        expected: dict[str, tuple[str, str]] | None = None,
+        on_kept: Callable[[], None] | None = None,
     ) -> None:
         self.keyring = keyring
         self.config = config
         self.bind_host = bind_host
         self.port = port
+        # This life's incarnation and replay epoch, both above the last life's (saved in
+        # `life`): peers that declared the last life dead take our first "alive" at once,
+        # and a wall clock stepped back (NTP at boot, a VM restore) does not make our
+        # messages look like replays of the last life's.
+        self.life = life
+        last = life.load() if life is not None else {}
+        inc = _int(last.get("incarnation"), -1) + 1
+        epoch = max(_int(last.get("epoch_ms"), 0) + 1, wall_ms())
         self.node = GossipNode(
-            name, f"{bind_host}:{port}", config, random.Random(), time.monotonic(), meta
+            name, f"{bind_host}:{port}", config, random.Random(), time.monotonic(), meta, inc
         )
-        self.stamps = StampSource(name, wall_ms())
+        self.stamps = StampSource(name, epoch)
+        self._saved_inc = -1
+        self._save_life()
+        # silent hosts (hostcheck.py): members suspect or dead, and the hosts of the last
+        # life (`expected`: name -> (gossip addr, vtep)) not heard from yet in this one
+        self.checks = HostChecks(config.probe_interval, HOST_CHECK_TIMEOUT)
+        self.expected = dict(expected or {})
+        self.on_kept = on_kept or (lambda: None)
+        self._checks_wake = asyncio.Event()
         self.replay = ReplayGuard()
         self._inbound: dict[str, int] = {}  # source address -> open inbound streams
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, since)
@@ -149,6 +176,64 @@ class GossipRuntime:
                 await asyncio.wait_for(self._ready.wait(), min(left, 0.05))
         return True
 
+    def rows_complete(self, net: str) -> bool:
+        return self.node.network_ready(net)
+
+    def kept_vteps(self) -> frozenset[str]:
+        """VTEPs of hosts whose pyoverlay is silent but whose kernel answers: the entries
+        of their containers stay (hostcheck.py)."""
+        return frozenset(self.checks.kept().values())
+
+    # -- silent hosts ----------------------------------------------------------------
+
+    def _silent(self) -> dict[str, tuple[str, str]]:
+        members = self.node.members
+        out = {
+            name: where
+            for name, where in self.expected.items()
+            if name not in members.by_name and name not in members.banned
+        }
+        for m in members.others(SUSPECT, DEAD):
+            out[m.name] = (m.addr, m.meta.get("vtep", ""))
+        return out
+
+    def _watch_silent(self) -> None:
+        if self.checks.watch(time.monotonic(), self._silent()):
+            self.on_kept()
+        self._checks_wake.set()
+
+    async def _host_checks(self) -> None:
+        while True:
+            now = time.monotonic()
+            for name, addr in self.checks.due(now):
+                self.tasks.spawn(f"host-check {name}", self._check_host(name, addr))
+            at = self.checks.next_deadline()
+            self._checks_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if at is None else max(0.0, at - now)):
+                    await self._checks_wake.wait()
+
+    async def _check_host(self, name: str, addr: str) -> None:
+        """Does the host's kernel answer a TCP connection to its gossip port (accepted, or
+        refused: nothing listens)? Nothing is sent: the other side counts a host check."""
+        host, port = split_addr(addr, self.port)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), HOST_CHECK_TIMEOUT
+            )
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            answered = True
+        except ConnectionRefusedError:
+            answered = True
+        except (OSError, TimeoutError):
+            answered = False
+        if self.checks.result(time.monotonic(), name, answered):
+            log.info("silent host", node=name, answers=answered, data_path_kept=answered)
+            self.on_kept()
+        self._checks_wake.set()
+
     # -- request/response for other subsystems (cluster-wide IPAM) -------------
 
     def register_rpc(self, kind: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
@@ -189,6 +274,8 @@ class GossipRuntime:
         self._server = await asyncio.start_server(self._serve_stream, self.bind_host, self.port)
         self.node.start(time.monotonic(), [self._normalise(s) for s in seeds])
         self._loop_task = self.tasks.spawn("gossip-timers", self._timers())
+        self.tasks.spawn("host-checks", self._host_checks())
+        self._watch_silent()
         self._after()
         log.info("gossip started", node=self.node.name, addr=self.node.addr)
 
@@ -232,8 +319,21 @@ class GossipRuntime:
                 self.node.tick(now)
                 self._after()
 
+    def _save_life(self) -> None:
+        """Persist the incarnation (before anything carrying it leaves) and the epoch.
+        Rare: once at start and at each refutation."""
+        inc = self.node.members.me.inc
+        if self.life is None or inc == self._saved_inc:
+            return
+        try:
+            self.life.save({"incarnation": inc, "epoch_ms": self.stamps.epoch})
+        except StateError as exc:  # gossip goes on; a restart then refutes the slow way
+            log.error("cannot save the gossip incarnation", error=str(exc))
+        self._saved_inc = inc
+
     def _after(self) -> None:
         """Send what the node wants sent, hand events to the driver, re-arm the timer."""
+        self._save_life()
         self._flush()
         events = self.node.events()
         scopes = {e.scope for e in events if isinstance(e, RowEvent)}
@@ -241,6 +341,7 @@ class GossipRuntime:
         if members:
             for e in members:
                 log.info("member", node=e.name, status=e.status, addr=e.addr)
+            self._watch_silent()
             self.on_members(members)
         if scopes:
             self.on_rows(scopes)
@@ -319,10 +420,16 @@ class GossipRuntime:
         return m.addr if m is not None else src
 
     async def _read_frame(
-        self, reader: asyncio.StreamReader, timeout: float, header_timeout: float
+        self,
+        reader: asyncio.StreamReader,
+        timeout: float,
+        header_timeout: float,
+        head: bytes | None = None,
     ) -> dict[str, Any] | None:
-        """One stream frame: a sealed header first, the body only once the header opened."""
-        head = await asyncio.wait_for(reader.readexactly(HEADER_LEN.size), header_timeout)
+        """One stream frame: a sealed header first, the body only once the header opened
+        (`head`: its length prefix, if already read)."""
+        if head is None:
+            head = await asyncio.wait_for(reader.readexactly(HEADER_LEN.size), header_timeout)
         (hsize,) = HEADER_LEN.unpack(head)
         if hsize > HEADER_MAX:
             self.count("dropped_oversized")
@@ -397,7 +504,14 @@ class GossipRuntime:
         self, src: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Serve one request; False if the peer never authenticated."""
-        msg = await self._read_frame(reader, self.config.stream_timeout, HEADER_TIMEOUT)
+        try:
+            head = await asyncio.wait_for(reader.readexactly(HEADER_LEN.size), HEADER_TIMEOUT)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            self.count("host_checks_in")  # connected, closed, sent nothing: a host check
+            return True
+        msg = await self._read_frame(reader, self.config.stream_timeout, HEADER_TIMEOUT, head)
         if msg is None:
             return False
         if msg.get("t") == "rpc":
@@ -407,7 +521,7 @@ class GossipRuntime:
                 self.count("dropped_malformed")
                 return True
             reply = {"t": "rpcr", "body": handler(body)}
-        elif msg.get("t") == "pp":
+        elif msg.get("t") in ("pp", "rows"):
             self.count("streams_in")
             reply = self.node.on_stream(time.monotonic(), src, msg)
             self._mark_synced(msg)
@@ -428,7 +542,11 @@ class GossipRuntime:
         reply = await self._exchange(addr, msg, self.config.stream_timeout)
         if reply is not None and reply.get("t") == "ppr":
             self.count("streams_out")
+            before = set(self.node.ready)
             self.node.on_stream_reply(time.monotonic(), addr, reply)
+            # networks whose rows are now complete: the driver may prune their entries
+            tables = self.config.network_tables
+            self.on_rows({f"{t}/{net}" for net in self.node.ready - before for t in tables})
             self._mark_synced(reply)
             self._ready.set()
             self._after()

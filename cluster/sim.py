@@ -4,7 +4,8 @@ Nodes are the real GossipNode; only the network and the clock are fake.
 Events (packet deliveries, stream request/reply, node deadlines) sit in one
 heap ordered by virtual time, so 200 nodes over a minute of virtual time run
 in seconds.  Messages go through the real encoding (wire.encode/decode), so
-byte counts are real too.
+byte counts are real too, and a packet over the packet budget is lost (counted
+in `oversized`), as on a real network.
 
     net = SimNetwork(seed=1, loss=0.05)
     nodes = [net.add_node(f"n{i}") for i in range(50)]
@@ -30,6 +31,7 @@ class NodeStats:
     packets_out: int = 0
     bytes_out: int = 0
     streams_out: int = 0
+    oversized: int = 0  # packets over the packet budget (the real network drops them)
 
 
 @dataclass
@@ -53,9 +55,12 @@ class SimNetwork:
 
     # -- building --------------------------------------------------------------
 
-    def add_node(self, name: str, meta: dict[str, str] | None = None) -> GossipNode:
+    def add_node(
+        self, name: str, meta: dict[str, str] | None = None, incarnation: int = 0
+    ) -> GossipNode:
         addr = f"{name}:7373"
-        node = GossipNode(name, addr, self.config, random.Random(self.rng.random()), self.now, meta)
+        rng = random.Random(self.rng.random())
+        node = GossipNode(name, addr, self.config, rng, self.now, meta, incarnation)
         self.nodes[addr] = node
         self.stats[addr] = NodeStats()
         self._schedule(node)
@@ -81,6 +86,17 @@ class SimNetwork:
 
     def crash(self, node: GossipNode) -> None:
         self.down.add(node.addr)
+
+    def restart(self, node: GossipNode, incarnation: int = 0) -> GossipNode:
+        """A new process for a crashed node's name and address (its old state gone but for
+        `incarnation`, what it saved); not started yet."""
+        del self.nodes[node.addr]
+        self.down.discard(node.addr)
+        return self.add_node(node.name, dict(node.members.me.meta), incarnation)
+
+    def start(self, node: GossipNode, seeds: list[str]) -> None:
+        node.start(self.now, seeds)
+        self._flush(node)
 
     def stall(self, node: GossipNode, seconds: float) -> None:
         self.stalled[node.addr] = self.now + seconds
@@ -118,6 +134,9 @@ class SimNetwork:
             data = wire.encode(send.msg)
             st.packets_out += 1
             st.bytes_out += len(data)
+            if len(data) > self.config.packet_budget:
+                st.oversized += 1
+                continue
             if self.rng.random() < self.loss or not self._reachable(node.addr, send.addr):
                 continue
             self._push(self.now + self._delay(), "packet", send.addr, node.addr, data)
@@ -147,7 +166,9 @@ class SimNetwork:
             self._deadline.pop(dst, None)
             node.tick(self.now)
         elif kind == "packet":
-            node.on_packet(self.now, src, wire.decode(payload, 1 << 20, wire.PACKET_TYPES))
+            node.on_packet(
+                self.now, src, wire.decode(payload, self.config.packet_budget, wire.PACKET_TYPES)
+            )
         elif kind == "stream":
             reply = node.on_stream(
                 self.now, src, wire.decode(payload, wire.MAX_STREAM, wire.STREAM_TYPES)

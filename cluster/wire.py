@@ -13,7 +13,7 @@ from typing import Any
 
 MAX_STREAM = 16 * 1024 * 1024
 PACKET_TYPES = {"ping", "ack", "nack", "preq", "gossip"}
-STREAM_TYPES = {"pp", "ppr", "rpc", "rpcr"}
+STREAM_TYPES = {"pp", "ppr", "rpc", "rpcr", "rows", "rowsr"}
 
 
 class WireError(Exception):

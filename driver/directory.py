@@ -40,6 +40,16 @@ class PeerDirectory(Protocol):
         """Wait at most `timeout` until `net`'s rows have been fetched; False if not."""
         ...
 
+    def rows_complete(self, net: str) -> bool:
+        """True once `net`'s rows have been fetched from a host in it (or nobody else is
+        in it): only then may an entry its rows lack be removed from the kernel."""
+        ...
+
+    def kept_vteps(self) -> frozenset[str]:
+        """VTEPs of hosts whose pyoverlay is silent but whose kernel still answers: the
+        kernel entries of their containers stay, though their rows are gone."""
+        ...
+
 
 class LocalDirectory:
     """One host, no gossip: rows go nowhere, only this host's are visible."""
@@ -78,6 +88,12 @@ class LocalDirectory:
 
     async def network_ready(self, net: str, timeout: float) -> bool:
         return True
+
+    def rows_complete(self, net: str) -> bool:
+        return True
+
+    def kept_vteps(self) -> frozenset[str]:
+        return frozenset()
 
 
 _: PeerDirectory = LocalDirectory()

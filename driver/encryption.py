@@ -33,6 +33,7 @@ log = structlog.get_logger("pyoverlay.encryption")
 
 MAX_HARD_PACKETS = 2**32 - 2**16  # the kernel drops the SA before the sequence number wraps
 GUARD_REFRESH = 30.0  # seconds: the guard table is re-applied at least this often (drift)
+READ_EVERY = 30.0  # seconds between reads of the kernel's SAs when nothing happens (drift)
 
 
 class XfrmTables(Protocol):
@@ -54,6 +55,7 @@ class Inputs:
     ring: Callable[[], Sequence[bytes]] = lambda: ()
     members: Callable[[], Iterable[IPv4Address]] | None = None  # None: no admission check
     encrypted_vnis: Callable[[], Iterable[int]] = lambda: ()
+    vnis: Callable[[], Iterable[int]] = lambda: ()  # every pyoverlay network's (admission)
     any_network: Callable[[], bool] = lambda: False
 
 
@@ -104,6 +106,12 @@ class Encryption:
         self._maybe_sas = True  # ours may be in the kernel (unknown at start)
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        # the kernel is read (two `ip` runs) when something changed, when an SA may be due
+        # for its rekey, and every READ_EVERY seconds, not at every tick
+        self.next_read = 0.0
+        self._counts: dict[int, tuple[int, float]] = {}  # outbound spi -> (packets, when)
+        self.reads = 0
+        self.installed = 0  # SAs of ours in the kernel at the last read
 
     @property
     def hard_packets(self) -> int:
@@ -192,7 +200,7 @@ class Encryption:
         if members is not None:
             self.admitted = members if self.prune else self.admitted | members
             members = self.admitted
-        cmds = ipsec.guard_commands(self.port, vnis, members)
+        cmds = ipsec.guard_commands(self.port, vnis, members, self.inputs.vnis())
         if cmds != self._applied or now - self._applied_at > GUARD_REFRESH:
             await self.tables.apply(None, cmds)  # one transaction: never a moment without rules
             self._applied, self._applied_at = cmds, now
@@ -205,6 +213,9 @@ class Encryption:
         if not ring:
             return ["encrypted networks need the cluster key (--gossip-key-file)"]
         installed = await self.xfrm.states()
+        self.reads += 1
+        self.installed = len(installed)
+        self.next_read = now + self._read_interval(installed, now)
         by_ident = {s.ident: s for s in installed}
         peers = self.published()
         known = members if members is not None else set(peers)
@@ -317,10 +328,35 @@ class Encryption:
         if not self.unsupported:
             await self._remove_sas()
 
+    def _read_interval(self, installed: Sequence[InstalledSa], now: float) -> float:
+        """Seconds until the kernel must be read again: READ_EVERY, or sooner if at the
+        packet rate seen since the last read an outbound SA would reach its rekey limit
+        (read at half the time left: a fast flow is caught well before the limit)."""
+        out = [s for s in installed if s.src == self.local]
+        counts = {s.spi: (s.packets, now) for s in out}
+        wait = READ_EVERY
+        for s in out:
+            before = self._counts.get(s.spi)
+            if before is None or now <= before[1] or s.packets <= before[0]:
+                continue
+            rate = (s.packets - before[0]) / (now - before[1])
+            wait = min(wait, max(0.0, self.rekey_packets - s.packets) / rate / 2)
+        self._counts = counts
+        return max(wait, 0.5)
+
+    def _rotation_due(self, now: float) -> bool:
+        return any(now - s.since >= self.rotation for s in self.sending.values())
+
     async def run(self, tick: float) -> None:
-        """The background loop: sync on a wake-up or every `tick` seconds."""
+        """The background loop: sync on a wake-up (a network, a row, a member or the keys
+        changed), when an SA is due for rotation or may be for its rekey, and every
+        READ_EVERY seconds (drift); otherwise nothing, not even a read of the kernel."""
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), tick)
+                woken = True
             self.wake.clear()
-            await self.sync()
+            now = time.time()
+            if woken or now >= self.next_read or self._rotation_due(now):
+                await self.sync(now)

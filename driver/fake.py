@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -252,6 +252,7 @@ class FakeTables:
         self.batches: list[tuple[str, list[dict[str, Any]]]] = []
         self.fail_next: str | None = None
         self.reads = 0  # list_table calls (event-driven syncs should need none)
+        self.flows: dict[str, list[tuple[IPv4Address, IPv4Address]]] = {}  # UDP conntrack
 
     async def apply(self, netns: Path | None, commands: list[dict[str, Any]]) -> None:
         key = str(netns)
@@ -282,6 +283,15 @@ class FakeTables:
             for r in c["rules"]:
                 items.append({"rule": {"family": family, "table": name, "chain": cname, **r}})
         return {"nftables": items}
+
+    async def forget_flows(
+        self, netns: Path | None, vip: IPv4Address, gone: Collection[IPv4Address]
+    ) -> int:
+        """Conntrack in memory: `flows[netns]` holds (vip, task) pairs a test put there."""
+        have = self.flows.get(str(netns), [])
+        doomed = [f for f in have if f[0] == vip and f[1] in gone]
+        self.flows[str(netns)] = [f for f in have if f not in doomed]
+        return len(doomed)
 
     def close(self) -> None:
         pass

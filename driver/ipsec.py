@@ -42,6 +42,7 @@ REQID = 0x7079E5  # ours; Docker's overlay owns mark 0xD0C4E3 and deletes states
 MARK = 0x7079E500  # fwmark of encrypted VXLAN (full mask) that the xfrm policies select
 GUARD_TABLE = "pyoverlay_guard"  # inet table in the host namespace
 MEMBERS_SET = "members"
+NON_MEMBER_CHAIN = "non-member"  # admission: VXLAN from a non-member, checked for our VNIs
 ADMISSION_COUNTER = "admission_drops"
 PLAIN_COUNTER = "plain_drops"
 AEAD = "rfc4106(gcm(aes))"
@@ -49,6 +50,7 @@ KEY_BYTES = 36  # AES-256 key + 4-byte salt (RFC 4106)
 ICV_BITS = 128
 REPLAY_WINDOW = 32  # inbound anti-replay (the kernel's default is 0: none)
 LOOKAHEAD = 2  # inbound SAs installed beyond the sender's published n
+MAX_RING_KEYS = 4  # keys per peer that inbound SAs are installed for
 DEFAULT_ROTATION = 12 * 3600.0  # Docker's overlay rotates every 12 h
 DEFAULT_REKEY_PACKETS = 2**31  # half the 32-bit ESP sequence space
 SPI_MIN = 0x100  # 1..255 are reserved (RFC 4303)
@@ -202,13 +204,16 @@ def wanted_inbound(
     ring: Sequence[bytes], local: IPv4Address, peers: Iterable[Published]
 ) -> list[Sa]:
     """Per peer and ring key: SAs n-1 .. n+LOOKAHEAD around what the peer says it sends
-    to us with (0 .. LOOKAHEAD if it does not say yet)."""
+    to us with (0 .. LOOKAHEAD if it does not say yet). Every key of our ring, not only
+    those the peer's row lists: that row lags behind a key change, and the peer may
+    already send with a key it learnt from us. At most MAX_RING_KEYS keys (a rotation
+    needs two): at most peers x MAX_RING_KEYS x (LOOKAHEAD + 2) inbound SAs."""
     out: list[Sa] = []
     for p in sorted(peers, key=lambda p: p.vtep):
         if p.vtep == local:
             continue
         n = p.tx.get(str(local), 0)
-        for secret in ring:
+        for secret in ring[:MAX_RING_KEYS]:
             for k in range(max(0, n - 1), n + LOOKAHEAD + 1):
                 out.append(derive(secret, p.vtep, local, p.salt, k))
     return out
@@ -290,10 +295,16 @@ CHAINS = (
 
 
 def guard_commands(
-    port: int, encrypted_vnis: Iterable[int], members: Iterable[IPv4Address] | None
+    port: int,
+    encrypted_vnis: Iterable[int],
+    members: Iterable[IPv4Address] | None,
+    owned_vnis: Iterable[int] = (),
 ) -> list[dict[str, Any]]:
     """One transaction that makes the guard table exactly this (atomic: there is no moment
-    without the rules). `members` None: no admission check (single host)."""
+    without the rules). `members` None: no admission check (single host). Admission
+    applies to pyoverlay's own VNIs (`owned_vnis`) only: Docker's built-in overlay and the
+    swarm ingress use the same UDP port, and a node that is not a pyoverlay member must
+    keep reaching them."""
     t = {"family": "inet", "table": GUARD_TABLE}
     cmds: list[dict[str, Any]] = [
         {"add": {"table": {"family": "inet", "name": GUARD_TABLE}}},
@@ -301,6 +312,9 @@ def guard_commands(
         {"add": {"counter": {**t, "name": PLAIN_COUNTER}}},
         {"add": {"set": {**t, "name": MEMBERS_SET, "type": "ipv4_addr"}}},
         {"flush": {"set": {**t, "name": MEMBERS_SET}}},
+        # VXLAN from a non-member jumps here; drops it if the VNI is one of ours
+        {"add": {"chain": {**t, "name": NON_MEMBER_CHAIN}}},
+        {"flush": {"chain": {**t, "name": NON_MEMBER_CHAIN}}},
     ]
     for name, kind, hook, prio in CHAINS:
         cmds.append(
@@ -324,7 +338,10 @@ def guard_commands(
         cmds.append(
             {"add": {"element": {**t, "name": MEMBERS_SET, "elem": [str(a) for a in addrs]}}}
         )
-    if members is not None:
+    owned = sorted(set(owned_vnis))
+    if members is not None and owned:
+        # members' VXLAN (every packet of ours) costs one set lookup; only a non-member's
+        # is compared with our VNIs (the kernel's nft JSON has no integer sets to use)
         cmds.append(
             _rule(
                 "in",
@@ -336,10 +353,13 @@ def guard_commands(
                         "right": f"@{MEMBERS_SET}",
                     }
                 },
-                {"counter": ADMISSION_COUNTER},
-                {"drop": None},
+                {"jump": {"target": NON_MEMBER_CHAIN}},
             )
         )
+        for vni in owned:
+            cmds.append(
+                _rule(NON_MEMBER_CHAIN, _vni(vni), {"counter": ADMISSION_COUNTER}, {"drop": None})
+            )
     for vni in sorted(set(encrypted_vnis)):
         cmds.append(
             _rule(

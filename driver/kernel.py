@@ -7,7 +7,7 @@ tests (mypy checks that both satisfy the Protocol).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -105,6 +105,12 @@ class RuleTables(Protocol):
 
     async def list_table(self, netns: Path | None, family: str, name: str) -> Any | None:
         """`nft -j list table` there, or None if the table does not exist."""
+        ...
+
+    async def forget_flows(
+        self, netns: Path | None, vip: IPv4Address, gone: Collection[IPv4Address]
+    ) -> int:
+        """Delete the conntrack UDP flows to `vip` that tasks in `gone` answer (there)."""
         ...
 
     def close(self) -> None: ...

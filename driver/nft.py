@@ -10,12 +10,14 @@ batch (one kernel transaction: all of it or nothing), and comes back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pyoverlay.state.errors import PyoverlayError
 
+from . import conntrack
 from .netns import NetnsThread
 
 T = TypeVar("T")
@@ -84,6 +86,16 @@ class Nft:
             return str(out if rc == 0 else err)
 
         return await self._call(netns, run)
+
+    async def forget_flows(
+        self, netns: Path | None, vip: IPv4Address, gone: Collection[IPv4Address]
+    ) -> int:
+        """Conntrack, not nftables (conntrack.py), but on the same namespace thread: the
+        UDP flows that the VIP rules once sent to tasks now gone."""
+        try:
+            return await self._thread.call(netns, lambda: conntrack.forget(vip, gone))
+        except OSError as exc:
+            raise NftError(f"conntrack in {netns or 'host'}: {exc}") from exc
 
     def close(self) -> None:
         self._thread.close()

@@ -17,7 +17,7 @@ arrived, moby#33789) or one MAC are resolved by the newest row version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -82,21 +82,38 @@ def desired(remotes: Iterable[RemoteEndpoint], local_vtep: IPv4Address) -> PeerE
 
 
 def diff(
-    ns: str, dev: str, have: PeerEntries, want: PeerEntries, prune: bool = True
+    ns: str,
+    dev: str,
+    have: PeerEntries,
+    want: PeerEntries,
+    prune: bool = True,
+    keep: Collection[IPv4Address] = (),
 ) -> list[PeerOp]:
     """Ops that turn `have` into `want`.
 
     With prune=False nothing is deleted that `want` does not replace: a
     restarting plugin whose table is still empty (gossip has not synced yet)
     must not remove the entries running containers use (issue: restart
-    without loss).  Entries that `want` changes are still fixed.
+    without loss).  Entries that `want` changes are still fixed.  Entries
+    towards a VTEP in `keep` (a host whose plugin is silent but whose kernel
+    answers: its containers still run) are not removed either.
     """
     # only what differs is sorted (a sync that changes nothing costs no sort of 5,000 entries)
     ops: list[PeerOp] = []
-    for ip in sorted(ip for ip in have.neigh if ip not in want.neigh and prune):
+
+    def removable(dst: IPv4Address | None) -> bool:
+        return prune and dst not in keep
+
+    for ip in sorted(
+        ip
+        for ip, mac in have.neigh.items()
+        if ip not in want.neigh and removable(have.fdb.get(mac))
+    ):
         ops.append(DeleteNeigh(ns, dev, ip))
     for mac, dst in sorted(
-        (m, d) for m, d in have.fdb.items() if want.fdb.get(m) != d and (prune or m in want.fdb)
+        (m, d)
+        for m, d in have.fdb.items()
+        if want.fdb.get(m) != d and (removable(d) or m in want.fdb)
     ):
         ops.append(DeleteFdb(ns, dev, mac, dst))
     for mac, dst in sorted((m, d) for m, d in want.fdb.items() if have.fdb.get(m) != d):

@@ -110,7 +110,7 @@ def encode(seq: int, ifindex: int, e: Entry) -> bytes:
     return HEADER.pack(HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
-def _messages(data: bytes) -> Iterable[tuple[int, int, int]]:
+def messages(data: bytes) -> Iterable[tuple[int, int, int]]:
     """(type, seq, offset of the payload) of every message in a netlink read."""
     off = 0
     while off + HEADER.size <= len(data):
@@ -124,14 +124,14 @@ def _messages(data: bytes) -> Iterable[tuple[int, int, int]]:
 def acks(data: bytes) -> dict[int, int]:
     """seq -> errno (0: done) of the ACKs in one read."""
     out = {}
-    for kind, seq, at in _messages(data):
+    for kind, seq, at in messages(data):
         if kind == NLMSG_ERROR:
             (code,) = struct.unpack_from("=i", data, at)
             out[seq] = -code
     return out
 
 
-def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
+def attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
     """type -> payload of the attributes between start and end (the last of a type wins)."""
     out = {}
     off = start
@@ -144,11 +144,11 @@ def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _dump_messages(data: bytes, want: int) -> tuple[list[tuple[int, int]], bool]:
+def dump_spans(data: bytes, want: int) -> tuple[list[tuple[int, int]], bool]:
     """(start, end) of the payload of every `want` message in one read of a dump, and
     whether the dump is done (NLMSG_DONE seen)."""
     spans: list[tuple[int, int]] = []
-    for kind, _, at in _messages(data):
+    for kind, _, at in messages(data):
         if kind == NLMSG_DONE:
             return spans, True
         if kind == NLMSG_ERROR:
@@ -163,7 +163,7 @@ def parse_dump(data: bytes) -> tuple[list[Dumped], bool]:
     """The RTM_NEWNEIGH messages of one read of a dump; True once NLMSG_DONE was seen.
     (The hot loop of a reconcile: only NDA_DST and NDA_LLADDR are looked at.)"""
     out: list[Dumped] = []
-    spans, done = _dump_messages(data, RTM_NEWNEIGH)
+    spans, done = dump_spans(data, RTM_NEWNEIGH)
     unpack_attr = ATTR.unpack_from
     for at, end in spans:
         _family, ifindex, state, _flags, _type = NDMSG.unpack_from(data, at)
@@ -193,17 +193,17 @@ def _text(raw: bytes | None) -> str | None:
 def parse_links(data: bytes) -> tuple[list[Link], bool]:
     """The RTM_NEWLINK messages of one read of a link dump; True once it is done."""
     out: list[Link] = []
-    spans, done = _dump_messages(data, RTM_NEWLINK)
+    spans, done = dump_spans(data, RTM_NEWLINK)
     for at, end in spans:
         _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, at)
-        attrs = _attrs(data, at + IFINFOMSG.size, end)
+        attrs = attributes(data, at + IFINFOMSG.size, end)
         info = attrs.get(IFLA_LINKINFO, b"")
-        linkinfo = _attrs(info, 0, len(info))
+        linkinfo = attributes(info, 0, len(info))
         kind = _text(linkinfo.get(IFLA_INFO_KIND)) or ""
         vni = port = local = None
         if kind == "vxlan":
             raw = linkinfo.get(IFLA_INFO_DATA, b"")
-            vx = _attrs(raw, 0, len(raw))
+            vx = attributes(raw, 0, len(raw))
             vni = _u32(vx.get(IFLA_VXLAN_ID))
             p = vx.get(IFLA_VXLAN_PORT)
             port = struct.unpack("!H", p[:2])[0] if p is not None and len(p) >= 2 else None
@@ -231,10 +231,10 @@ def parse_links(data: bytes) -> tuple[list[Link], bool]:
 def parse_addresses(data: bytes) -> tuple[list[Address], bool]:
     """The IPv4 RTM_NEWADDR messages of one read of an address dump; True once done."""
     out: list[Address] = []
-    spans, done = _dump_messages(data, RTM_NEWADDR)
+    spans, done = dump_spans(data, RTM_NEWADDR)
     for at, end in spans:
         family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(data, at)
-        raw = _attrs(data, at + IFADDRMSG.size, end).get(IFA_ADDRESS)
+        raw = attributes(data, at + IFADDRMSG.size, end).get(IFA_ADDRESS)
         if family == AF_INET and raw is not None and len(raw) == 4:
             out.append(Address(index, IPv4Address(raw), prefixlen))
     return out, done

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ class OverlayDriver:
         self._parsed: dict[int, dict[tuple[str, tuple[int, str]], peers.RemoteEndpoint | None]] = {}
         self.clustered = False  # gossip runs: networks must have an identity all hosts share
         # False until the cluster's table has been synced once: until then peer
-        # programming only adds and fixes entries, it never removes one.
+        # programming only adds and fixes entries, it never removes one (and then, per
+        # network, not before that network's rows came: directory.rows_complete).
         self.prune_peers = True
         # False (default): a network's namespace, br0 and VTEP exist only while it has a
         # local endpoint, and only then does this host receive its endpoint rows
@@ -459,7 +460,9 @@ class OverlayDriver:
     async def plan_peers(self, net: NetworkSpec) -> list[PeerOp]:
         have = await self.kernel.peer_entries(net.namespace, net.vxlan)
         want = self.wanted_peers(net.vni)
-        return peers.diff(net.namespace, net.vxlan, have, want, self.prune_peers)
+        prune = self.prune_peers and self.directory.rows_complete(str(net.vni))
+        keep = {IPv4Address(v) for v in self.directory.kept_vteps()}
+        return peers.diff(net.namespace, net.vxlan, have, want, prune, keep)
 
     async def _sync_peers(self, net: NetworkSpec) -> list[PeerOp]:
         if not self.active(net.network_id):
@@ -631,6 +634,14 @@ class OverlayDriver:
         await self.tables.apply(path, cmds)
         live = {v: s for v, s in want.items() if s.backends}
         self._programmed[sandbox] = vips.Programmed(True, live) if live else None
+        for vip, gone in sorted(vips.removed(have, want).items()):
+            try:
+                n = await self.tables.forget_flows(path, vip, gone)
+            except PyoverlayError as exc:  # the rules are right; stale flows time out
+                log.error("conntrack flows not forgotten", vip=str(vip), error=str(exc))
+                continue
+            if n:
+                log.info("udp flows to removed tasks forgotten", vip=str(vip), flows=n)
         return len(cmds)
 
     def _forget_sandbox(self, sandbox: str) -> None:

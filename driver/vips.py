@@ -247,6 +247,18 @@ def keep(have: Programmed | None, want: Vips) -> Vips:
     return out
 
 
+def removed(have: Programmed | None, want: Vips) -> dict[IPv4Address, set[IPv4Address]]:
+    """VIP -> the tasks `have` sends to and `want` no longer does: their UDP flows must be
+    forgotten (conntrack keeps DNATing a flow to its first task, gone or not)."""
+    out = {}
+    for vip, svc in (have.vips if have is not None else {}).items():
+        kept = want.get(vip)
+        gone = set(svc.backends) - set(kept.backends if kept is not None else ())
+        if gone:
+            out[vip] = gone
+    return out
+
+
 def plan(have: Programmed | None, want: Vips) -> Commands:
     """nft commands (one transaction) that turn `have` into `want`; [] when they match.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Sequence
@@ -135,20 +136,23 @@ class Xfrm:
         return errors or [f"ip -batch: exit {rc}"]
 
     async def probe(self) -> str | None:
-        """None if this kernel can do ESP transport with AES-GCM; else why not."""
-        key = os.urandom(36).hex()
-        add = (
-            "xfrm state add src 127.0.0.1 dst 127.0.0.2 proto esp spi 0xff reqid 1 "
-            f"mode transport aead 'rfc4106(gcm(aes))' 0x{key} 128"
-        )
-        rc, _, err = await _run(["-batch", "-"], add + "\n")
-        await _run(
-            ["-force", "-batch", "-"],
-            "xfrm state delete src 127.0.0.1 dst 127.0.0.2 proto esp spi 0xff\n",
-        )
-        if rc != 0:
-            return (
-                "this kernel cannot do IPsec ESP with AES-GCM (needs esp4, xfrm_user and "
-                f"gcm: CONFIG_INET_ESP, CONFIG_XFRM_USER, CONFIG_CRYPTO_GCM): {err.strip()}"
+        """None if this kernel can do ESP transport with AES-GCM; else why not. The test SA
+        has a random SPI (an SA of that identity that someone else owns is left alone:
+        another SPI is tried), and only the one added here is deleted."""
+        for _ in range(3):
+            spi = 0x1000 + secrets.randbelow(0xFFFF0000)
+            sel = f"src 127.0.0.1 dst 127.0.0.2 proto esp spi {spi:#x}"
+            add = (
+                f"xfrm state add {sel} reqid 1 mode transport "
+                f"aead 'rfc4106(gcm(aes))' 0x{os.urandom(36).hex()} 128"
             )
-        return None
+            rc, _, err = await _run(["-batch", "-"], add + "\n")
+            if rc == 0:
+                await _run(["-force", "-batch", "-"], f"xfrm state delete {sel}\n")
+                return None
+            if "File exists" not in err:
+                break
+        return (
+            "this kernel cannot do IPsec ESP with AES-GCM (needs esp4, xfrm_user and "
+            f"gcm: CONFIG_INET_ESP, CONFIG_XFRM_USER, CONFIG_CRYPTO_GCM): {err.strip()}"
+        )

@@ -423,7 +423,9 @@ class Host(DockerVerbs):
         self.start_dockerd()
 
     def crash(self) -> None:
-        """Like a power cut: every process of this host killed (SIGKILL), its link down."""
+        """Like a power cut: its link down first (a host that is gone answers nothing, not
+        even a refused connection), then every process of this host killed (SIGKILL)."""
+        self.set_link(False)
         self.stop_plugin(signal.SIGKILL)
         self.stop_dockerd(signal.SIGKILL)
         pidfile = self.run_dir / "exec" / "containerd" / "containerd.pid"
@@ -439,7 +441,6 @@ class Host(DockerVerbs):
         # a reboot starts with an empty /run: without this the new dockerd would
         # wait for the killed containerd (a zombie here: PID 1 does not reap)
         pidfile.unlink(missing_ok=True)
-        self.set_link(False)
 
     def install_plugin(self, *settings: str) -> None:
         """pyoverlay as a managed plugin on this host's dockerd (scripts/build-plugin), the

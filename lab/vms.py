@@ -37,6 +37,14 @@ def vagrant(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str
     return r
 
 
+def virsh(*args: str) -> None:
+    r = subprocess.run(
+        ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=120
+    )
+    if r.returncode != 0:
+        raise CommandFailed(r.returncode, ["virsh", *args], r.stdout, r.stderr)
+
+
 class VmHost(DockerVerbs):
     def __init__(self, cluster: VmCluster, index: int, name: str, address: str, mode: str):
         self.cluster = cluster
@@ -152,16 +160,31 @@ class VmHost(DockerVerbs):
     # -- power and links ---------------------------------------------------------
 
     def power_off(self) -> None:
-        """A clean shutdown (`vagrant halt`): systemd stops dockerd and the plugin."""
-        vagrant("halt", self.name)
+        """A power cut: the VM is destroyed (`virsh destroy`), nothing inside it runs on."""
+        # the shared ssh connection would hang on the dead VM
+        subprocess.run(
+            ["ssh", "-F", str(self.cluster.ssh_config), "-O", "exit", self.name],
+            capture_output=True,
+            timeout=30,
+        )
+        virsh("destroy", self.domain)
         self.dockerd_pid = self.plugin_pid = None
 
     def power_on(self) -> None:
-        """Boot again (`vagrant up --no-provision`): systemd starts pyoverlay and dockerd,
-        and dockerd the containers with a restart policy."""
-        vagrant("up", "--no-provision", self.name)
+        """Boot again (`virsh start`): systemd starts pyoverlay and dockerd, and dockerd the
+        containers with a restart policy."""
+        virsh("start", self.domain)
         self.dockerd_pid = self.plugin_pid = 1
-        wait_for(f"the plugin on {self.name} after boot", self.plugin_up, timeout=120)
+        wait_for(
+            f"the plugin on {self.name} after boot",
+            self.plugin_up,
+            timeout=300,
+            interval=2.0,
+        )
+
+    @property
+    def domain(self) -> str:
+        return f"pyoverlay-{self.name}"  # the Vagrantfile's default_prefix
 
     def set_link(self, up: bool) -> None:
         """The private NIC (the underlay) down or up; ssh goes over the first NIC."""

@@ -64,9 +64,11 @@ def members_view(gossip: GossipRuntime | None, driver: OverlayDriver) -> list[di
                 "vtep": str(driver.underlay.address),
                 "incarnation": 0,
                 "self": True,
+                "data_path_kept": False,
             }
         ]
     me = gossip.node.name
+    kept = gossip.checks.kept()  # silent plugin, host up: its containers' entries stay
     return [
         {
             "name": m.name,
@@ -75,8 +77,21 @@ def members_view(gossip: GossipRuntime | None, driver: OverlayDriver) -> list[di
             "vtep": m.meta.get("vtep", ""),
             "incarnation": m.inc,
             "self": m.name == me,
+            "data_path_kept": m.name in kept,
         }
         for m in sorted(gossip.node.members.by_name.values(), key=lambda m: m.name)
+    ] + [
+        {
+            "name": name,
+            "addr": gossip.expected[name][0],
+            "status": "unknown",
+            "vtep": vtep,
+            "incarnation": None,
+            "self": False,
+            "data_path_kept": True,
+        }
+        for name, vtep in sorted(kept.items())
+        if name not in gossip.node.members.by_name
     ]
 
 
@@ -111,6 +126,8 @@ async def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
         "receiving": r.receiving,
         "errors": r.errors,
         "synced_at": r.at,
+        "installed_sas": enc.installed,
+        "kernel_reads": enc.reads,
     }
 
 
@@ -138,19 +155,23 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
                 "state": state,
             }
         )
-    stale = [
+    extra = [
         {"kind": "fdb", "mac": mac, "dst": str(dst)}
         for mac, dst in sorted(have.fdb.items())
         if want.fdb.get(mac) != dst
     ] + [
-        {"kind": "neigh", "ip": str(ip), "mac": mac}
+        {"kind": "neigh", "ip": str(ip), "mac": mac, "dst": str(have.fdb.get(mac, ""))}
         for ip, mac in sorted(have.neigh.items())
         if want.neigh.get(ip) != mac
     ]
+    # entries towards a host whose plugin is silent but whose kernel answers stay on
+    # purpose (cluster/hostcheck.py): "kept", not "stale"
+    kept = driver.directory.kept_vteps()
     return {
         **network_summary(net),
         "peers": rows,
-        "stale": stale,
+        "stale": [e for e in extra if e["dst"] not in kept],
+        "kept": [e for e in extra if e["dst"] in kept],
         "ipsec": await ipsec_view(driver) if net.encrypted else None,
     }
 
@@ -187,8 +208,14 @@ async def status(request: web.Request) -> web.Response:
             "vtep": str(driver.underlay.address),
             "gossip": gossip.node.addr if gossip else None,
             "members": counts,
+            "data_path_kept": sorted(m["name"] for m in members if m["data_path_kept"]),
             "synced": gossip.synced.is_set() if gossip else True,
             "peer_pruning": driver.prune_peers,
+            "rows_pending": sorted(
+                n.network_id[:12]
+                for n in driver.networks.values()
+                if driver.active(n.network_id) and not driver.directory.rows_complete(str(n.vni))
+            ),
             "networks": nets,
             "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
             "counters": dict(gossip.counters) if gossip else {},

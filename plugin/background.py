@@ -28,6 +28,7 @@ class PeerSyncer:
         self.interval = interval
         self.dirty: set[int] = set()
         self.check_specs = False
+        self.everything = False  # every network: the set of kept VTEPs changed
         self.wake = asyncio.Event()
         self.repairs = 0
 
@@ -44,11 +45,20 @@ class PeerSyncer:
         if self.dirty or self.check_specs:
             self.wake.set()
 
+    def on_kept(self) -> None:
+        """Gossip callback: a silent host's kernel started or stopped answering, so the
+        entries towards its VTEP are kept or go, on every network."""
+        self.everything = True
+        self.wake.set()
+
     async def run_events(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
             vnis, self.dirty = self.dirty, set()
+            if self.everything:
+                self.everything = False
+                vnis |= {net.vni for net in self.driver.networks.values()}
             if self.check_specs:
                 self.check_specs = False
                 for nid, hosts in self.driver.disagreements().items():

@@ -11,9 +11,10 @@ Start-up order:
 5. serve Docker on the unix socket (a stale socket file is replaced); `pyoverlay
    plugin` listens on it from its first instruction (plugin/prebound.py), so
    dockerd's 12.5 s wait for a managed plugin's socket holds on slow hosts too;
-6. sync gate: at the first full state exchange with a live member (or after
-   SYNC_GRACE seconds with no answer), entries the table no longer wants are
-   removed and IPAM may claim new blocks.
+6. sync gate: at the first full state exchange with a live member (at once on
+   a host that knows no other), entries the table no longer wants are removed,
+   per network once its rows came, except towards hosts whose plugin is silent
+   but whose kernel answers (cluster/hostcheck.py); and IPAM may claim new blocks.
 On SIGTERM/SIGINT the socket is removed; namespaces, VTEPs and veths stay,
 so running containers keep their traffic while the plugin is down.
 SIGHUP re-reads --gossip-key-file (live key rotation).
@@ -59,7 +60,7 @@ from .service_watch import ServiceWatcher
 from .settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
-SYNC_GRACE = 10.0  # seconds a restarting plugin waits for a peer before it prunes alone
+LIFE_FILE = "gossip.json"  # this host's last gossip incarnation and replay epoch
 IPSEC_TICK = 1.0  # seconds between IPsec checks (rotation age, rekey packet count)
 
 
@@ -112,6 +113,19 @@ def install_reload_handler(loop: asyncio.AbstractEventLoop, reload: Callable[[],
     signal.signal(signal.SIGHUP, on_hup)
 
 
+def last_members(last_known: JsonDocument, me: str) -> dict[str, tuple[str, str]]:
+    """The other hosts of the last life that had not left: name -> (gossip addr, vtep)."""
+    members = last_known.load().get("members") or []
+    out = {}
+    for m in members if isinstance(members, list) else []:
+        if not isinstance(m, dict) or m.get("name") == me or m.get("status") == "left":
+            continue
+        addr, vtep = str(m.get("addr", "")), str(m.get("vtep", ""))
+        if ":" in addr and vtep:
+            out[str(m.get("name"))] = (addr, vtep)
+    return out
+
+
 def seeds(settings: PluginSettings, last_known: JsonDocument, me: str) -> list[str]:
     """--join, then every member we knew before a restart (so a host started without
     --join finds the cluster again at once, not at the next push-pull from others)."""
@@ -134,15 +148,17 @@ async def ipam_after_sync(gossip: GossipRuntime, guard: ClusterGuard, alone: boo
 
 
 async def prune_after_sync(gossip: GossipRuntime, driver: OverlayDriver, alone: bool) -> None:
-    """The sync gate: prune stale peer entries only once the table is the cluster's."""
+    """The sync gate: prune stale peer entries only once the table is the cluster's.
+
+    A host that knows no other (no --join, no members from its last life) prunes at
+    once. Any other waits for a first full exchange with a live host, however long:
+    if the whole fleet restarts together, every table is empty until one answers, and
+    entries pruned with such a table would cut every container off.
+    Then each network waits for its own rows (directory.rows_complete)."""
     if not alone:
-        try:
-            await asyncio.wait_for(gossip.synced.wait(), SYNC_GRACE)
-        except TimeoutError:
-            log.warning(
-                "no pyoverlay host answered; pruning with this host's view", grace=SYNC_GRACE
-            )
-    gossip.synced.set()
+        if not gossip.synced.is_set():
+            log.info("peer entries kept until a pyoverlay host answers")
+        await gossip.synced.wait()
     driver.prune_peers = True
     if driver.encryption is not None:
         driver.encryption.prune = True
@@ -210,6 +226,9 @@ def make_gossip(
         meta={"vtep": str(driver.underlay.address)},
         on_rows=syncer.on_rows,
         on_members=remember_members,
+        life=JsonDocument(settings.state_dir / LIFE_FILE),
+        expected=last_members(last_known, driver.node_id),
+        on_kept=syncer.on_kept,
     )
     return runtime
 
@@ -302,6 +321,7 @@ async def make_encryption(
         ring=lambda: gossip.keyring.keys,
         members=member_vteps if settings.vxlan_admission else None,
         encrypted_vnis=lambda: [n.vni for n in driver.networks.values() if n.encrypted],
+        vnis=lambda: [n.vni for n in driver.networks.values()],
         any_network=lambda: bool(driver.networks),
     )
     enc.directory = gossip

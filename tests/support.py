@@ -119,6 +119,43 @@ def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.P
     return proc
 
 
+class Pinger:
+    """A 20 ms ping from `container` on `h` that runs until stop() (so a test can end it
+    once what it waits for has happened, not at a guessed count). Started, it has had
+    its first reply."""
+
+    def __init__(self, h: Host, container: str, target: str) -> None:
+        self.h, self.container = h, container
+        pidfile = f"/tmp/pinger-{target}.pid"
+        self.pidfile = pidfile
+        script = f"echo $$ > {pidfile}; exec ping -i 0.02 -W 1 {target}"
+        self.proc = h.docker_popen("exec", container, "sh", "-c", script)
+        assert self.proc.stdout is not None
+        first = ""
+        while "bytes from" not in first:
+            first = self.proc.stdout.readline()
+            assert first, "ping ended before its first reply"
+
+    def stop(self, timeout: float = 60) -> tuple[str, int, int]:
+        """SIGINT in the container (busybox ping prints its summary): (output, sent, got)."""
+        self.h.docker("exec", self.container, "sh", "-c", f"kill -INT $(cat {self.pidfile})")
+        out, _ = self.proc.communicate(timeout=timeout)
+        sent, got = loss(out)
+        return out, sent, got
+
+    def kill(self) -> None:
+        """Teardown after a failure: end it whatever state it is in."""
+        if self.proc.poll() is None:
+            self.h.docker(
+                "exec", self.container, "sh", "-c", f"kill $(cat {self.pidfile})", check=False
+            )
+            try:
+                self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+
 def loss(out: str) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
     assert m, out

@@ -173,6 +173,83 @@ async def test_replayed_and_stale_packets_are_dropped_and_counted() -> None:
         await b.stop()
 
 
+async def test_a_restart_with_the_clock_stepped_back_is_heard_and_revives_at_once(
+    tmp_path, monkeypatch
+) -> None:
+    """The last life ran with a clock a minute fast (corrected by NTP at the next boot):
+    the new life's replay epoch still lies above the last one (peers would drop every
+    message of a lower epoch as a replay), and its incarnation is the last one + 1."""
+    from pyoverlay.cluster import runtime as rt
+    from pyoverlay.state.store import JsonDocument
+
+    life = JsonDocument(tmp_path / "gossip.json")
+    real = rt.wall_ms
+    monkeypatch.setattr(rt, "wall_ms", lambda: real() + 60_000)
+    port = free_port()
+    a1 = GossipRuntime("a", "127.0.0.1", port, Keyring([KEY]), GossipConfig.lan(), life=life)
+    b = runtime("b", [KEY])
+    try:
+        await b.start([])
+        await a1.start([b.node.addr])
+        await wait_until(lambda: len(b.node.alive_members()) == 2)
+        a1.node.members.me.inc = 4  # it refuted suspicions in that life
+        a1._after()
+    finally:
+        await a1.stop(leave=False)
+        await asyncio.sleep(0.05)  # the UDP socket closes on the next loop turns
+    monkeypatch.setattr(rt, "wall_ms", real)
+    a2 = GossipRuntime("a", "127.0.0.1", port, Keyring([KEY]), GossipConfig.lan(), life=life)
+    try:
+        assert a2.node.members.me.inc == 5
+        await a2.start([b.node.addr])
+        a2.publish("peer/1", "after", {"ip": "10.0.0.9"})
+        # (published before its join exchange answered: it waits for it, not for the next
+        # push-pull)
+        await wait_until(lambda: any(k == "after" for k, _, _ in b.rows("peer/1")), 3)
+        assert b.counters.get("dropped_replay", 0) == 0, b.counters
+    finally:
+        await a2.stop()
+        await b.stop()
+
+
+async def test_a_dead_member_whose_host_still_answers_keeps_its_data_path() -> None:
+    """b's plugin stops (kill -9: no goodbye); its host's kernel still answers on the
+    gossip port (refused), so a declares it dead as ever but reports its VTEP as kept;
+    b back (a new process, a saved life) ends that. The checks cost b nothing: a check
+    that sends no byte is not an authentication failure (no penalty)."""
+    port = free_port()
+
+    def b_runtime() -> GossipRuntime:
+        return GossipRuntime(
+            "b", "127.0.0.1", port, Keyring([KEY]), GossipConfig.lan(), meta={"vtep": "10.9.9.2"}
+        )
+
+    a, b = runtime("a", [KEY]), b_runtime()
+    try:
+        await a.start([])
+        await b.start([a.node.addr])
+        await wait_until(lambda: len(a.node.alive_members()) == 2)
+        assert a.kept_vteps() == frozenset()
+        for _ in range(12):  # more than PENALTY_FAILURES checks from one address
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            await w.wait_closed()
+        b.register_rpc("echo", lambda body: {"ok": True})
+        await wait_until(lambda: b.counters.get("host_checks_in", 0) == 12)
+        assert await a.call(b.node.addr, "echo", {}, timeout=5) == {"ok": True}
+        await b.stop(leave=False)
+        await wait_until(lambda: a.node.members.by_name["b"].status == "dead", timeout=15)
+        assert a.kept_vteps() == {"10.9.9.2"}
+        b = b_runtime()
+        await asyncio.sleep(0.05)
+        await b.start([a.node.addr])
+        await wait_until(lambda: a.node.members.by_name["b"].status == "alive")
+        assert a.kept_vteps() == frozenset()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:

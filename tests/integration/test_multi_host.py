@@ -103,9 +103,10 @@ def test_container_removal_leaves_no_stale_entries(lab: Lab, scratch: Scratch) -
 def test_host_power_cut_is_detected_and_the_host_converges_when_back(
     lab: Lab, scratch: Scratch, victim: int
 ) -> None:
-    """A host goes away (lab: every process killed and its link down; VMs: `vagrant
-    halt`, then `vagrant up`): the other drops its entries, and when it is back its
-    container with a restart policy runs and is reachable again."""
+    """A host goes away (lab: its link down, every process killed; VMs: `virsh destroy`,
+    then `virsh start`): the other drops its entries within failure detection (a
+    host that is gone answers nothing, so its data path is not kept), and when it is
+    back its container with a restart policy runs and is reachable again."""
     other, gone = lab.host(3 - victim), lab.host(victim)
     net = f"net5{victim}"
     nss = both(scratch, lab, net, f"100.0.5{victim}.0/24")
@@ -113,8 +114,8 @@ def test_host_power_cut_is_detected_and_the_host_converges_when_back(
     scratch.run(gone, "x2", "--restart", "always", "--network", net, IMAGE, *SLEEP)
     x2 = ip_of(gone, "x2", net)
     wait_for("x1 -> x2", lambda: ping(other, "x1", x2), timeout=15 * lab.slow)
-    gone.power_off()  # lab: at once; a VM: when `vagrant halt` returns
     t0 = time.monotonic()
+    gone.power_off()
     try:
         wait_for(
             f"{gone.name}'s entries gone on {other.name}",
@@ -122,7 +123,10 @@ def test_host_power_cut_is_detected_and_the_host_converges_when_back(
             timeout=15,
         )
         detected = time.monotonic() - t0
-        assert detected < 10, detected
+        print(f"{gone.name}'s entries gone on {other.name} {detected:.1f} s after the cut")
+        # failure detection is ~3.3 s (cluster/config.py) plus the reaction; a VM's
+        # emulated CPU slows the observer's timers too
+        assert detected < 8 * min(lab.slow, 2), detected
         assert members(other, lab)[gone.address] == "dead"
     finally:
         gone.power_on()

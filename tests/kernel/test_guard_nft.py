@@ -43,7 +43,7 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def hosts(prefix: str) -> Iterator[dict[str, str]]:
     """name -> namespace; a and b have VNI 100 and 200 towards each other, a and c VNI 300
-    (so a's VTEP of 300 hears only c)."""
+    (so a's VTEP of 300 hears only c) and 400 (a network that is not pyoverlay's)."""
     names = {h: f"{prefix}{h}" for h in ("u", "a", "b", "c")}
     try:
         for ns in names.values():
@@ -52,7 +52,11 @@ def hosts(prefix: str) -> Iterator[dict[str, str]]:
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         sh("ip", "-n", names["u"], "link", "add", "ubr", "type", "bridge")
         sh("ip", "-n", names["u"], "link", "set", "ubr", "up")
-        tunnels = {"a": {100: "b", 200: "b", 300: "c"}, "b": {100: "a", 200: "a"}, "c": {300: "a"}}
+        tunnels = {
+            "a": {100: "b", 200: "b", 300: "c", 400: "c"},
+            "b": {100: "a", 200: "a"},
+            "c": {300: "a", 400: "a"},  # 400: Docker's own overlay, not pyoverlay's
+        }
         for h in ("a", "b", "c"):
             ns = names[h]
             sh("ip", "-n", ns, "link", "add", "ul", "type", "veth", "peer", "name", f"v{h}",
@@ -94,8 +98,11 @@ async def counters(nft: Nft, ns: str) -> dict[str, int]:
     return ipsec.guard_counters(listing)
 
 
+OWNED = [100, 200, 300]  # pyoverlay's networks; 400 is someone else's on the same port
+
+
 async def guard(nft: Nft, ns: str, members: list[IPv4Address] | None, vnis: list[int]) -> None:
-    await nft.apply(Path("/run/netns") / ns, ipsec.guard_commands(4789, vnis, members))
+    await nft.apply(Path("/run/netns") / ns, ipsec.guard_commands(4789, vnis, members, OWNED))
 
 
 async def test_plain_vxlan_of_an_encrypted_vni_never_leaves_nor_enters(
@@ -127,7 +134,7 @@ async def test_plain_vxlan_of_an_encrypted_vni_never_leaves_nor_enters(
     assert ping(b, "10.10.0.1")
 
 
-async def test_vxlan_from_a_non_member_is_dropped_on_every_network_and_counted(
+async def test_vxlan_from_a_non_member_is_dropped_on_every_network_of_ours_and_counted(
     hosts: dict[str, str], nft: Nft
 ) -> None:
     a, c = hosts["a"], hosts["c"]
@@ -136,6 +143,10 @@ async def test_vxlan_from_a_non_member_is_dropped_on_every_network_and_counted(
     assert not ping(c, "10.30.0.1")
     assert rx_packets(a, "vx300") == before
     assert (await counters(nft, a))[ipsec.ADMISSION_COUNTER] >= 2
+    # VXLAN of a VNI that is not pyoverlay's (Docker's overlay, the swarm ingress) passes
+    dropped = (await counters(nft, a))[ipsec.ADMISSION_COUNTER]
+    assert ping(c, "10.40.0.1")
+    assert (await counters(nft, a))[ipsec.ADMISSION_COUNTER] == dropped
     # c joins the cluster: admitted
     await guard(nft, a, [*MEMBERS_AB, IPv4Address(ADDR["c"])], [])
     assert ping(c, "10.30.0.1")

@@ -134,6 +134,74 @@ async def test_vip_connections_reach_every_task_with_the_clients_address(
     assert await nft.list_table(ns, "ip", "pyoverlay") is None
 
 
+UDP_SERVER = """
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for a in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((a, 7001))
+    sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        data, peer = key.fileobj.recvfrom(100)
+        key.fileobj.sendto(key.fileobj.getsockname()[0].encode(), peer)
+"""
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40000)); s.settimeout(1)  # always the same flow (5-tuple)
+s.sendto(b"hi", (sys.argv[1], 7001))
+try:
+    print(s.recvfrom(100)[0].decode())
+except TimeoutError:
+    print("-")
+"""
+
+
+async def test_a_removed_tasks_udp_flow_is_forgotten(pair: tuple[Path, str], nft: Nft) -> None:
+    """A UDP client keeps sending from one port: conntrack pins its flow to the first task.
+    That task goes (rules changed, its address gone): without help the flow keeps going
+    there; once pyoverlay forgets the flow, the next datagram reaches the other task."""
+    ns, server_ns = pair
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, sys.executable, "-c", UDP_SERVER, *map(str, TASKS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+        def send() -> str:
+            return sh("ip", "netns", "exec", ns.name, sys.executable, "-c", UDP_CLIENT, str(VIP))
+
+        await converge(nft, ns, {VIP: vips.Service("dns", TASKS)})
+        first = send().strip()
+        assert first in map(str, TASKS) and send().strip() == first  # pinned
+        gone, other = (t for t in sorted(TASKS, key=lambda t: str(t) != first))
+        # (the other address stays even if the gone one was the primary)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            server_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.eth0.promote_secondaries=1",
+        )
+        sh("ip", "-n", server_ns, "addr", "del", f"{gone}/24", "dev", "eth0")
+        await converge(nft, ns, {VIP: vips.Service("dns", (other,))})
+        assert send().strip() == "-"  # the rule changed, the flow did not: lost
+        assert await nft.forget_flows(ns, VIP, {gone}) == 1
+        assert send().strip() == str(other)
+        assert await nft.forget_flows(ns, VIP, {gone}) == 0
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
 async def test_drift_made_with_the_nft_tool_is_repaired(pair: tuple[Path, str], nft: Nft) -> None:
     ns, _ = pair
     want = {VIP: vips.Service("web", TASKS)}

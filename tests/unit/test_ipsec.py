@@ -94,18 +94,26 @@ def test_diff_adds_before_it_deletes_and_keeps_a_hidden_members_sas() -> None:
 
 
 def test_guard_table_drops_plain_vxlan_of_encrypted_vnis_and_non_members() -> None:
-    cmds = ipsec.guard_commands(4789, [300, 100], [B, A])
+    cmds = ipsec.guard_commands(4789, [300, 100], [B, A], [300, 100, 500])
     text = repr(cmds)
+
     assert cmds[0] == {"add": {"table": {"family": "inet", "name": ipsec.GUARD_TABLE}}}
     assert "'10.0.0.1', '10.0.0.2'" in text and "@members" in text
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
     vnis = [e["match"]["right"] for r in rules for e in r["expr"] if "th" in repr(e)]
-    assert sorted(set(vnis)) == [100, 300]
+    assert sorted(set(vnis)) == [100, 300, 500]
+    # admission: a non-member's VXLAN is dropped for pyoverlay's own VNIs only
+    assert [r["expr"][0]["match"]["right"] for r in rules if r["chain"] == "non-member"] == [
+        100,
+        300,
+        500,
+    ]
     # per encrypted VNI: mark (out), accept-if-ipsec then drop in each direction
     assert [r["chain"] for r in rules].count("mark") == 2
     assert [r["chain"] for r in rules].count("out") == 4
     assert [r["chain"] for r in rules].count("in") == 5  # + the admission rule
-    assert "saddr" not in repr(ipsec.guard_commands(4789, [100], None))  # admission off
+    assert "saddr" not in repr(ipsec.guard_commands(4789, [100], None, [100]))  # admission off
+    assert "saddr" not in repr(ipsec.guard_commands(4789, [], [A], []))  # no network of ours
 
 
 def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:
@@ -377,5 +385,50 @@ def test_restart_keeps_numbers_or_takes_a_new_salt(tmp_path: Path, restart_kerne
         await again.start()
         assert (again.salt == a.salt) is (not restart_kernel)
         assert again.sending.get(B, Sending(-1, 0, "")).n == (-1 if restart_kernel else 1)
+
+    asyncio.run(main())
+
+
+def test_the_keeper_reads_the_kernel_when_something_changed_not_every_tick(
+    tmp_path: Path,
+) -> None:
+    """Idle, with one encrypted peer: no `ip xfrm` read at each 1 s tick (it forked `ip`
+    twice a tick before); a wake-up reads at once; a fast flow brings the next read
+    forward so the rekey limit is met in time."""
+    rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
+    a = keeper(tmp_path, "a", A, sa, rows, [K1], rekey=10_000)
+    b = keeper(tmp_path, "b", B, sb, rows, [K1])
+    reads = 0
+    real = sa.states_
+
+    async def counted() -> list[InstalledSa]:
+        nonlocal reads
+        reads += 1
+        return await real()
+
+    sa.states_ = counted  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await a.start()
+        await b.start()
+        for _ in range(2):
+            await a.sync()
+            await b.sync()
+        loop = asyncio.ensure_future(a.run(0.01))  # noqa: RUF006 - cancelled below
+        try:
+            await asyncio.sleep(0.3)  # 30 ticks, nothing changes
+            idle = reads
+            await asyncio.sleep(0.3)
+            assert reads == idle, (idle, reads)
+            a.wake.set()
+            await asyncio.sleep(0.05)
+            assert reads > idle
+        finally:
+            loop.cancel()
+        # 1,000 packets a second on the outbound SA: 9,000 left of 10,000 -> read in 4.5 s
+        out = [s for s in await sa.states_() if s.src == A][0]
+        a._read_interval([out], 100.0)
+        sent = ipsec.InstalledSa(out.src, out.dst, out.spi, out.packets + 1000, out.added)
+        assert a._read_interval([sent], 101.0) == pytest.approx((10_000 - 1000) / 1000 / 2)
 
     asyncio.run(main())

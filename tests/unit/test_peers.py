@@ -154,3 +154,31 @@ def test_any_interleaving_or_duplication_ends_in_the_same_kernel_state(
     cut = rnd.randint(0, len(shuffled))
     program(shuffled[:cut], kernel)
     assert program(shuffled, kernel) == reference
+
+
+def test_entries_towards_a_silent_host_that_answers_are_kept_and_others_still_fixed() -> None:
+    """h2's plugin is down but its kernel answers (hostcheck.py): its rows are hidden, yet
+    its containers run, so their entries stay; h3's stale entry goes, and an address h2's
+    container had that a newer row gives to h3's container moves."""
+    h2, h3 = HOSTS["h2"], HOSTS["h3"]
+    have = PeerEntries(
+        fdb={"02:00:00:00:00:02": h2, "02:00:00:00:00:03": h3, "02:00:00:00:00:04": h2},
+        neigh={
+            IPv4Address("10.0.0.2"): "02:00:00:00:00:02",
+            IPv4Address("10.0.0.3"): "02:00:00:00:00:03",
+            IPv4Address("10.0.0.4"): "02:00:00:00:00:04",
+        },
+    )
+    want = PeerEntries(
+        fdb={"02:00:00:00:00:05": h3}, neigh={IPv4Address("10.0.0.4"): "02:00:00:00:00:05"}
+    )
+    ops = peers.diff("ns", "vx", have, want, prune=True, keep={h2})
+    assert DeleteFdb("ns", "vx", "02:00:00:00:00:03", h3) in ops
+    assert DeleteNeigh("ns", "vx", IPv4Address("10.0.0.3")) in ops
+    assert ReplaceNeigh("ns", "vx", IPv4Address("10.0.0.4"), "02:00:00:00:00:05") in ops
+    assert not [op for op in ops if isinstance(op, DeleteFdb) and op.dst == h2]
+    assert DeleteNeigh("ns", "vx", IPv4Address("10.0.0.2")) not in ops
+    # once h2's host stops answering, they go
+    ops = peers.diff("ns", "vx", have, want, prune=True, keep=set())
+    assert DeleteFdb("ns", "vx", "02:00:00:00:00:02", h2) in ops
+    assert DeleteNeigh("ns", "vx", IPv4Address("10.0.0.2")) in ops

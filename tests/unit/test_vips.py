@@ -188,10 +188,13 @@ def test_driver_serves_a_vip_to_every_local_container_and_follows_leave(tmp_path
             got = vips.parse(await tables.list_table(boxes[eid], "ip", "pyoverlay"))
             assert got == vips.Programmed(True, {ip(2): web}), eid
         # a task leaves: gone from every container's rules at once, and its own table goes;
-        # event-driven updates apply against what was last programmed (no read-back)
+        # event-driven updates apply against what was last programmed (no read-back);
+        # UDP flows the rules had sent to it are forgotten (conntrack would keep them)
+        tables.flows[str(boxes["e3"])] = [(ip(2), ip(5)), (ip(2), ip(6)), (ip(7), ip(5))]
         reads = tables.reads
         await d.leave("n1", "e1")
         assert tables.reads == reads
+        assert tables.flows[str(boxes["e3"])] == [(ip(2), ip(6)), (ip(7), ip(5))]
         got = vips.parse(await tables.list_table(boxes["e3"], "ip", "pyoverlay"))
         assert got == vips.Programmed(True, {ip(2): vips.Service("web", (ip(6),))})
         assert await tables.list_table(boxes["e1"], "ip", "pyoverlay") is None
@@ -236,5 +239,58 @@ def test_before_gossip_has_synced_rules_are_only_added(tmp_path: Path) -> None:
         d.prune_peers = True  # synced: now the row is really gone
         await d.reconcile()
         assert await tables.list_table(sb, "ip", "pyoverlay") is None
+
+    asyncio.run(scenario())
+
+
+def test_a_task_dockerd_lists_only_after_the_quick_polls_still_gets_its_vip(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """After PATIENCE the watcher does not give up on a joined endpoint: it asks dockerd
+    every SLOW_INTERVAL, so a task listed late is bound (its VIP then balanced to it)."""
+    from pyoverlay.driver.options import PoolData
+    from pyoverlay.plugin import service_watch
+
+    monkeypatch.setattr(service_watch, "PATIENCE", 0.1)
+    monkeypatch.setattr(service_watch, "SLOW_INTERVAL", 0.3)
+    (tmp_path / "netns").mkdir()
+    d, _ = make_driver(tmp_path)
+    d.clustered = True  # a swarm network needs gossip (the directory stays local here)
+
+    class LateDocker:
+        listed = False
+        calls = 0
+
+        async def network(self, nid: str):
+            self.calls += 1
+            tasks = [{"EndpointID": "e1"}] if self.listed else []
+            return {"Services": {"web": {"VIP": "10.0.0.2", "Tasks": tasks}}}
+
+    api = LateDocker()
+    watcher = service_watch.ServiceWatcher(d, api)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await d.create_network(
+            "n1", {"pyoverlay.vni": "300"}, [PoolData("10.0.0.0/24")], [], False, False
+        )
+        await d.create_endpoint("n1", "e1", "10.0.0.5/24", "", "")
+        (tmp_path / "netns" / "sb1").touch()
+        await d.join("n1", "e1", str(tmp_path / "netns" / "sb1"))
+        watcher.want("n1", "e1")
+        task = asyncio.ensure_future(watcher.run())  # noqa: RUF006 - cancelled below
+        try:
+            await asyncio.sleep(0.5)  # past PATIENCE: polled slowly now
+            assert "e1" in watcher.slow and not d.endpoints["e1"].vip
+            quick = api.calls
+            await asyncio.sleep(0.4)
+            assert api.calls - quick <= 2  # slow: not every MAX_DELAY
+            api.listed = True
+            for _ in range(20):
+                await asyncio.sleep(0.1)
+                if d.endpoints["e1"].vip:
+                    break
+            assert d.endpoints["e1"].vip == "10.0.0.2" and not watcher.slow
+        finally:
+            task.cancel()
 
     asyncio.run(scenario())

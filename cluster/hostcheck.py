@@ -1,0 +1,81 @@
+"""PURE: is a silent pyoverlay host still up?  A plugin that is down is not a host that is down.
+
+A host whose pyoverlay stopped answering gossip (suspect or dead, or, after our
+own restart, known from members.json and not heard from yet) may still be up:
+its containers run and its kernel forwards their VXLAN whatever its plugin
+does (a crash, `kill -9`, an upgrade, a slow start).  Its kernel, not its
+plugin, tells: a TCP connection to its gossip port is refused (RST: the host
+is up, nothing listens) or accepted (the plugin is there, only slow).  A host
+that is powered off, crashed or cut off answers nothing.
+
+While such a host answers, the entries of its containers stay in our kernel
+(`kept()`: the driver deletes no FDB/ARP entry pointing at its VTEP), though
+the gossip hides its rows; `pyoverlay members` shows it as "plugin down, data
+path kept".  When it stops answering, the entries go, as for a crash.
+
+Timing: a member is checked from the moment it is suspected, every `interval`,
+each check given `timeout`; the suspicion lasts at least 2.5 s, so when it
+ends the answer is in, and purging a crashed host takes no longer than before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Silent:
+    addr: str  # "ip:port" of its gossip socket
+    vtep: str
+    next_at: float
+    pending: bool = False
+    answering: bool = False  # the latest completed check
+
+
+class HostChecks:
+    def __init__(self, interval: float = 0.5, timeout: float = 1.0) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.hosts: dict[str, Silent] = {}
+
+    def watch(self, now: float, silent: dict[str, tuple[str, str]]) -> bool:
+        """The hosts to check from now on (name -> (gossip addr, vtep)); a new one is due at
+        once, one no longer silent is forgotten. True if `kept()` changed."""
+        before = self.kept()
+        for name in [n for n in self.hosts if n not in silent]:
+            del self.hosts[name]
+        for name, (addr, vtep) in silent.items():
+            cur = self.hosts.get(name)
+            if cur is None or cur.addr != addr:
+                self.hosts[name] = Silent(addr, vtep, now)
+            else:
+                cur.vtep = vtep
+        return self.kept() != before
+
+    def due(self, now: float) -> list[tuple[str, str]]:
+        """Checks to start now: (name, gossip addr); one at a time per host."""
+        out = []
+        for name, h in self.hosts.items():
+            if not h.pending and now >= h.next_at:
+                h.pending = True
+                h.next_at = now + self.interval
+                out.append((name, h.addr))
+        return out
+
+    def result(self, now: float, name: str, answered: bool) -> bool:
+        """A check finished; True if `kept()` changed."""
+        h = self.hosts.get(name)
+        if h is None:
+            return False
+        h.pending = False
+        changed = h.answering != answered
+        h.answering = answered
+        return changed
+
+    def kept(self) -> dict[str, str]:
+        """name -> VTEP of the silent hosts whose latest check answered."""
+        return {n: h.vtep for n, h in self.hosts.items() if h.answering and h.vtep}
+
+    def next_deadline(self) -> float | None:
+        times = [h.next_at for h in self.hosts.values() if not h.pending]
+        return min(times) if times else None

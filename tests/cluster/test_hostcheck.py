@@ -1,0 +1,34 @@
+"""Silent hosts (cluster/hostcheck.py): checked from suspicion on, kept while they answer."""
+
+from __future__ import annotations
+
+from pyoverlay.cluster.hostcheck import HostChecks
+
+
+def test_a_silent_host_is_kept_while_it_answers_and_dropped_when_it_stops() -> None:
+    c = HostChecks(interval=0.5, timeout=1.0)
+    assert not c.watch(0.0, {"h2": ("10.0.0.2:7966", "10.0.0.2")})
+    assert c.due(0.0) == [("h2", "10.0.0.2:7966")]  # at once
+    assert c.due(0.1) == []  # one check at a time
+    assert c.result(0.1, "h2", True)  # answered: kept
+    assert c.kept() == {"h2": "10.0.0.2"}
+    assert c.due(0.4) == [] and c.due(0.5) == [("h2", "10.0.0.2:7966")]
+    assert not c.result(0.6, "h2", True)
+    assert c.due(1.0) == [("h2", "10.0.0.2:7966")]
+    assert c.result(2.0, "h2", False)  # timed out: the host is gone too
+    assert c.kept() == {}
+    assert c.due(2.5) == [("h2", "10.0.0.2:7966")]
+    assert c.result(2.6, "h2", True)  # the host is back (its plugin not yet)
+    assert c.kept() == {"h2": "10.0.0.2"}
+    # its plugin is back (alive in gossip): no longer watched
+    assert c.watch(3.0, {})
+    assert c.kept() == {} and c.next_deadline() is None
+
+
+def test_a_late_result_for_a_host_no_longer_watched_changes_nothing() -> None:
+    c = HostChecks()
+    c.watch(0.0, {"h3": ("10.0.0.3:7966", "10.0.0.3")})
+    c.due(0.0)
+    c.watch(0.2, {})
+    assert not c.result(0.3, "h3", True)
+    assert c.kept() == {}
