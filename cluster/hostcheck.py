@@ -20,6 +20,7 @@ ends the answer is in, and purging a crashed host takes no longer than before.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -29,7 +30,11 @@ class Silent:
     vtep: str
     next_at: float
     pending: bool = False
-    answering: bool = False  # the latest completed check
+    # the latest completed check; None: none yet, then `presumed` holds (a host of our
+    # last life is presumed up until a check says otherwise: its containers' entries in
+    # our kernel stay; a member just suspected is not: a crash is purged in time)
+    answering: bool | None = None
+    presumed: bool = False
 
 
 class HostChecks:
@@ -38,18 +43,22 @@ class HostChecks:
         self.timeout = timeout
         self.hosts: dict[str, Silent] = {}
 
-    def watch(self, now: float, silent: dict[str, tuple[str, str]]) -> bool:
+    def watch(
+        self, now: float, silent: dict[str, tuple[str, str]], presumed: Collection[str] = ()
+    ) -> bool:
         """The hosts to check from now on (name -> (gossip addr, vtep)); a new one is due at
-        once, one no longer silent is forgotten. True if `kept()` changed."""
+        once, one no longer silent is forgotten; those in `presumed` count as answering
+        until their first check is done. True if `kept()` changed."""
         before = self.kept()
         for name in [n for n in self.hosts if n not in silent]:
             del self.hosts[name]
         for name, (addr, vtep) in silent.items():
             cur = self.hosts.get(name)
             if cur is None or cur.addr != addr:
-                self.hosts[name] = Silent(addr, vtep, now)
+                self.hosts[name] = Silent(addr, vtep, now, presumed=name in presumed)
             else:
                 cur.vtep = vtep
+                cur.presumed = cur.presumed and name in presumed
         return self.kept() != before
 
     def due(self, now: float) -> list[tuple[str, str]]:
@@ -68,13 +77,18 @@ class HostChecks:
         if h is None:
             return False
         h.pending = False
-        changed = h.answering != answered
+        before = self._kept(h)
         h.answering = answered
-        return changed
+        return self._kept(h) != before
+
+    @staticmethod
+    def _kept(h: Silent) -> bool:
+        return bool(h.vtep) and (h.answering if h.answering is not None else h.presumed)
 
     def kept(self) -> dict[str, str]:
-        """name -> VTEP of the silent hosts whose latest check answered."""
-        return {n: h.vtep for n, h in self.hosts.items() if h.answering and h.vtep}
+        """name -> VTEP of the silent hosts whose latest check answered (or, before the
+        first, that are presumed up)."""
+        return {n: h.vtep for n, h in self.hosts.items() if self._kept(h)}
 
     def next_deadline(self) -> float | None:
         times = [h.next_at for h in self.hosts.values() if not h.pending]

@@ -198,7 +198,7 @@ class GossipRuntime:
         return out
 
     def _watch_silent(self) -> None:
-        if self.checks.watch(time.monotonic(), self._silent()):
+        if self.checks.watch(time.monotonic(), self._silent(), presumed=self.expected):
             self.on_kept()
         self._checks_wake.set()
 

@@ -210,6 +210,12 @@ def make_gossip(
     last_known = JsonDocument(settings.state_dir / MEMBERS_FILE)
     runtime: GossipRuntime | None = None
 
+    def kept_changed() -> None:
+        # a silent host's entries stay or go, and so does its place in the admission set
+        syncer.on_kept()
+        if driver.encryption is not None:
+            driver.encryption.wake.set()
+
     def remember_members(events: object) -> None:
         # what `pyoverlay members` shows when the plugin is down
         if runtime is not None:
@@ -228,7 +234,7 @@ def make_gossip(
         on_members=remember_members,
         life=JsonDocument(settings.state_dir / LIFE_FILE),
         expected=last_members(last_known, driver.node_id),
-        on_kept=syncer.on_kept,
+        on_kept=kept_changed,
     )
     return runtime
 
@@ -311,11 +317,11 @@ async def make_encryption(
     }
 
     def member_vteps() -> list[IPv4Address]:
-        return [
-            IPv4Address(m.meta["vtep"])
-            for m in gossip.node.members.by_name.values()
-            if _is_ipv4(m.meta.get("vtep"))
-        ]
+        """Every member's VTEP (dead ones until forgotten), and those of hosts whose plugin
+        is silent but whose kernel answers (their containers still send)."""
+        vteps = [m.meta.get("vtep") for m in gossip.node.members.by_name.values()]
+        vteps += gossip.kept_vteps()
+        return sorted({IPv4Address(str(v)) for v in vteps if _is_ipv4(v)})
 
     enc.inputs = Inputs(
         ring=lambda: gossip.keyring.keys,

@@ -32,3 +32,16 @@ def test_a_late_result_for_a_host_no_longer_watched_changes_nothing() -> None:
     c.watch(0.2, {})
     assert not c.result(0.3, "h3", True)
     assert c.kept() == {}
+
+
+def test_a_host_of_the_last_life_is_presumed_up_until_its_first_check() -> None:
+    """After our own restart, a host we knew and have not heard from yet keeps its
+    containers' entries until a check says it is gone; a member suspected in this life
+    is not presumed (a crashed host's entries must go within failure detection)."""
+    c = HostChecks()
+    silent = {"old": ("10.0.0.2:7966", "10.0.0.2"), "new": ("10.0.0.3:7966", "10.0.0.3")}
+    assert c.watch(0.0, silent, presumed={"old"})
+    assert c.kept() == {"old": "10.0.0.2"}
+    c.due(0.0)
+    assert c.result(1.0, "old", False) and c.kept() == {}
+    assert c.result(1.0, "new", True) and c.kept() == {"new": "10.0.0.3"}
