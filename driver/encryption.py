@@ -103,6 +103,7 @@ class Encryption:
         self._applied: list[dict[str, Any]] = []
         self._applied_at = 0.0
         self._published: dict[str, Any] = {}
+        self.receiving_around: dict[str, int] = {}  # peer VTEP -> its tx we installed around
         self._maybe_sas = True  # ours may be in the kernel (unknown at start)
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -154,6 +155,7 @@ class Encryption:
                 self.salt,
                 {str(p): s.n for p, s in self.sending.items()},
                 tuple(ipsec.key_id(k) for k in self.inputs.ring()),
+                dict(self.receiving_around),
             ).to_json()
             if row != self._published:
                 self.directory.publish(ipsec.ROW_SCOPE, self.node, row)
@@ -240,13 +242,13 @@ class Encryption:
                 now,
                 self.rotation,
                 self.rekey_packets,
+                ipsec.ceiling(peer, self.local),
             )
             if nxt != cur:
                 self.sending[vtep] = nxt
                 changed = True
         if changed:
             self._save()  # before the kernel sees the new SA: n must never go back
-        self.publish()
         sending = {p: s for p, s in self.sending.items() if p in usable}
         inbound = ipsec.wanted_inbound(ring, self.local, peers.values())
         outbound = ipsec.wanted_outbound(ring, self.local, self.salt, sending)
@@ -273,6 +275,11 @@ class Encryption:
         if lines:
             self._maybe_sas = True
         errors = await self.xfrm.batch(lines)
+        if not errors:  # installed: receivers say what they hold, so senders stay inside it
+            self.receiving_around = {
+                str(p.vtep): p.tx.get(str(self.local), 0) for p in peers.values()
+            }
+        self.publish()
         if changes:
             log.info(
                 "ipsec sas changed",
@@ -356,7 +363,7 @@ class Encryption:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), tick)
                 woken = True
-            self.wake.clear()
+                self.wake.clear()  # (only then: a wake-up set since the timeout stays)
             now = time.time()
             if woken or now >= self.next_read or self._rotation_due(now):
                 await self.sync(now)

@@ -119,14 +119,20 @@ class Published:
     salt: str
     tx: dict[str, int] = field(default_factory=dict)  # peer VTEP -> n we send with
     keys: tuple[str, ...] = ()  # key_id of every key of our ring (we can receive with them)
+    # peer VTEP -> the n of its `tx` towards us that our inbound SAs are installed around
+    # (so up to rx + LOOKAHEAD): a sender never moves beyond what its receiver holds
+    rx: dict[str, int] | None = None  # None: a row from before this field (no limit)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "vtep": str(self.vtep),
             "salt": self.salt,
             "tx": dict(sorted(self.tx.items())),
             "keys": list(self.keys),
         }
+        if self.rx is not None:
+            d["rx"] = dict(sorted(self.rx.items()))
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Published | None:
@@ -134,7 +140,10 @@ class Published:
         try:
             tx = d.get("tx") or {}
             keys = d.get("keys") or []
+            rx = d.get("rx")
             if not isinstance(tx, dict) or len(tx) > 4096 or not isinstance(keys, list):
+                return None
+            if rx is not None and (not isinstance(rx, dict) or len(rx) > 4096):
                 return None
             salt = str(d["salt"])
             if not 8 <= len(salt) <= 64 or any(c not in "0123456789abcdef" for c in salt):
@@ -144,6 +153,11 @@ class Published:
                 salt,
                 {str(IPv4Address(str(k))): int(v) for k, v in tx.items() if 0 <= int(v) < 2**40},
                 tuple(str(k)[:8] for k in keys[:16]),
+                None
+                if rx is None
+                else {
+                    str(IPv4Address(str(k))): int(v) for k, v in rx.items() if 0 <= int(v) < 2**40
+                },
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -165,21 +179,34 @@ def next_sending(
     now: float,
     rotation: float,
     rekey_packets: int,
+    ceiling: int | None = None,
 ) -> Sending:
     """The SA number to send with now. `installed`: our current outbound SA in the kernel
     (None if it is not there). Moves on (n+1) when the SA is old, nearly used up, gone
     from the kernel (never re-add a used key: GCM nonces would repeat), or when the
-    keyring's first key changed."""
+    keyring's first key changed; but, unless the SA is gone, not beyond `ceiling`, the
+    highest n the receiver has installed (its row lags: a rotation waits for it rather
+    than send with an SA it does not hold; the kernel's own cap is far away)."""
     if current is None:
         return Sending(0, now, first_key)
+    if installed is None:
+        return Sending(current.n + 1, now, first_key)
+    if ceiling is not None and current.n + 1 > ceiling:
+        return current
     if (
-        installed is None
-        or installed.packets >= rekey_packets
+        installed.packets >= rekey_packets
         or now - current.since >= rotation
         or current.key_id != first_key
     ):
         return Sending(current.n + 1, now, first_key)
     return current
+
+
+def ceiling(peer: Published, local: IPv4Address) -> int | None:
+    """The highest SA number `peer` holds an inbound SA for from us (None: it does not say)."""
+    if peer.rx is None:
+        return None
+    return peer.rx.get(str(local), 0) + LOOKAHEAD
 
 
 def send_key(ring: Sequence[bytes], peer: Published) -> bytes | None:

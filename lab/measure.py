@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import sys
+from collections.abc import Iterator
 
 from .hosts import sh, wait_for
 
@@ -45,3 +48,21 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_hog(cores: int | None = None) -> Iterator[list[int]]:
+    """A busy loop on every core (or `cores` of them) while the block runs: a machine
+    that is busy with other work. Started and stopped by pid; yields the pids."""
+    n = cores if cores is not None else (os.cpu_count() or 1)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

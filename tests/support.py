@@ -131,17 +131,21 @@ class Pinger:
         script = f"echo $$ > {pidfile}; exec ping -i 0.02 -W 1 {target}"
         self.proc = h.docker_popen("exec", container, "sh", "-c", script)
         assert self.proc.stdout is not None
-        first = ""
-        while "bytes from" not in first:
-            first = self.proc.stdout.readline()
-            assert first, "ping ended before its first reply"
+        self.first = ""
+        while "bytes from" not in self.first:
+            self.first = self.proc.stdout.readline()
+            assert self.first, "ping ended before its first reply"
 
     def stop(self, timeout: float = 60) -> tuple[str, int, int]:
-        """SIGINT in the container (busybox ping prints its summary): (output, sent, got)."""
+        """SIGINT in the container (busybox ping prints its summary): (output, sent, got).
+        The request in flight when it stopped is not counted as sent."""
         self.h.docker("exec", self.container, "sh", "-c", f"kill -INT $(cat {self.pidfile})")
         out, _ = self.proc.communicate(timeout=timeout)
         sent, got = loss(out)
-        return out, sent, got
+        seqs = {int(x) for x in re.findall(r"seq=(\d+)", self.first + out)}
+        if sent and sent - 1 not in seqs and len(seqs) == got:
+            sent -= 1  # interrupted before its reply could come
+        return self.first + out, sent, got
 
     def kill(self) -> None:
         """Teardown after a failure: end it whatever state it is in."""
