@@ -250,6 +250,8 @@ class GossipRuntime:
         self.node.members.drop(name)
         self.node.table.set_owner_dead(name, True)
         self.node.table.drop_owner(name)
+        self.expected.pop(name, None)
+        self._watch_silent()  # its data path is not kept any more
         self._after()
 
     async def call(

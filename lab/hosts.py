@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -649,11 +650,19 @@ class Lab:
             sh("ip", "-n", h.netns, "link", "set", "eth0", "up")
             sh("ip", "-n", h.netns, "route", "add", "default", "via", f"{self.subnet_base}.254")
             sh("ip", "-n", ul, "link", "set", a, "master", "br-ul", "up")
-        for h in self.hosts:
+
+        def start(h: Host) -> None:
             h.start_dockerd(*dockerd_args)
             h.import_image()
             if plugin:
                 h.start_plugin(*self.default_plugin_args(h))
+
+        # every host at once (a dockerd start is mostly waiting): a late one joins the
+        # others through gossip's retries, as a host booting after them would
+        busybox_tarball()  # built once, before the hosts import it
+        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+            for f in [pool.submit(start, h) for h in self.hosts]:
+                f.result()
         return self
 
     @property
@@ -687,8 +696,9 @@ class Lab:
 
     def down(self) -> list[str]:
         problems: list[str] = []
-        for h in self.hosts:
-            problems += h.down()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
+            for found in pool.map(lambda h: h.down(), self.hosts):
+                problems += found
         sh("ip", "netns", "del", self.underlay_ns, check=False)
         shutil.rmtree(RUN_ROOT / self.prefix, ignore_errors=True)
         if not self.keep_data:

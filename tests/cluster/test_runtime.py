@@ -250,6 +250,25 @@ async def test_a_dead_member_whose_host_still_answers_keeps_its_data_path() -> N
         await b.stop()
 
 
+async def test_a_forgotten_host_keeps_no_data_path() -> None:
+    """`pyoverlay forget` of a host whose plugin is down but whose kernel answers: its
+    entries and its place in the admission set go now (it is removed for good)."""
+    a = runtime("a", [KEY])
+    b = GossipRuntime(
+        "b", "127.0.0.1", free_port(), Keyring([KEY]), GossipConfig.lan(), meta={"vtep": "10.9.9.3"}
+    )
+    try:
+        await a.start([])
+        await b.start([a.node.addr])
+        await wait_until(lambda: len(a.node.alive_members()) == 2)
+        await b.stop(leave=False)
+        await wait_until(lambda: a.kept_vteps() == {"10.9.9.3"}, timeout=15)
+        a.forget("b")
+        assert a.kept_vteps() == frozenset()
+    finally:
+        await a.stop()
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
