@@ -218,7 +218,15 @@ async def status(request: web.Request) -> web.Response:
             ),
             "networks": nets,
             "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
-            "counters": dict(gossip.counters) if gossip else {},
+            "counters": (
+                {
+                    **gossip.counters,
+                    "updates_by_stream_queued": len(gossip.node.large),
+                    "updates_too_large_dropped": gossip.node.never_fit,
+                }
+                if gossip
+                else {}
+            ),
             "ipsec": await ipsec_view(driver),
         }
     )

@@ -123,8 +123,9 @@ SETTINGS = (
     Setting(
         "vxlan-admission",
         "on",
-        "on: VXLAN from addresses that are not cluster members' VTEPs is dropped and counted "
-        "(nft table inet pyoverlay_guard); off: not checked",
+        "on: VXLAN of pyoverlay's networks (their VNIs) from addresses that are not cluster "
+        "members' VTEPs is dropped and counted (nft table inet pyoverlay_guard); Docker's own "
+        "overlay and ingress on the same port pass; off: not checked",
     ),
     Setting("log-format", "console", "json or console"),
     Setting("log-level", "info", "debug, info, warning or error"),
