@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from .entries import describe_entry
+from pyoverlay.cli.describe import describe_entry
 
 COL = 20
 LABEL = 10  # what fits in a container's box

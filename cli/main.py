@@ -29,12 +29,11 @@ from typing import Any
 
 import aiohttp
 
+from pyoverlay.cli.describe import describe_entry
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.store import JsonDocument
 from pyoverlay.plugin import settings as plugin_settings
 from pyoverlay.plugin.admin import ADMIN_SOCKET, MEMBERS_FILE, network_summary
-from pyoverlay.state.errors import PyoverlayError
-from pyoverlay.state.store import JsonDocument
-
-from .entries import describe_entry
 
 
 class PluginDown(PyoverlayError):
@@ -194,8 +193,8 @@ def cmd_members(state_dir: Path, as_json: bool) -> int:
 
 async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
     """The plugin is down: only what the kernel holds (the table lives in the plugin)."""
-    from pyoverlay.driver.model import NetworkSpec
-    from pyoverlay.driver.pyroute import PyrouteKernel
+    from pyoverlay.driver.core.model import NetworkSpec
+    from pyoverlay.driver.kernel.links import PyrouteKernel
 
     nets = (JsonDocument(state_dir / "driver.json").load().get("networks") or {}).values()
     kernel = PyrouteKernel()
@@ -310,7 +309,7 @@ def cmd_reconcile(state_dir: Path, dry_run: bool, as_json: bool) -> int:
 
 
 def cmd_diagram(state_dir: Path, network: str, as_json: bool) -> int:
-    from .diagram import docker_view, draw
+    from pyoverlay.cli.diagram import docker_view, draw
 
     status = admin(state_dir, "GET", "/status")
     views = admin(state_dir, "GET", f"/peers?network={network}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .scoping import NETWORK_TABLES
+from pyoverlay.cluster.scoping import NETWORK_TABLES
 
 
 @dataclass(frozen=True)

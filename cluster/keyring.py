@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pyoverlay.state.errors import InvalidOption
+from pyoverlay.core.errors import InvalidOption
 
 VERSION = 2
 NONCE = 12

@@ -41,11 +41,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .broadcasts import Broadcasts, Item
-from .config import GossipConfig
-from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
-from .scoping import SUBSCRIPTIONS, Interest, network_of, subscription
-from .table import Row, RowEvent, Table
+from pyoverlay.cluster.broadcasts import Broadcasts, Item
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
+from pyoverlay.cluster.scoping import SUBSCRIPTIONS, Interest, network_of, subscription
+from pyoverlay.cluster.table import Row, RowEvent, Table
 
 Event = MemberEvent | RowEvent
 PACKET_OVERHEAD = 120  # bytes of a packet that are not piggybacked updates

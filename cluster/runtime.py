@@ -32,18 +32,17 @@ from typing import Any
 
 import structlog
 
-from pyoverlay.state.errors import StateError
-from pyoverlay.state.store import JsonDocument
-from pyoverlay.state.tasks import TaskSet
-
-from . import wire
-from .config import GossipConfig
-from .hostcheck import HostChecks
-from .keyring import OVERHEAD, AuthError, Keyring
-from .membership import DEAD, SUSPECT, MemberEvent
-from .node import GossipNode
-from .replay import ReplayGuard, Stamp, StampSource
-from .table import RowEvent
+from pyoverlay.cluster import wire
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.hostcheck import HostChecks
+from pyoverlay.cluster.keyring import OVERHEAD, AuthError, Keyring
+from pyoverlay.cluster.membership import DEAD, SUSPECT, MemberEvent
+from pyoverlay.cluster.node import GossipNode
+from pyoverlay.cluster.replay import ReplayGuard, Stamp, StampSource
+from pyoverlay.cluster.table import RowEvent
+from pyoverlay.core.errors import StateError
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.core.tasks import TaskSet
 
 log = structlog.get_logger("pyoverlay.gossip")
 HEADER_LEN = struct.Struct("!H")

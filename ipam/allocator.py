@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption
+from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption
 
 GATEWAY = "gateway"
 ENDPOINT = "endpoint"

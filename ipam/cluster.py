@@ -23,9 +23,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption
-
-from .blocks import Ownership, block_of, blocks, quorum
+from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption
+from pyoverlay.ipam.blocks import Ownership, block_of, blocks, quorum
 
 log = structlog.get_logger("pyoverlay.ipam")
 CLAIM = "ipam-claim"

@@ -26,10 +26,9 @@ from typing import Protocol
 
 import structlog
 
-from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption, NotFound, PyoverlayError
-from pyoverlay.state.store import JsonDocument
-
-from .allocator import (
+from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption, NotFound, PyoverlayError
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.ipam.allocator import (
     ENDPOINT,
     GATEWAY,
     LENT,

@@ -58,15 +58,14 @@ from collections.abc import Callable
 from functools import partial
 from ipaddress import IPv4Address
 
+from lab import bench_footprint
+from lab.hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
+from lab.hosts import overlay_ip as ip_of
+from lab.measure import cpu_hog, cpu_seconds, iperf_gbps, rss_mib
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.driver.ipsec import GUARD_TABLE, MEMBERS_SET
-
-from . import bench_footprint
-from .hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
-from .hosts import overlay_ip as ip_of
-from .measure import cpu_hog, cpu_seconds, iperf_gbps, rss_mib
+from pyoverlay.driver.secure.sa import GUARD_TABLE, MEMBERS_SET
 
 RESULTS: dict[str, object] = {}
 
@@ -769,7 +768,7 @@ def bench_swarm_reach(runs: int) -> None:
 def vip_across_hosts(h1: Host, h2: Host) -> None:
     """A VIP service with its task on h2, the probe on h1 (network bp): through the VIP vs
     straight to the task, across the overlay (Docker's own VIPs need IPVS: none here)."""
-    from . import bench_vips
+    from lab import bench_vips
 
     h1.create_service("vipsrv", "bp", h2, IMAGE, "sleep", "3600")
     nid = h1.docker("network", "inspect", "-f", "{{.Id}}", "bp").stdout.strip()
@@ -808,7 +807,7 @@ def sim_load(n: int, config: GossipConfig, seconds: float, seed: int) -> dict[st
     """n nodes join at 5 % loss; then a row from a random node every 0.5 s for `seconds`:
     time until every node has each row; packets/node/s during that load and in the 20 s
     of quiet after it; live nodes declared dead (all of them are false: nothing fails)."""
-    from pyoverlay.cluster.sim import SimNetwork
+    from testing.sim import SimNetwork
 
     net = SimNetwork(seed=seed, loss=0.05, config=config)
     nodes = [net.add_node(f"n{i}") for i in range(n)]
@@ -887,7 +886,7 @@ def bench_gossip_sim() -> None:
 
 def bench_gossip_quiet() -> None:
     """10 simulated minutes of a quiet 200-node cluster at 5 % loss: false dead declarations."""
-    from pyoverlay.cluster.sim import SimNetwork
+    from testing.sim import SimNetwork
 
     net = SimNetwork(seed=3, loss=0.05)
     nodes = [net.add_node(f"n{i}") for i in range(200)]
@@ -952,7 +951,7 @@ def main() -> int:
     if want("swarm-reach") or want("swarm-vip"):
         bench_swarm_reach(min(args.runs, 5))
     if want("vips"):
-        from . import bench_vips
+        from lab import bench_vips
 
         bench_vips.run(report)
     if want("gossip-sim"):
@@ -962,11 +961,11 @@ def main() -> int:
     if want("footprint"):
         bench_footprint.rows(report)
     if want("large-tables"):
-        from . import bench_tables
+        from lab import bench_tables
 
         bench_tables.run(report)
     if want("gossip-scope"):
-        from . import bench_scope
+        from lab import bench_scope
 
         bench_scope.run(report, args.hosts)
     if args.json:

@@ -19,15 +19,15 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from .hosts import IMAGE, Host, Lab, wait_for
-from .measure import cpu_seconds, rss_mib
+from lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.measure import cpu_seconds, rss_mib
 
 ROWS_SCRIPT = r"""
 import json, random, pyoverlay.plugin.server
 from ipaddress import IPv4Address
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.driver import peers
+from pyoverlay.driver.overlay import peers
 
 def rss():
     for line in open("/proc/self/status"):

@@ -21,9 +21,9 @@ import secrets
 import statistics
 import sys
 
-from .bench import in_container, report
-from .hosts import IMAGE, Host, Lab, wait_for
-from .measure import iperf_gbps
+from lab.bench import in_container, report
+from lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.measure import iperf_gbps
 
 NETS = {
     "pyoverlay-plain": ("100.20.0.0/24", ()),

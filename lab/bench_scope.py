@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.cluster.sim import SimNetwork
+from testing.sim import SimNetwork
 
 CONTAINERS_PER_HOST = 10
 NETS_PER_HOST = 3

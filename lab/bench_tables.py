@@ -25,13 +25,13 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from pyoverlay.driver import peers, plan
-from pyoverlay.driver.directory import LocalDirectory
-from pyoverlay.driver.kernel import PeerEntries
-from pyoverlay.driver.model import EndpointSpec, NetworkSpec, Underlay
-from pyoverlay.driver.ops import PeerOp
-from pyoverlay.driver.pyroute import PyrouteKernel
-from pyoverlay.driver.service import OverlayDriver, apply_all
+from pyoverlay.driver.core.directory import LocalDirectory
+from pyoverlay.driver.core.interfaces import PeerEntries
+from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, Underlay
+from pyoverlay.driver.core.ops import PeerOp
+from pyoverlay.driver.kernel.links import PyrouteKernel
+from pyoverlay.driver.overlay import peers, plan
+from pyoverlay.driver.overlay.driver import OverlayDriver, apply_all
 
 UNDERLAY = IPv4Address("192.0.2.1")
 INTERVAL = 10.0  # the default --reconcile-interval
@@ -142,7 +142,7 @@ def run(report: Callable[..., None]) -> None:
     script = (
         "mount --make-rprivate / && mkdir -p /run/netns && "
         "mount -t tmpfs pyoverlay-bench /run/netns && "
-        f"exec {sys.executable} -m pyoverlay.lab.bench_tables"
+        f"exec {sys.executable} -m lab.bench_tables"
     )
     r = subprocess.run(
         ["unshare", "--net", "--mount", "sh", "-ec", script],

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pyoverlay.driver import vips
-from pyoverlay.driver.nft import Nft
-
-from .measure import iperf_gbps
+from lab.measure import iperf_gbps
+from pyoverlay.driver.kernel.nft import Nft
+from pyoverlay.driver.servicelb import ruleset as vips
 
 TASK_BASE = IPv4Address("10.77.0.10")
 VIP_BASE = IPv4Address("10.77.128.0")

@@ -1,6 +1,6 @@
 """The README's demo: two Docker hosts on this machine running the seed's application.
 
-    sudo scripts/demo            (= python -m pyoverlay.lab.demo)
+    sudo scripts/demo            (= python -m lab.demo)
     sudo scripts/demo --swarm    the same application as swarm services (three hosts)
 
 Host h1 runs the key-value store ("redis") and the web app ("node"); host h2
@@ -22,7 +22,7 @@ import argparse
 import secrets
 import sys
 
-from .hosts import IMAGE, PLUGIN, Host, Lab, start_seed_app, wait_for
+from lab.hosts import IMAGE, PLUGIN, Host, Lab, start_seed_app, wait_for
 
 SUBNET = "100.0.0.0/24"
 

@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .docker_verbs import PLUGIN as PLUGIN
-from .docker_verbs import DockerVerbs, form_swarm
+from lab.docker_verbs import PLUGIN as PLUGIN
+from lab.docker_verbs import DockerVerbs, form_swarm
 
 RUN_ROOT = Path("/run/pyo")
 LIB_ROOT = Path("/var/lib/pyo")

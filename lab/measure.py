@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from .hosts import sh, wait_for
+from lab.hosts import sh, wait_for
 
 
 def iperf_gbps(

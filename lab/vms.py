@@ -17,8 +17,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .docker_verbs import DockerVerbs, form_swarm
-from .hosts import ROOT, CommandFailed, wait_for
+from lab.docker_verbs import DockerVerbs, form_swarm
+from lab.hosts import ROOT, CommandFailed, wait_for
 
 PYOVERLAY = "/opt/pyoverlay/bin/pyoverlay"  # scripts/vm-provision installs it here
 STATE_DIR = Path("/var/lib/pyoverlay")

@@ -1,7 +1,7 @@
 """The admin endpoint: a unix socket in --state-dir for the `pyoverlay` CLI.
 
 GET  /status            health, version, this node, members by state, networks
-GET  /metrics           Prometheus text (pyoverlay.state.metrics)
+GET  /metrics           Prometheus text (pyoverlay.core.metrics)
 GET  /members           every member the gossip knows, with state and VTEP
 GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
                         each marked ok / missing / stale
@@ -27,15 +27,15 @@ from typing import Any
 from aiohttp import web
 
 from pyoverlay.cluster.runtime import GossipRuntime
-from pyoverlay.driver import peers, vips
-from pyoverlay.driver.model import NetworkSpec
-from pyoverlay.driver.service import OverlayDriver
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.metrics import METRICS
+from pyoverlay.driver.core.model import NetworkSpec
+from pyoverlay.driver.overlay import peers
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.servicelb import ruleset as vips
 from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.state.errors import PyoverlayError
-from pyoverlay.state.metrics import METRICS
-
-from .docker_api import DockerApi
+from pyoverlay.plugin.docker_api import DockerApi
 
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
 GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]

@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.driver.swarm import SwarmAllocations
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.ipam.service import IpamService
-
-from .errors import docker_errors
-from .handlers import DISCOVER, DRIVER, IPAM, ROUTES, SCOPE, SWARM
+from pyoverlay.plugin.errors import docker_errors
+from pyoverlay.plugin.handlers import DISCOVER, DRIVER, IPAM, ROUTES, SCOPE, SWARM
 
 
 def ignore_discovery(addr: str, self_: bool) -> None:

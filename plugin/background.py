@@ -12,12 +12,12 @@ import asyncio
 
 import structlog
 
-from pyoverlay.driver.identity import NET_TABLE
-from pyoverlay.driver.ipsec import ROW_SCOPE
-from pyoverlay.driver.peers import PEER_TABLE
-from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.state.metrics import METRICS
-from pyoverlay.state.tasks import TaskSet
+from pyoverlay.core.metrics import METRICS
+from pyoverlay.core.tasks import TaskSet
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.overlay.identity import NET_TABLE
+from pyoverlay.driver.overlay.peers import PEER_TABLE
+from pyoverlay.driver.secure.sa import ROW_SCOPE
 
 log = structlog.get_logger("pyoverlay.background")
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from pyoverlay.state.errors import PyoverlayError
+from pyoverlay.core.errors import PyoverlayError
 
 MAX_BODY = 16 * 1024 * 1024
 TIMEOUT = aiohttp.ClientTimeout(total=10)

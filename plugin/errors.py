@@ -20,8 +20,8 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from pyoverlay.state.errors import PyoverlayError
-from pyoverlay.state.metrics import METRICS
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.metrics import METRICS
 
 log = structlog.get_logger("pyoverlay.plugin")
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"

@@ -12,14 +12,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from pyoverlay.driver.options import PoolData
-from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.driver.swarm import SwarmAllocations
+from pyoverlay.core.errors import InvalidOption
+from pyoverlay.driver.core.options import PoolData
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE, IpamService
-from pyoverlay.state.errors import InvalidOption
-
-from . import protocol as p
-from .errors import reply
+from pyoverlay.plugin import protocol as p
+from pyoverlay.plugin.errors import reply
 
 M = TypeVar("M", bound=BaseModel)
 DRIVER: web.AppKey[OverlayDriver] = web.AppKey("driver", OverlayDriver)

@@ -39,25 +39,24 @@ from aiohttp import web
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys
 from pyoverlay.cluster.runtime import GossipRuntime
-from pyoverlay.driver.encryption import Encryption, Inputs
-from pyoverlay.driver.kernel import Kernel, RuleTables
-from pyoverlay.driver.model import Underlay
-from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.driver.swarm import SwarmAllocations
+from pyoverlay.core import logs
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.core.tasks import TaskSet
+from pyoverlay.driver.core.interfaces import Kernel, RuleTables
+from pyoverlay.driver.core.model import Underlay
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.overlay.swarm import SwarmAllocations
+from pyoverlay.driver.secure.keeper import Encryption, Inputs
+from pyoverlay.driver.servicelb.watcher import ServiceWatcher
 from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.state import logs
-from pyoverlay.state.errors import PyoverlayError
-from pyoverlay.state.store import JsonDocument
-from pyoverlay.state.tasks import TaskSet
-
-from . import prebound
-from .admin import ADMIN_SOCKET, MEMBERS_FILE, make_admin_app, members_view
-from .app import make_app
-from .background import PeerSyncer
-from .docker_api import DockerApi
-from .service_watch import ServiceWatcher
-from .settings import PluginSettings
+from pyoverlay.plugin import prebound
+from pyoverlay.plugin.admin import ADMIN_SOCKET, MEMBERS_FILE, make_admin_app, members_view
+from pyoverlay.plugin.app import make_app
+from pyoverlay.plugin.background import PeerSyncer
+from pyoverlay.plugin.docker_api import DockerApi
+from pyoverlay.plugin.settings import PluginSettings
 
 log = structlog.get_logger("pyoverlay.server")
 LIFE_FILE = "gossip.json"  # this host's last gossip incarnation and replay epoch
@@ -293,8 +292,8 @@ async def make_encryption(
     """IPsec for `-o encrypted` and the VXLAN guard table: clustered hosts only (the keys
     come from the cluster key); None if libnftables is missing (then -o encrypted is
     refused)."""
-    from pyoverlay.driver.nft import Nft, NftError, available
-    from pyoverlay.driver.xfrm import Xfrm
+    from pyoverlay.driver.kernel.nft import Nft, NftError, available
+    from pyoverlay.driver.kernel.xfrm import Xfrm
 
     try:
         available()
@@ -350,7 +349,7 @@ def make_tables(settings: PluginSettings) -> RuleTables | None:
     if settings.docker_socket is None:
         log.info("service VIPs off (--docker-host none)")
         return None
-    from pyoverlay.driver.nft import Nft, NftError, available
+    from pyoverlay.driver.kernel.nft import Nft, NftError, available
 
     try:
         available()
@@ -364,7 +363,7 @@ async def serve(
     settings: PluginSettings, kernel: Kernel | None = None, tables: RuleTables | None = None
 ) -> None:
     if kernel is None:
-        from pyoverlay.driver.pyroute import PyrouteKernel
+        from pyoverlay.driver.kernel.links import PyrouteKernel
 
         kernel = PyrouteKernel()
         tables = make_tables(settings)

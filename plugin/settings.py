@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pyoverlay.state.errors import InvalidOption
+from pyoverlay.core.errors import InvalidOption
 
 DEFAULT_SOCKET = "/run/docker/plugins/pyoverlay.sock"
 

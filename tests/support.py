@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pyoverlay.driver.fake import FakeKernel
-from pyoverlay.driver.kernel import UnderlayInfo
-from pyoverlay.driver.model import Underlay
-from pyoverlay.driver.service import OverlayDriver
+from lab.hosts import Host, Lab, overlay_ip
+from pyoverlay.driver.core.interfaces import UnderlayInfo
+from pyoverlay.driver.core.model import Underlay
+from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.lab.hosts import Host, Lab, overlay_ip
+from testing.fakes import FakeKernel
 
 UNDERLAY = UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
 

@@ -2,7 +2,7 @@
 
 The hosts are real IpamService + ClusterGuard objects on real GossipNodes
 (SWIM membership, replicated table) in the simulated network of
-pyoverlay.cluster.sim: partitions cut both gossip and claims, failure
+testing.sim: partitions cut both gossip and claims, failure
 detection takes the time it takes, a restarted host starts with an empty
 table and must sync before it claims, a wiped host comes back as a new
 node, hosts join, leave and are forgotten.  Nothing here reports a host as
@@ -25,12 +25,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pyoverlay.cluster.sim import SimNetwork
+from pyoverlay.core.errors import Conflict, InvalidOption, PyoverlayError
 from pyoverlay.ipam import cluster as cluster_mod
 from pyoverlay.ipam.allocator import ENDPOINT
 from pyoverlay.ipam.cluster import ClusterGuard
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.state.errors import Conflict, InvalidOption, PyoverlayError
+from testing.sim import SimNetwork
 
 # CI runs the same cases every time (a random failure would be a flaky CI);
 # PYOVERLAY_EXPLORE=1 draws new ones (with --hypothesis-seed=N to reproduce)

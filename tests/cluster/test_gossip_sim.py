@@ -15,8 +15,8 @@ import pytest
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import ALIVE, DEAD, LEFT, MemberEvent
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.cluster.sim import SimNetwork
 from pyoverlay.cluster.table import RowEvent
+from testing.sim import SimNetwork
 
 # the networks (peer/<vni> rows) these tests use: every node takes part in all of them
 EVERYWHERE = ("1", "2", "3", "7", "9", "4097")

@@ -13,7 +13,7 @@ import pytest
 
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.cluster.sim import SimNetwork
+from testing.sim import SimNetwork
 
 NETS = {"a": range(0, 10), "b": range(5, 20), "c": range(18, 30)}  # hosts in each network
 

@@ -24,7 +24,7 @@ from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys, parse_key
 from pyoverlay.cluster.replay import Stamp
 from pyoverlay.cluster.runtime import MAX_STREAMS_PER_SOURCE, GossipRuntime
-from pyoverlay.state.errors import InvalidOption
+from pyoverlay.core.errors import InvalidOption
 
 KEY = os.urandom(32)
 
@@ -180,7 +180,7 @@ async def test_a_restart_with_the_clock_stepped_back_is_heard_and_revives_at_onc
     the new life's replay epoch still lies above the last one (peers would drop every
     message of a lower epoch as a replay), and its incarnation is the last one + 1."""
     from pyoverlay.cluster import runtime as rt
-    from pyoverlay.state.store import JsonDocument
+    from pyoverlay.core.store import JsonDocument
 
     life = JsonDocument(tmp_path / "gossip.json")
     real = rt.wall_ms

@@ -7,9 +7,9 @@ from typing import Any
 
 from support import Services
 
-from pyoverlay.driver import peers
-from pyoverlay.driver.directory import LocalDirectory
-from pyoverlay.driver.ops import DeleteNeigh, ReplaceFdb
+from pyoverlay.driver.core.directory import LocalDirectory
+from pyoverlay.driver.core.ops import DeleteNeigh, ReplaceFdb
+from pyoverlay.driver.overlay import peers
 from pyoverlay.plugin.admin import make_admin_app
 from pyoverlay.plugin.app import make_app
 
@@ -100,7 +100,7 @@ async def test_leave_in_single_host_mode_says_there_is_no_cluster(
 async def test_services_shows_vips_tasks_and_each_containers_rules(
     services: Services, aiohttp_client: Any, tmp_path: Any
 ) -> None:
-    from pyoverlay.driver.fake import FakeTables
+    from testing.fakes import FakeTables
 
     tables = services.driver.tables = FakeTables()
     services.driver.sandbox_dir = tmp_path

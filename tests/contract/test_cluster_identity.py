@@ -12,8 +12,8 @@ from typing import Any
 
 from support import Services
 
-from pyoverlay.driver import identity
-from pyoverlay.driver.model import NetworkSpec
+from pyoverlay.driver.core.model import NetworkSpec
+from pyoverlay.driver.overlay import identity
 from pyoverlay.plugin.app import make_app
 
 GENERIC = "com.docker.network.generic"

@@ -34,12 +34,12 @@ from typing import Any
 import pytest
 from support import Services
 
-from pyoverlay.driver.fake import HOST
-from pyoverlay.driver.model import mac_from_ip, namespace_name, veth_names
-from pyoverlay.driver.options import ALLOCATED_VNI, KNOWN_OPTIONS
-from pyoverlay.driver.swarm import SwarmAllocations
+from pyoverlay.driver.core.model import mac_from_ip, namespace_name, veth_names
+from pyoverlay.driver.core.options import ALLOCATED_VNI, KNOWN_OPTIONS
+from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE
 from pyoverlay.plugin.app import make_app
+from testing.fakes import HOST
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "docker-20.10"
 DIRS = ["", "managed-plugin", "swarm-legacy-plugin"]

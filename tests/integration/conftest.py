@@ -1,4 +1,4 @@
-"""Integration tier: real dockerd hosts built by pyoverlay.lab, driven with the docker CLI.
+"""Integration tier: real dockerd hosts built by lab, driven with the docker CLI.
 
 The lab (network namespace + mount namespace + dockerd + pyoverlay plugin per
 host) is shared by the tests of one module and torn down at its end, also
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from support import Scratch, require_root
 
-from pyoverlay.lab.hosts import DOCKERD, Host, Lab
-from pyoverlay.lab.vms import VmCluster
+from lab.hosts import DOCKERD, Host, Lab
+from lab.vms import VmCluster
 
 
 def require_docker() -> None:

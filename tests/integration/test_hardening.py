@@ -19,7 +19,7 @@ import time
 import pytest
 from support import Pinger, Scratch, both, cli, ip_of, loss, ping, start_ping
 
-from pyoverlay.lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
+from lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2

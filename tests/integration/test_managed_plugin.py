@@ -16,7 +16,7 @@ import time
 import pytest
 from support import Scratch, ip_of, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
+from lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2

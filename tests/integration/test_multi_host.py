@@ -14,7 +14,7 @@ import time
 import pytest
 from support import Scratch, both, cli, ip_of, mac_of, ping
 
-from pyoverlay.lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
+from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 2

@@ -14,7 +14,7 @@ import time
 import pytest
 from support import Scratch, cli
 
-from pyoverlay.lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.hosts import IMAGE, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 1
@@ -279,6 +279,6 @@ def test_daemon_restart_with_running_containers(h1: Host, scratch: Scratch) -> N
 
 
 def h1_docker(h: Host) -> list[str]:
-    from pyoverlay.lab.hosts import DOCKER
+    from lab.hosts import DOCKER
 
     return [DOCKER, "-H", f"unix://{h.docker_sock}"]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from support import cli, ping
 
-from pyoverlay.lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
+from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 3

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from support import Pinger, Scratch, both, cli, ip_of, ping
 
-from pyoverlay.lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
+from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = 3

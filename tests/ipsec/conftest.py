@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import require_root
 
-from pyoverlay.lab.hosts import Lab
+from lab.hosts import Lab
 
 ROTATION = "6"
 REKEY = "300"

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 from support import Pinger, Scratch, cli, ip_of, loss, ping, start_ping
 
-from pyoverlay.driver import ipsec
-from pyoverlay.lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.hosts import IMAGE, Host, Lab, wait_for
+from pyoverlay.driver.secure import sa as ipsec
 from pyoverlay.plugin.admin import ADMIN_SOCKET
 
 pytestmark = pytest.mark.ipsec

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from support import require_root
 
-from pyoverlay.driver import ipsec
-from pyoverlay.driver.nft import Nft
+from pyoverlay.driver.kernel.nft import Nft
+from pyoverlay.driver.secure import sa as ipsec
 
 pytestmark = pytest.mark.kernel
 ADDR = {"a": "10.77.0.1", "b": "10.77.0.2", "c": "10.77.0.3"}

@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 from support import require_root
 
-from pyoverlay.driver import plan
-from pyoverlay.driver.model import EndpointSpec, NetworkSpec, Underlay
-from pyoverlay.driver.ops import (
+from pyoverlay.core.errors import KernelError, PyoverlayError
+from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, Underlay
+from pyoverlay.driver.core.ops import (
     CreateNamespace,
     DeleteNamespace,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
 )
-from pyoverlay.driver.pyroute import PyrouteKernel
-from pyoverlay.driver.service import OverlayDriver, apply_all
-from pyoverlay.state.errors import KernelError, PyoverlayError
+from pyoverlay.driver.kernel.links import PyrouteKernel
+from pyoverlay.driver.overlay import plan
+from pyoverlay.driver.overlay.driver import OverlayDriver, apply_all
 
 pytestmark = pytest.mark.kernel
 UNDERLAY_IP = "192.0.2.1"
@@ -245,8 +245,8 @@ async def test_fdb_and_neighbour_entries_against_the_real_kernel(
     """replace / list / change / delete of the entries peer programming makes, next to
     entries the kernel (or someone else) owns on the same VTEP: those are never listed as
     ours, so no sync deletes them."""
-    from pyoverlay.driver import peers
-    from pyoverlay.driver.ops import DeleteFdb, DeleteNeigh, ReplaceFdb, ReplaceNeigh
+    from pyoverlay.driver.core.ops import DeleteFdb, DeleteNeigh, ReplaceFdb, ReplaceNeigh
+    from pyoverlay.driver.overlay import peers
 
     net = spec(NID)
     await apply_all(kernel, plan.create_network(net, "node1", underlay))
@@ -320,8 +320,8 @@ async def test_5000_remote_endpoints_in_bulk_with_errors_per_entry(
     """Issue 12: a restart programs 5,000 remote endpoints (10,000 FDB + ARP entries) in
     bulk; what `bridge fdb`/`ip neigh` list is exactly that; a bad entry fails alone with
     its own error; deleting all of them (and one that is not there) leaves nothing."""
-    from pyoverlay.driver import peers
-    from pyoverlay.driver.ops import DeleteFdb, ReplaceFdb
+    from pyoverlay.driver.core.ops import DeleteFdb, ReplaceFdb
+    from pyoverlay.driver.overlay import peers
 
     net = spec(NID, subnet="10.64.0.0/16")
     await apply_all(kernel, plan.create_network(net, "node1", underlay))

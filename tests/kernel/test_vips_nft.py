@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from support import require_root
 
-from pyoverlay.driver import vips
-from pyoverlay.driver.fake import FakeTables
-from pyoverlay.driver.nft import Nft, NftError
+from pyoverlay.driver.kernel.nft import Nft, NftError
+from pyoverlay.driver.servicelb import ruleset as vips
+from testing.fakes import FakeTables
 
 pytestmark = pytest.mark.kernel
 VIP = IPv4Address("10.9.0.100")

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyoverlay.cluster.replay import ReplayGuard, Stamp
-from pyoverlay.driver import identity, peers
-from pyoverlay.driver.kernel import PeerEntries
-from pyoverlay.driver.model import NetworkSpec
-from pyoverlay.driver.ops import DeleteFdb, DeleteNeigh, ReplaceFdb, ReplaceNeigh
+from pyoverlay.driver.core.interfaces import PeerEntries
+from pyoverlay.driver.core.model import NetworkSpec
+from pyoverlay.driver.core.ops import DeleteFdb, DeleteNeigh, ReplaceFdb, ReplaceNeigh
+from pyoverlay.driver.overlay import identity, peers
 
 A, B = IPv4Address("192.0.2.2"), IPv4Address("192.0.2.3")
 MAC1, MAC2 = "02:42:0a:00:00:02", "02:42:0a:00:00:03"

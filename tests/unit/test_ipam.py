@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption
 from pyoverlay.ipam.allocator import Pool, claim, next_free, release
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.state.errors import Conflict, Exhausted, InvalidOption
 
 GW = {"RequestAddressType": "com.docker.network.gateway"}
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from pyoverlay.driver import ipsec
-from pyoverlay.driver.encryption import Encryption, Inputs
-from pyoverlay.driver.ipsec import InstalledSa, Published, Sending
-from pyoverlay.driver.xfrm import parse_policies, parse_states
+from pyoverlay.driver.kernel.xfrm import parse_policies, parse_states
+from pyoverlay.driver.secure import sa as ipsec
+from pyoverlay.driver.secure.keeper import Encryption, Inputs
+from pyoverlay.driver.secure.sa import InstalledSa, Published, Sending
 
 A, B, C = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
 K1, K2 = b"k" * 32, b"j" * 32

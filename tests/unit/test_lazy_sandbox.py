@@ -10,10 +10,10 @@ from typing import Any
 
 from support import Services
 
-from pyoverlay.driver import peers
-from pyoverlay.driver.directory import LocalDirectory
-from pyoverlay.driver.model import namespace_name
-from pyoverlay.driver.options import PoolData
+from pyoverlay.driver.core.directory import LocalDirectory
+from pyoverlay.driver.core.model import namespace_name
+from pyoverlay.driver.core.options import PoolData
+from pyoverlay.driver.overlay import peers
 
 NID = "ab" * 32
 POOL = [PoolData("10.9.0.0/24", "10.9.0.1/24", "PyoverlayLocal")]

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyoverlay.driver.model import (
+from pyoverlay.core.errors import InvalidOption
+from pyoverlay.driver.core.model import (
     IFNAMSIZ,
     Underlay,
     derive_vni,
@@ -19,8 +20,7 @@ from pyoverlay.driver.model import (
     veth_names,
     vxlan_name,
 )
-from pyoverlay.driver.options import PoolData, parse_network
-from pyoverlay.state.errors import InvalidOption
+from pyoverlay.driver.core.options import PoolData, parse_network
 
 HEX64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 UNDERLAY = Underlay(IPv4Address("192.0.2.10"), 4789, 1500)

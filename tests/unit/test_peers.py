@@ -10,10 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyoverlay.cluster.table import Table
-from pyoverlay.driver import peers
-from pyoverlay.driver.fake import FakeKernel
-from pyoverlay.driver.kernel import PeerEntries
-from pyoverlay.driver.ops import (
+from pyoverlay.driver.core.interfaces import PeerEntries
+from pyoverlay.driver.core.ops import (
     CreateNamespace,
     DeleteFdb,
     DeleteNeigh,
@@ -22,6 +20,8 @@ from pyoverlay.driver.ops import (
     ReplaceFdb,
     ReplaceNeigh,
 )
+from pyoverlay.driver.overlay import peers
+from testing.fakes import FakeKernel
 
 LOCAL = IPv4Address("192.0.2.1")
 HOSTS = {"h2": IPv4Address("192.0.2.2"), "h3": IPv4Address("192.0.2.3")}

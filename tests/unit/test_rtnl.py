@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 
 from pyroute2 import IPBatch
 
-from pyoverlay.driver import rtnl as nb
+from pyoverlay.driver.kernel import rtnl as nb
 
 MAC = "02:42:0a:00:00:07"
 IP = IPv4Address("192.0.2.7")

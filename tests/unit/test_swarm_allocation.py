@@ -8,9 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyoverlay.driver.model import DERIVED_VNI_BASE
-from pyoverlay.driver.swarm import ALLOCATED_VNI, SwarmAllocations, derived_vni, plan_allocation
-from pyoverlay.state.errors import InvalidOption
+from pyoverlay.core.errors import InvalidOption
+from pyoverlay.driver.core.model import DERIVED_VNI_BASE
+from pyoverlay.driver.overlay.swarm import (
+    ALLOCATED_VNI,
+    SwarmAllocations,
+    derived_vni,
+    plan_allocation,
+)
 
 
 def test_options_are_echoed_with_the_vni_and_a_new_leader_agrees(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyoverlay.driver import peers, vips
-from pyoverlay.driver.fake import FakeTables
+from pyoverlay.driver.overlay import peers
+from pyoverlay.driver.servicelb import ruleset as vips
+from testing.fakes import FakeTables
 
 NS = Path("/run/test/ns1")
 
@@ -145,9 +146,9 @@ def test_any_history_converges_in_one_transaction(steps: list[tuple[vips.Vips, i
 def make_driver(tmp: Path) -> tuple[Any, FakeTables]:
     from support import UNDERLAY
 
-    from pyoverlay.driver.fake import FakeKernel
-    from pyoverlay.driver.model import Underlay
-    from pyoverlay.driver.service import OverlayDriver
+    from pyoverlay.driver.core.model import Underlay
+    from pyoverlay.driver.overlay.driver import OverlayDriver
+    from testing.fakes import FakeKernel
 
     tables = FakeTables()
     d = OverlayDriver(
@@ -163,7 +164,7 @@ def make_driver(tmp: Path) -> tuple[Any, FakeTables]:
 
 
 def test_driver_serves_a_vip_to_every_local_container_and_follows_leave(tmp_path: Path) -> None:
-    from pyoverlay.driver.options import PoolData
+    from pyoverlay.driver.core.options import PoolData
 
     (tmp_path / "netns").mkdir()
     d, tables = make_driver(tmp_path)
@@ -211,7 +212,7 @@ def test_driver_serves_a_vip_to_every_local_container_and_follows_leave(tmp_path
 def test_before_gossip_has_synced_rules_are_only_added(tmp_path: Path) -> None:
     """The sync gate: a restarted plugin's table is empty; the rules running containers
     use must stay until the first sync, as FDB/ARP entries do."""
-    from pyoverlay.driver.options import PoolData
+    from pyoverlay.driver.core.options import PoolData
 
     (tmp_path / "netns").mkdir()
     d, tables = make_driver(tmp_path)
@@ -248,8 +249,8 @@ def test_a_task_dockerd_lists_only_after_the_quick_polls_still_gets_its_vip(
 ) -> None:
     """After PATIENCE the watcher does not give up on a joined endpoint: it asks dockerd
     every SLOW_INTERVAL, so a task listed late is bound (its VIP then balanced to it)."""
-    from pyoverlay.driver.options import PoolData
-    from pyoverlay.plugin import service_watch
+    from pyoverlay.driver.core.options import PoolData
+    from pyoverlay.driver.servicelb import watcher as service_watch
 
     monkeypatch.setattr(service_watch, "PATIENCE", 0.1)
     monkeypatch.setattr(service_watch, "SLOW_INTERVAL", 0.3)

@@ -23,7 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from .rtnl import (
+from pyoverlay.driver.kernel.rtnl import (
     AF_INET,
     HEADER,
     NLM_F_ACK,

@@ -21,12 +21,11 @@ import time
 
 import structlog
 
-from pyoverlay.driver import vips
-from pyoverlay.driver.service import OverlayDriver
-from pyoverlay.state.errors import PyoverlayError
-from pyoverlay.state.tasks import TaskSet
-
-from .docker_api import DockerApi
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.tasks import TaskSet
+from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.servicelb import ruleset as vips
+from pyoverlay.plugin.docker_api import DockerApi
 
 log = structlog.get_logger("pyoverlay.services")
 PATIENCE = 60.0  # seconds of quick polls for dockerd to list a joined endpoint as a task

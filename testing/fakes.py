@@ -16,9 +16,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from pyoverlay.state.errors import KernelError, PyoverlayError
-
-from .kernel import (
+from pyoverlay.core.errors import KernelError, PyoverlayError
+from pyoverlay.driver.core.interfaces import (
     Kernel,
     KernelSnapshot,
     LinkView,
@@ -27,8 +26,8 @@ from .kernel import (
     RuleTables,
     UnderlayInfo,
 )
-from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
-from .ops import (
+from pyoverlay.driver.core.model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
+from pyoverlay.driver.core.ops import (
     CreateNamespace,
     DeleteFdb,
     DeleteLink,
@@ -210,7 +209,7 @@ class FakeKernel:
         return failed
 
     async def snapshot(self) -> KernelSnapshot:
-        from .plan import NAMESPACE_PATTERN
+        from pyoverlay.driver.overlay.plan import NAMESPACE_PATTERN
 
         namespaces = {
             name: NamespaceView(name, dict(links))

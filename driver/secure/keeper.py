@@ -22,12 +22,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from pyoverlay.state.store import JsonDocument
-
-from . import ipsec
-from .directory import PeerDirectory
-from .ipsec import InstalledSa, Published, Sending
-from .kernel import RuleTables
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.driver.core.directory import PeerDirectory
+from pyoverlay.driver.core.interfaces import RuleTables
+from pyoverlay.driver.secure import sa as ipsec
+from pyoverlay.driver.secure.sa import InstalledSa, Published, Sending
 
 log = structlog.get_logger("pyoverlay.encryption")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .kernel import KernelSnapshot, LinkView, NamespaceView
-from .model import (
+from pyoverlay.driver.core.interfaces import KernelSnapshot, LinkView, NamespaceView
+from pyoverlay.driver.core.model import (
     BRIDGE_NAME,
     VETH_CONTAINER_PREFIX,
     VETH_OVERLAY_PREFIX,
@@ -22,7 +22,7 @@ from .model import (
     ownership_marker,
     parse_marker,
 )
-from .ops import (
+from pyoverlay.driver.core.ops import (
     CreateNamespace,
     DeleteLink,
     DeleteNamespace,

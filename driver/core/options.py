@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
-from pyoverlay.state.errors import InvalidOption
-
-from .model import (
+from pyoverlay.core.errors import InvalidOption
+from pyoverlay.driver.core.model import (
     ESP_OVERHEAD,
     FLAG_TRUE,
     MIN_MTU,

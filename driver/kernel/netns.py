@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from pyoverlay.state.errors import PyoverlayError
+from pyoverlay.core.errors import PyoverlayError
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

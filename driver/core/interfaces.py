@@ -13,9 +13,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyoverlay.state.errors import PyoverlayError
-
-from .ops import Op, PeerOp
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.driver.core.ops import Op, PeerOp
 
 
 @dataclass(frozen=True)

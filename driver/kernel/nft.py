@@ -15,10 +15,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyoverlay.state.errors import PyoverlayError
-
-from . import conntrack
-from .netns import NetnsThread
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.driver.kernel import conntrack
+from pyoverlay.driver.kernel.netns import NetnsThread
 
 T = TypeVar("T")
 

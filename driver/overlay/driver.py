@@ -28,16 +28,22 @@ from typing import Any
 
 import structlog
 
-from pyoverlay.state.errors import Conflict, InvalidOption, NotFound, PyoverlayError
-from pyoverlay.state.store import JsonDocument
-
-from . import identity, peers, plan, vips
-from .directory import LocalDirectory, PeerDirectory
-from .encryption import Encryption
-from .kernel import Kernel, PeerEntries, RuleTables
-from .model import EndpointSpec, NetworkSpec, Underlay, mac_from_ip, normalise_mac
-from .ops import Op, PeerOp, undo
-from .options import PoolData, parse_network
+from pyoverlay.core.errors import Conflict, InvalidOption, NotFound, PyoverlayError
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.driver.core.directory import LocalDirectory, PeerDirectory
+from pyoverlay.driver.core.interfaces import Kernel, PeerEntries, RuleTables
+from pyoverlay.driver.core.model import (
+    EndpointSpec,
+    NetworkSpec,
+    Underlay,
+    mac_from_ip,
+    normalise_mac,
+)
+from pyoverlay.driver.core.ops import Op, PeerOp, undo
+from pyoverlay.driver.core.options import PoolData, parse_network
+from pyoverlay.driver.overlay import identity, peers, plan
+from pyoverlay.driver.secure.keeper import Encryption
+from pyoverlay.driver.servicelb import ruleset as vips
 
 log = structlog.get_logger("pyoverlay.driver")
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import wire
-from .config import GossipConfig
-from .node import GossipNode
+from pyoverlay.cluster import wire
+from pyoverlay.cluster.config import GossipConfig
+from pyoverlay.cluster.node import GossipNode
 
 
 @dataclass

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from ipaddress import IPv4Address
 
-from pyoverlay.state.errors import PyoverlayError
-
-from .ipsec import MARK, REQID, InstalledSa
+from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.driver.secure.sa import MARK, REQID, InstalledSa
 
 _HEAD = re.compile(r"^src (\S+) dst (\S+)$")
 _SPI = re.compile(r"proto esp spi 0x([0-9a-f]+)\(\d+\) reqid (\d+)")

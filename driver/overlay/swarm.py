@@ -26,11 +26,17 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyoverlay.state.errors import InvalidOption
-from pyoverlay.state.store import JsonDocument
-
-from .model import DERIVED_VNI_BASE, VNI_MAX, VNI_MIN
-from .options import ACCEPTED, ALLOCATED_VNI, OPT_ENCRYPTED, OPT_MTU, OPT_VNI, parse_flag
+from pyoverlay.core.errors import InvalidOption
+from pyoverlay.core.store import JsonDocument
+from pyoverlay.driver.core.model import DERIVED_VNI_BASE, VNI_MAX, VNI_MIN
+from pyoverlay.driver.core.options import (
+    ACCEPTED,
+    ALLOCATED_VNI,
+    OPT_ENCRYPTED,
+    OPT_MTU,
+    OPT_VNI,
+    parse_flag,
+)
 
 ECHOED = (OPT_VNI, OPT_MTU, OPT_ENCRYPTED)  # user options that must reach the nodes
 

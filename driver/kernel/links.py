@@ -29,13 +29,16 @@ from typing import Any, TypeVar
 import structlog
 from pyroute2 import AsyncIPRoute, NetlinkError, netns
 
-from pyoverlay.state.errors import InvalidOption, KernelError, PyoverlayError
-
-from . import rtnl
-from .kernel import KernelSnapshot, LinkView, NamespaceView, PeerEntries, UnderlayInfo
-from .model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
-from .netns import NetnsThread
-from .ops import (
+from pyoverlay.core.errors import InvalidOption, KernelError, PyoverlayError
+from pyoverlay.driver.core.interfaces import (
+    KernelSnapshot,
+    LinkView,
+    NamespaceView,
+    PeerEntries,
+    UnderlayInfo,
+)
+from pyoverlay.driver.core.model import VETH_CONTAINER_PREFIX, VXLAN_PREFIX
+from pyoverlay.driver.core.ops import (
     CreateNamespace,
     DeleteFdb,
     DeleteLink,
@@ -49,7 +52,9 @@ from .ops import (
     ReplaceFdb,
     ReplaceNeigh,
 )
-from .plan import NAMESPACE_PATTERN
+from pyoverlay.driver.kernel import rtnl
+from pyoverlay.driver.kernel.netns import NetnsThread
+from pyoverlay.driver.overlay.plan import NAMESPACE_PATTERN
 
 log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")

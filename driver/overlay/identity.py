@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import NetworkSpec
+from pyoverlay.driver.core.model import NetworkSpec
 
 NET_TABLE = "net"
 OWN_SPACE_PREFIX = "pyoverlay-"  # address spaces of pyoverlay's IPAM (ipam.service)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from .kernel import PeerEntries
-from .ops import DeleteFdb, DeleteNeigh, PeerOp, ReplaceFdb, ReplaceNeigh
+from pyoverlay.driver.core.interfaces import PeerEntries
+from pyoverlay.driver.core.ops import DeleteFdb, DeleteNeigh, PeerOp, ReplaceFdb, ReplaceNeigh
 
 PEER_TABLE = "peer"
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError
+from pyoverlay.core.errors import StateError
 
 SCHEMA_VERSION = 1
 
