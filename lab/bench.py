@@ -65,7 +65,7 @@ from lab.measure import cpu_hog, cpu_seconds, iperf_gbps, rss_mib
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
-from pyoverlay.driver.secure.sa import GUARD_TABLE, MEMBERS_SET
+from pyoverlay.driver.secure.guard import GUARD_TABLE, MEMBERS_SET
 
 RESULTS: dict[str, object] = {}
 

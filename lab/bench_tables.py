@@ -31,7 +31,8 @@ from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, Underlay
 from pyoverlay.driver.core.ops import PeerOp
 from pyoverlay.driver.kernel.links import PyrouteKernel
 from pyoverlay.driver.overlay import peers, plan
-from pyoverlay.driver.overlay.driver import OverlayDriver, apply_all
+from pyoverlay.driver.overlay.base import apply_all
+from pyoverlay.driver.overlay.driver import OverlayDriver
 
 UNDERLAY = IPv4Address("192.0.2.1")
 INTERVAL = 10.0  # the default --reconcile-interval

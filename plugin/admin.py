@@ -20,7 +20,6 @@ per Docker host) never collide: the CLI finds it through the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -32,16 +31,14 @@ from pyoverlay.core.metrics import METRICS
 from pyoverlay.driver.core.model import NetworkSpec
 from pyoverlay.driver.overlay import peers
 from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.secure.keeper import Encryption
 from pyoverlay.driver.servicelb import ruleset as vips
+from pyoverlay.driver.servicelb.programmer import VipProgrammer
 from pyoverlay.ipam.cluster import ClusterGuard
-from pyoverlay.ipam.service import IpamService
 from pyoverlay.plugin.docker_api import DockerApi
+from pyoverlay.plugin.parts import Parts
 
-DRIVER: web.AppKey[OverlayDriver] = web.AppKey("admin-driver", OverlayDriver)
-GOSSIP: web.AppKey[GossipRuntime | None] = web.AppKey("admin-gossip", object)  # type: ignore[arg-type]
-IPAM: web.AppKey[IpamService | None] = web.AppKey("admin-ipam", object)  # type: ignore[arg-type]
-DOCKER: web.AppKey[DockerApi | None] = web.AppKey("admin-docker", object)  # type: ignore[arg-type]
-RELOAD: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("admin-reload", object)  # type: ignore[arg-type]
+PARTS: web.AppKey[Parts] = web.AppKey("admin-parts", Parts)
 
 ADMIN_SOCKET = "admin.sock"
 MEMBERS_FILE = "members.json"  # last known membership, for the CLI when the plugin is down
@@ -107,10 +104,9 @@ def network_summary(net: NetworkSpec) -> dict[str, Any]:
     }
 
 
-async def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
+async def ipsec_view(enc: Encryption | None) -> dict[str, Any] | None:
     """The IPsec state of the last sync and the guard's counters now (None: no cluster,
     no guard)."""
-    enc = driver.encryption
     if enc is None:
         return None
     r = enc.report
@@ -131,7 +127,9 @@ async def ipsec_view(driver: OverlayDriver) -> dict[str, Any] | None:
     }
 
 
-async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
+async def peers_view(
+    driver: OverlayDriver, net: NetworkSpec, keeper: Encryption | None = None
+) -> dict[str, Any]:
     if not driver.active(net.network_id):
         # lazy: no local endpoint, so no sandbox and no rows of it on this host
         return {**network_summary(net), "namespace": None, "peers": [], "stale": []}
@@ -172,12 +170,13 @@ async def peers_view(driver: OverlayDriver, net: NetworkSpec) -> dict[str, Any]:
         "peers": rows,
         "stale": [e for e in extra if e["dst"] not in kept],
         "kept": [e for e in extra if e["dst"] in kept],
-        "ipsec": await ipsec_view(driver) if net.encrypted else None,
+        "ipsec": await ipsec_view(keeper) if net.encrypted else None,
     }
 
 
 async def status(request: web.Request) -> web.Response:
-    driver, gossip = request.app[DRIVER], request.app[GOSSIP]
+    parts = request.app[PARTS]
+    driver, gossip = parts.driver, parts.gossip
     members = members_view(gossip, driver)
     counts: dict[str, int] = {}
     for m in members:
@@ -227,24 +226,28 @@ async def status(request: web.Request) -> web.Response:
                 if gossip
                 else {}
             ),
-            "ipsec": await ipsec_view(driver),
+            "ipsec": await ipsec_view(parts.keeper),
         }
     )
 
 
 async def members(request: web.Request) -> web.Response:
-    return web.json_response(members_view(request.app[GOSSIP], request.app[DRIVER]))
+    parts = request.app[PARTS]
+    return web.json_response(members_view(parts.gossip, parts.driver))
 
 
 async def peers_handler(request: web.Request) -> web.Response:
-    driver = request.app[DRIVER]
+    parts = request.app[PARTS]
     want = request.query.get("network", "")
-    nets = [n for n in driver.networks.values() if not want or n.network_id.startswith(want)]
-    return web.json_response([await peers_view(driver, n) for n in nets])
+    nets = [n for n in parts.driver.networks.values() if not want or n.network_id.startswith(want)]
+    return web.json_response([await peers_view(parts.driver, n, parts.keeper) for n in nets])
 
 
 async def services_view(
-    driver: OverlayDriver, net: NetworkSpec, docker: DockerApi | None
+    driver: OverlayDriver,
+    programmer: VipProgrammer | None,
+    net: NetworkSpec,
+    docker: DockerApi | None,
 ) -> dict[str, Any]:
     rows = driver.directory.rows(peers.scope(net.vni))
     where = {
@@ -263,12 +266,13 @@ async def services_view(
         for vip, svc in sorted(want.items())
     ]
     containers = []
-    for sandbox, eps in sorted(driver.sandboxes(net.vni).items()):
-        wanted = driver.wanted_vips(sandbox)
+    for sandbox, eps in sorted(programmer.sandboxes(net.vni).items() if programmer else ()):
+        assert programmer is not None
+        wanted = programmer.wanted_vips(sandbox)
         state: dict[str, str] = {}
-        error = driver.vip_errors.get(sandbox, "")
+        error = programmer.vip_errors.get(sandbox, "")
         try:
-            have = await driver.programmed_vips(sandbox)
+            have = await programmer.programmed_vips(sandbox)
         except PyoverlayError as exc:
             have, error = None, str(exc)
         got = have.vips if have is not None else {}
@@ -316,21 +320,22 @@ async def docker_disagreements(
 
 
 async def services_handler(request: web.Request) -> web.Response:
-    driver = request.app[DRIVER]
+    parts = request.app[PARTS]
     want = request.query.get("network", "")
-    nets = [n for n in driver.networks.values() if not want or n.network_id.startswith(want)]
-    docker = request.app[DOCKER]
-    return web.json_response([await services_view(driver, n, docker) for n in nets])
+    nets = [n for n in parts.driver.networks.values() if not want or n.network_id.startswith(want)]
+    return web.json_response(
+        [await services_view(parts.driver, parts.vips, n, parts.docker) for n in nets]
+    )
 
 
 async def reconcile(request: web.Request) -> web.Response:
     dry = request.query.get("dry_run", "") in ("1", "true", "yes")
-    ops, errors = await request.app[DRIVER].reconcile(dry_run=dry)
+    ops, errors = await request.app[PARTS].driver.reconcile(dry_run=dry)
     return web.json_response({"dry_run": dry, "ops": [str(o) for o in ops], "errors": errors})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    driver, gossip = request.app[DRIVER], request.app[GOSSIP]
+    driver, gossip = request.app[PARTS].driver, request.app[PARTS].gossip
     g: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     states: dict[str, float] = {}
     for m in members_view(gossip, driver):
@@ -362,7 +367,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def leave(request: web.Request) -> web.Response:
-    gossip = request.app[GOSSIP]
+    gossip = request.app[PARTS].gossip
     if gossip is None:
         return web.json_response({"error": "single-host mode: there is no cluster to leave"})
     await gossip.stop(leave=True)
@@ -370,7 +375,7 @@ async def leave(request: web.Request) -> web.Response:
 
 
 async def forget(request: web.Request) -> web.Response:
-    ipam, gossip = request.app[IPAM], request.app[GOSSIP]
+    ipam, gossip = request.app[PARTS].ipam, request.app[PARTS].gossip
     if gossip is None or ipam is None or not isinstance(ipam.guard, ClusterGuard):
         return web.json_response({"error": "single-host mode: there is no cluster"})
     node = request.query.get("node", "")
@@ -383,26 +388,12 @@ async def forget(request: web.Request) -> web.Response:
 
 
 async def keys_reload(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RELOAD]())
+    return web.json_response(request.app[PARTS].reload_keys())
 
 
-def no_reload() -> dict[str, object]:
-    return {"error": "key reload is not available here"}
-
-
-def make_admin_app(
-    driver: OverlayDriver,
-    gossip: GossipRuntime | None,
-    reload_keys: Callable[[], dict[str, object]] = no_reload,
-    ipam: IpamService | None = None,
-    docker: DockerApi | None = None,
-) -> web.Application:
+def make_admin_app(parts: Parts) -> web.Application:
     app = web.Application()
-    app[DOCKER] = docker
-    app[IPAM] = ipam
-    app[DRIVER] = driver
-    app[GOSSIP] = gossip
-    app[RELOAD] = reload_keys
+    app[PARTS] = parts
     app.router.add_get("/status", status)
     app.router.add_get("/members", members)
     app.router.add_get("/metrics", metrics)

@@ -17,20 +17,25 @@ from pyoverlay.core.tasks import TaskSet
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.overlay.identity import NET_TABLE
 from pyoverlay.driver.overlay.peers import PEER_TABLE
+from pyoverlay.driver.secure.keeper import Encryption
 from pyoverlay.driver.secure.sa import ROW_SCOPE
+from pyoverlay.driver.servicelb.programmer import VipProgrammer
 
 log = structlog.get_logger("pyoverlay.background")
 
 
 class PeerSyncer:
-    def __init__(self, driver: OverlayDriver, interval: float) -> None:
+    def __init__(
+        self, driver: OverlayDriver, interval: float, vips: VipProgrammer | None = None
+    ) -> None:
         self.driver = driver
         self.interval = interval
+        self.vips = vips  # service VIP rules follow the same rows (swarm scope)
+        self.keeper: Encryption | None = None  # IPsec rows wake it
         self.dirty: set[int] = set()
         self.check_specs = False
         self.everything = False  # every network: the set of kept VTEPs changed
         self.wake = asyncio.Event()
-        self.repairs = 0
 
     def on_rows(self, scopes: set[str]) -> None:
         """Gossip callback (must not block): remember which VNIs changed."""
@@ -40,8 +45,8 @@ class PeerSyncer:
                 self.dirty.add(int(vni))
             if table == NET_TABLE:
                 self.check_specs = True
-            if table == ROW_SCOPE and self.driver.encryption is not None:
-                self.driver.encryption.wake.set()  # a peer's IPsec SA numbers moved
+            if table == ROW_SCOPE and self.keeper is not None:
+                self.keeper.wake.set()  # a peer's IPsec SA numbers moved
         if self.dirty or self.check_specs:
             self.wake.set()
 
@@ -69,7 +74,8 @@ class PeerSyncer:
             for vni in sorted(vnis):
                 try:
                     await self.driver.sync_peers(vni)
-                    await self.driver.sync_vips(vni)
+                    if self.vips is not None:
+                        await self.vips.sync_vips(vni)
                 except Exception as exc:  # keep the loop alive whatever one sync does
                     log.error("peer sync failed", vni=vni, error=repr(exc))
 
@@ -82,7 +88,6 @@ class PeerSyncer:
                 log.error("reconcile failed", error=repr(exc))
                 continue
             if ops:
-                self.repairs += len(ops)
                 METRICS.inc("pyoverlay_reconciler_repairs_total", by=len(ops))
                 log.warning("reconciler repaired drift", changes=len(ops), errors=len(errors))
 

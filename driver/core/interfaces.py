@@ -113,3 +113,37 @@ class RuleTables(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class NetworkGuard(Protocol):
+    """IPsec and the VXLAN guard table, as the overlay driver sees them (secure/keeper.py):
+    brought in line whenever a network appears or goes."""
+
+    unsupported: str | None  # why this kernel cannot encrypt (None: it can)
+
+    async def sync(self) -> list[str]:
+        """Make SAs, policies and the guard table match; the errors."""
+        ...
+
+
+class ServiceRules(Protocol):
+    """Service VIP rules in container namespaces, as the overlay driver calls them
+    (servicelb/programmer.py)."""
+
+    async def sync_sandbox_quietly(self, sandbox: str) -> None:
+        """One container namespace's rules in line (errors logged, not raised)."""
+        ...
+
+    async def sync_vips(self, vni: int | None = None, verify: bool = False) -> int:
+        """Every local container's rules on networks with `vni` (or all) in line."""
+        ...
+
+
+class NoServiceRules:
+    """No VIPs served (standalone hosts, or --docker-host none)."""
+
+    async def sync_sandbox_quietly(self, sandbox: str) -> None:
+        return None
+
+    async def sync_vips(self, vni: int | None = None, verify: bool = False) -> int:
+        return 0

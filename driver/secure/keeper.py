@@ -25,6 +25,7 @@ import structlog
 from pyoverlay.core.store import JsonDocument
 from pyoverlay.driver.core.directory import PeerDirectory
 from pyoverlay.driver.core.interfaces import RuleTables
+from pyoverlay.driver.secure import guard
 from pyoverlay.driver.secure import sa as ipsec
 from pyoverlay.driver.secure.sa import InstalledSa, Published, Sending
 
@@ -186,11 +187,11 @@ class Encryption:
         """The guard table's drop counters, read from the kernel when asked (status), not
         at every tick; empty while there is no table or it cannot be read (logged)."""
         try:
-            listing = await self.tables.list_table(None, "inet", ipsec.GUARD_TABLE)
+            listing = await self.tables.list_table(None, "inet", guard.GUARD_TABLE)
         except Exception as exc:  # status must still answer
             log.error("guard counters", error=f"{type(exc).__name__}: {exc}")
             return {}
-        return ipsec.guard_counters(listing)
+        return guard.guard_counters(listing)
 
     async def _sync(self, now: float) -> list[str]:
         vnis = sorted(set(self.inputs.encrypted_vnis()))
@@ -201,7 +202,7 @@ class Encryption:
         if members is not None:
             self.admitted = members if self.prune else self.admitted | members
             members = self.admitted
-        cmds = ipsec.guard_commands(self.port, vnis, members, self.inputs.vnis())
+        cmds = guard.guard_commands(self.port, vnis, members, self.inputs.vnis())
         if cmds != self._applied or now - self._applied_at > GUARD_REFRESH:
             await self.tables.apply(None, cmds)  # one transaction: never a moment without rules
             self._applied, self._applied_at = cmds, now
@@ -329,8 +330,8 @@ class Encryption:
 
     async def _remove_all(self) -> None:
         """No pyoverlay network left on this host: no guard table, no SA."""
-        if await self.tables.list_table(None, "inet", ipsec.GUARD_TABLE) is not None:
-            await self.tables.apply(None, ipsec.delete_guard())
+        if await self.tables.list_table(None, "inet", guard.GUARD_TABLE) is not None:
+            await self.tables.apply(None, guard.delete_guard())
         if not self.unsupported:
             await self._remove_sas()
 

@@ -10,8 +10,10 @@ from support import Services
 from pyoverlay.driver.core.directory import LocalDirectory
 from pyoverlay.driver.core.ops import DeleteNeigh, ReplaceFdb
 from pyoverlay.driver.overlay import peers
+from pyoverlay.driver.servicelb.programmer import VipProgrammer
 from pyoverlay.plugin.admin import make_admin_app
 from pyoverlay.plugin.app import make_app
+from pyoverlay.plugin.parts import Parts
 
 NID = "ab" * 32
 EID = "cd" * 32
@@ -25,7 +27,7 @@ ENDPOINT = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.60
 
 async def setup(services: Services, aiohttp_client: Any):
     plugin = await aiohttp_client(make_app(services.driver, services.ipam))
-    admin = await aiohttp_client(make_admin_app(services.driver, None))
+    admin = await aiohttp_client(make_admin_app(Parts(services.driver)))
     assert await (await plugin.post("/NetworkDriver.CreateNetwork", json=NETWORK)).json() == {}
     await plugin.post("/NetworkDriver.CreateEndpoint", json=ENDPOINT)
     await plugin.post(
@@ -93,7 +95,7 @@ async def test_status_and_metrics(services: Services, aiohttp_client: Any) -> No
 async def test_leave_in_single_host_mode_says_there_is_no_cluster(
     services: Services, aiohttp_client: Any
 ) -> None:
-    admin = await aiohttp_client(make_admin_app(services.driver, None))
+    admin = await aiohttp_client(make_admin_app(Parts(services.driver)))
     assert "no cluster to leave" in (await (await admin.post("/leave")).json())["error"]
 
 
@@ -102,11 +104,11 @@ async def test_services_shows_vips_tasks_and_each_containers_rules(
 ) -> None:
     from testing.fakes import FakeTables
 
-    tables = services.driver.tables = FakeTables()
-    services.driver.sandbox_dir = tmp_path
+    tables = FakeTables()
+    programmer = services.driver.services = VipProgrammer(services.driver, tables, tmp_path)
     (tmp_path / "sb1").touch()
     plugin = await aiohttp_client(make_app(services.driver, services.ipam))
-    admin = await aiohttp_client(make_admin_app(services.driver, None))
+    admin = await aiohttp_client(make_admin_app(Parts(services.driver, vips=programmer)))
     await plugin.post("/NetworkDriver.CreateNetwork", json=NETWORK)
     await plugin.post("/NetworkDriver.CreateEndpoint", json=ENDPOINT)
     join = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/sb1"}
@@ -119,7 +121,7 @@ async def test_services_shows_vips_tasks_and_each_containers_rules(
             IPv4Address("10.60.0.9"), "m", IPv4Address("192.0.2.20"), "web", "10.60.0.2"
         ),
     )
-    await services.driver.sync_vips(vni)
+    await programmer.sync_vips(vni)
     view = (await (await admin.get("/services")).json())[0]
     assert view["services"] == [
         {

@@ -32,6 +32,7 @@ import pytest
 from support import Pinger, Scratch, cli, ip_of, loss, ping, start_ping
 
 from lab.hosts import IMAGE, Host, Lab, wait_for
+from pyoverlay.driver.secure import guard
 from pyoverlay.driver.secure import sa as ipsec
 from pyoverlay.plugin.admin import ADMIN_SOCKET
 
@@ -175,7 +176,7 @@ def test_forged_plain_vxlan_for_the_encrypted_vni_is_dropped(lab: Lab, nets: Net
         send(h1, nets.vni_enc, 20)
     wait_for(
         "plain drops counted",
-        lambda: counted(lab, h1, ipsec.PLAIN_COUNTER) >= before.get(ipsec.PLAIN_COUNTER, 0) + 20,
+        lambda: counted(lab, h1, guard.PLAIN_COUNTER) >= before.get(guard.PLAIN_COUNTER, 0) + 20,
         timeout=20,
     )
     assert rx_packets(h1, ns, dev) == before_rx  # the VTEP never saw them
@@ -185,12 +186,12 @@ def test_vxlan_from_a_non_member_is_dropped_on_a_plain_network(lab: Lab, nets: N
     h1 = lab.host(1)
     ns, dev = overlay_vtep(lab, h1, nets.plain)
     before_rx = rx_packets(h1, ns, dev)
-    before = counted(lab, h1, ipsec.ADMISSION_COUNTER)
+    before = counted(lab, h1, guard.ADMISSION_COUNTER)
     with attacker(lab, f"{lab.subnet_base}.200") as send:
         send(h1, nets.vni_plain, 20)
     wait_for(
         "admission drops counted",
-        lambda: counted(lab, h1, ipsec.ADMISSION_COUNTER) >= before + 20,
+        lambda: counted(lab, h1, guard.ADMISSION_COUNTER) >= before + 20,
         timeout=20,
     )
     assert rx_packets(h1, ns, dev) == before_rx
@@ -281,11 +282,11 @@ def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
         assert ping(h1, "c1", c2["enc"], count=3, wait=3)  # the members still talk
         # h3 cannot send: its ESP reaches h1 and finds no SA there (IPsec stops it, not
         # the admission set: that counter does not move, the kernel's no-state one does)
-        admitted_before = counted(lab, h1, ipsec.ADMISSION_COUNTER)
+        admitted_before = counted(lab, h1, guard.ADMISSION_COUNTER)
         no_state_before = xfrm_stat(h1, "XfrmInNoStates")
         assert not ping(h3, "c3", c1["enc"], count=3, wait=2)
         assert xfrm_stat(h1, "XfrmInNoStates") >= no_state_before + 3
-        assert counted(lab, h1, ipsec.ADMISSION_COUNTER) == admitted_before
+        assert counted(lab, h1, guard.ADMISSION_COUNTER) == admitted_before
         sec = ipsec_of(lab, h1)
         assert h3.address not in sec["sending"] and h3.address not in sec["receiving"]  # type: ignore[operator]
         # and cannot read: the key of h1's SA to h2 is none that h3's keys derive

@@ -22,6 +22,7 @@ import pytest
 from support import require_root
 
 from pyoverlay.driver.kernel.nft import Nft
+from pyoverlay.driver.secure import guard as guard_table
 from pyoverlay.driver.secure import sa as ipsec
 
 pytestmark = pytest.mark.kernel
@@ -94,15 +95,15 @@ def rx_packets(ns: str, dev: str) -> int:
 
 
 async def counters(nft: Nft, ns: str) -> dict[str, int]:
-    listing = await nft.list_table(Path("/run/netns") / ns, "inet", ipsec.GUARD_TABLE)
-    return ipsec.guard_counters(listing)
+    listing = await nft.list_table(Path("/run/netns") / ns, "inet", guard_table.GUARD_TABLE)
+    return guard_table.guard_counters(listing)
 
 
 OWNED = [100, 200, 300]  # pyoverlay's networks; 400 is someone else's on the same port
 
 
 async def guard(nft: Nft, ns: str, members: list[IPv4Address] | None, vnis: list[int]) -> None:
-    await nft.apply(Path("/run/netns") / ns, ipsec.guard_commands(4789, vnis, members, OWNED))
+    await nft.apply(Path("/run/netns") / ns, guard_table.guard_commands(4789, vnis, members, OWNED))
 
 
 async def test_plain_vxlan_of_an_encrypted_vni_never_leaves_nor_enters(
@@ -112,19 +113,23 @@ async def test_plain_vxlan_of_an_encrypted_vni_never_leaves_nor_enters(
     assert ping(a, "10.10.0.2") and ping(a, "10.20.0.2")  # before: both flow in the clear
     for ns in (a, b):
         await guard(nft, ns, MEMBERS_AB, [100])
-    text = sh("ip", "netns", "exec", a, "nft", "list", "table", "inet", ipsec.GUARD_TABLE).stdout
+    text = sh(
+        "ip", "netns", "exec", a, "nft", "list", "table", "inet", guard_table.GUARD_TABLE
+    ).stdout
     assert "@th,96,24 0x64" in text and f"ipsec out reqid {ipsec.REQID}" in text
     assert not ping(a, "10.10.0.2")  # no SA, no policy: dropped on the way out
     assert ping(a, "10.20.0.2")  # the other network is untouched
     sent = await counters(nft, a)
-    assert sent[ipsec.PLAIN_COUNTER] >= 2
+    assert sent[guard_table.PLAIN_COUNTER] >= 2
 
     # a forged plain frame for VNI 100 from a member's own address: b without its rules
-    await nft.apply(Path("/run/netns") / b, ipsec.delete_guard())
+    await nft.apply(Path("/run/netns") / b, guard_table.delete_guard())
     before = rx_packets(a, "vx100")
     assert not ping(b, "10.10.0.1")
     assert rx_packets(a, "vx100") == before  # dropped before a's VTEP saw it
-    assert (await counters(nft, a))[ipsec.PLAIN_COUNTER] >= sent[ipsec.PLAIN_COUNTER] + 2
+    assert (await counters(nft, a))[guard_table.PLAIN_COUNTER] >= sent[
+        guard_table.PLAIN_COUNTER
+    ] + 2
 
     # re-planning is one transaction that keeps the counts; off again: it flows again
     counted = await counters(nft, a)
@@ -142,16 +147,16 @@ async def test_vxlan_from_a_non_member_is_dropped_on_every_network_of_ours_and_c
     before = rx_packets(a, "vx300")
     assert not ping(c, "10.30.0.1")
     assert rx_packets(a, "vx300") == before
-    assert (await counters(nft, a))[ipsec.ADMISSION_COUNTER] >= 2
+    assert (await counters(nft, a))[guard_table.ADMISSION_COUNTER] >= 2
     # VXLAN of a VNI that is not pyoverlay's (Docker's overlay, the swarm ingress) passes
-    dropped = (await counters(nft, a))[ipsec.ADMISSION_COUNTER]
+    dropped = (await counters(nft, a))[guard_table.ADMISSION_COUNTER]
     assert ping(c, "10.40.0.1")
-    assert (await counters(nft, a))[ipsec.ADMISSION_COUNTER] == dropped
+    assert (await counters(nft, a))[guard_table.ADMISSION_COUNTER] == dropped
     # c joins the cluster: admitted
     await guard(nft, a, [*MEMBERS_AB, IPv4Address(ADDR["c"])], [])
     assert ping(c, "10.30.0.1")
     # admission off (PYOVERLAY_VXLAN_ADMISSION=off): no source check at all
     await guard(nft, a, None, [])
     assert ping(c, "10.30.0.1")
-    await nft.apply(Path("/run/netns") / a, ipsec.delete_guard())
-    assert await nft.list_table(Path("/run/netns") / a, "inet", ipsec.GUARD_TABLE) is None
+    await nft.apply(Path("/run/netns") / a, guard_table.delete_guard())
+    assert await nft.list_table(Path("/run/netns") / a, "inet", guard_table.GUARD_TABLE) is None

@@ -28,7 +28,8 @@ from pyoverlay.driver.core.ops import (
 )
 from pyoverlay.driver.kernel.links import PyrouteKernel
 from pyoverlay.driver.overlay import plan
-from pyoverlay.driver.overlay.driver import OverlayDriver, apply_all
+from pyoverlay.driver.overlay.base import apply_all
+from pyoverlay.driver.overlay.driver import OverlayDriver
 
 pytestmark = pytest.mark.kernel
 UNDERLAY_IP = "192.0.2.1"

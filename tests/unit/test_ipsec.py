@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pyoverlay.driver.kernel.xfrm import parse_policies, parse_states
+from pyoverlay.driver.secure import guard
 from pyoverlay.driver.secure import sa as ipsec
 from pyoverlay.driver.secure.keeper import Encryption, Inputs
 from pyoverlay.driver.secure.sa import InstalledSa, Published, Sending
@@ -94,10 +95,10 @@ def test_diff_adds_before_it_deletes_and_keeps_a_hidden_members_sas() -> None:
 
 
 def test_guard_table_drops_plain_vxlan_of_encrypted_vnis_and_non_members() -> None:
-    cmds = ipsec.guard_commands(4789, [300, 100], [B, A], [300, 100, 500])
+    cmds = guard.guard_commands(4789, [300, 100], [B, A], [300, 100, 500])
     text = repr(cmds)
 
-    assert cmds[0] == {"add": {"table": {"family": "inet", "name": ipsec.GUARD_TABLE}}}
+    assert cmds[0] == {"add": {"table": {"family": "inet", "name": guard.GUARD_TABLE}}}
     assert "'10.0.0.1', '10.0.0.2'" in text and "@members" in text
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
     vnis = [e["match"]["right"] for r in rules for e in r["expr"] if "th" in repr(e)]
@@ -112,8 +113,8 @@ def test_guard_table_drops_plain_vxlan_of_encrypted_vnis_and_non_members() -> No
     assert [r["chain"] for r in rules].count("mark") == 2
     assert [r["chain"] for r in rules].count("out") == 4
     assert [r["chain"] for r in rules].count("in") == 5  # + the admission rule
-    assert "saddr" not in repr(ipsec.guard_commands(4789, [100], None, [100]))  # admission off
-    assert "saddr" not in repr(ipsec.guard_commands(4789, [], [A], []))  # no network of ours
+    assert "saddr" not in repr(guard.guard_commands(4789, [100], None, [100]))  # admission off
+    assert "saddr" not in repr(guard.guard_commands(4789, [], [A], []))  # no network of ours
 
 
 def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:

@@ -148,17 +148,14 @@ def make_driver(tmp: Path) -> tuple[Any, FakeTables]:
 
     from pyoverlay.driver.core.model import Underlay
     from pyoverlay.driver.overlay.driver import OverlayDriver
+    from pyoverlay.driver.servicelb.programmer import VipProgrammer
     from testing.fakes import FakeKernel
 
     tables = FakeTables()
     d = OverlayDriver(
-        FakeKernel(UNDERLAY),
-        tmp / "driver.json",
-        "node1",
-        Underlay(UNDERLAY.address, 4789, 1500),
-        tables=tables,
-        sandbox_dir=tmp / "netns",
+        FakeKernel(UNDERLAY), tmp / "driver.json", "node1", Underlay(UNDERLAY.address, 4789, 1500)
     )
+    d.services = VipProgrammer(d, tables, tmp / "netns")
     d.load()
     return d, tables
 
@@ -225,7 +222,7 @@ def test_before_gossip_has_synced_rules_are_only_added(tmp_path: Path) -> None:
         d.directory.publish(
             "peer/300", "r1", peers.row_value(ip(9), "m", ip(200), "kv", "10.0.0.3")
         )
-        await d.sync_vips()
+        await d.services.sync_vips()
         kv = {ip(3): vips.Service("kv", (ip(9),))}
         sb = tmp_path / "netns" / "sb1"
         assert vips.parse(await tables.list_table(sb, "ip", "pyoverlay")) == vips.Programmed(
