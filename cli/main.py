@@ -194,10 +194,10 @@ def cmd_members(state_dir: Path, as_json: bool) -> int:
 async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
     """The plugin is down: only what the kernel holds (the table lives in the plugin)."""
     from pyoverlay.driver.core.model import NetworkSpec
-    from pyoverlay.driver.kernel.links import PyrouteKernel
+    from pyoverlay.plugin.wiring import make_kernel
 
     nets = (JsonDocument(state_dir / "driver.json").load().get("networks") or {}).values()
-    kernel = PyrouteKernel()
+    kernel = make_kernel()
     views = []
     try:
         for raw in nets:

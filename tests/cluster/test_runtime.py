@@ -23,7 +23,8 @@ import pytest
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.keyring import Keyring, load_keys, parse_key
 from pyoverlay.cluster.replay import Stamp
-from pyoverlay.cluster.runtime import MAX_STREAMS_PER_SOURCE, GossipRuntime
+from pyoverlay.cluster.runtime import GossipRuntime
+from pyoverlay.cluster.transport import MAX_STREAMS_PER_SOURCE
 from pyoverlay.core.errors import InvalidOption
 
 KEY = os.urandom(32)
@@ -143,13 +144,13 @@ async def test_replayed_and_stale_packets_are_dropped_and_counted() -> None:
     a, b = await started_pair()
     try:
         # a genuine packet from a, sealed with a's key and stamp, sent twice (a capture replayed)
-        packet = a._seal({"t": "gossip", "from": "a"})
+        packet = a.transport._seal({"t": "gossip", "from": "a"})
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(packet, ("127.0.0.1", b.port))
             s.sendto(packet, ("127.0.0.1", b.port))
             # a stamp from ten minutes ago (a capture replayed to a freshly restarted host)
             old = Stamp("a", a.stamps.epoch, 10**9, int(time.time() * 1000) - 600_000)
-            s.sendto(a._seal({"t": "gossip", "from": "a"}, old), ("127.0.0.1", b.port))
+            s.sendto(a.transport._seal({"t": "gossip", "from": "a"}, old), ("127.0.0.1", b.port))
         await wait_until(
             lambda: (
                 b.counters.get("dropped_replay", 0) >= 1 and b.counters.get("dropped_stale", 0) >= 1
@@ -159,7 +160,7 @@ async def test_replayed_and_stale_packets_are_dropped_and_counted() -> None:
         # a replayed RPC (e.g. a captured ipam-release) is refused too
         seen: list[dict] = []
         b.register_rpc("echo", lambda body: seen.append(body) or {"ok": True})
-        frame = a._frame({"t": "rpc", "kind": "echo", "body": {"n": 1}})
+        frame = a.transport._frame({"t": "rpc", "kind": "echo", "body": {"n": 1}})
         for _ in range(2):
             r, w = await asyncio.open_connection("127.0.0.1", b.port)
             w.write(frame)
@@ -180,11 +181,13 @@ async def test_a_restart_with_the_clock_stepped_back_is_heard_and_revives_at_onc
     the new life's replay epoch still lies above the last one (peers would drop every
     message of a lower epoch as a replay), and its incarnation is the last one + 1."""
     from pyoverlay.cluster import runtime as rt
+    from pyoverlay.cluster import transport as tr
     from pyoverlay.core.store import JsonDocument
 
     life = JsonDocument(tmp_path / "gossip.json")
-    real = rt.wall_ms
-    monkeypatch.setattr(rt, "wall_ms", lambda: real() + 60_000)
+    real = tr.wall_ms
+    for module in (rt, tr):  # every clock of this host, stamps included
+        monkeypatch.setattr(module, "wall_ms", lambda: real() + 60_000)
     port = free_port()
     a1 = GossipRuntime("a", "127.0.0.1", port, Keyring([KEY]), GossipConfig.lan(), life=life)
     b = runtime("b", [KEY])
@@ -197,7 +200,8 @@ async def test_a_restart_with_the_clock_stepped_back_is_heard_and_revives_at_onc
     finally:
         await a1.stop(leave=False)
         await asyncio.sleep(0.05)  # the UDP socket closes on the next loop turns
-    monkeypatch.setattr(rt, "wall_ms", real)
+    for module in (rt, tr):
+        monkeypatch.setattr(module, "wall_ms", real)
     a2 = GossipRuntime("a", "127.0.0.1", port, Keyring([KEY]), GossipConfig.lan(), life=life)
     try:
         assert a2.node.members.me.inc == 5

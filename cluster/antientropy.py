@@ -1,0 +1,132 @@
+"""PURE: anti-entropy. Every pushpull_interval, and on join, a full state exchange over a
+stream repairs anything lost; every reconnect_interval a dead member (or a seed, when
+alone) is tried, which heals partitions (the other side refutes our "dead" with a
+higher incarnation). Per network (scoping.py), joining is a push-pull with a member
+already in it at once and again `net_resync` later; until the first one answers,
+`network_ready` is False. A network push-pull exchanges only that network's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pyoverlay.cluster.membership import DEAD
+from pyoverlay.cluster.nodestate import Send
+from pyoverlay.cluster.probe import Probing
+
+
+class AntiEntropy(Probing):
+    def _fetch_network(self, net: str) -> bool:
+        peers = self._net_peers(net)
+        if peers:
+            self._pushpull(self.rng.choice(peers).addr, net)
+        return bool(peers)
+
+    def _state(self, now: float, to: str | None, nets: Iterable[str] | None) -> dict[str, Any]:
+        """Our state for member `to` (global rows, its own, and those of `nets`; None: all)."""
+        wanted = None if nets is None else set(nets)
+        return {
+            "members": [m.update() for m in self.members.by_name.values()],
+            "rows": self.table.dump(
+                now,
+                lambda r: (
+                    wanted is None
+                    or r.owner == to
+                    or (net := self._network_of(r.scope)) is None
+                    or net in wanted
+                ),
+            ),
+        }
+
+    def _net_state(self, now: float, net: str) -> dict[str, Any]:
+        """Only the rows of network `net` (a network push-pull: no members, no global rows)."""
+        scopes = [f"{table}/{net}" for table in self.config.network_tables]
+        return {
+            "rows": [r.wire(now) for s in scopes for r in self.table.scopes.get(s, {}).values()]
+        }
+
+    def _pushpull(self, addr: str, net: str | None = None) -> None:
+        """A full state exchange with `addr`, or (net) one of that network's rows only."""
+        msg: dict[str, Any] = {"t": "pp", "from": self.name, "to": addr, "state": {}}
+        if net is not None:
+            msg["only"] = net
+        self.outbox.append(Send(addr, msg, stream=True))
+
+    def fill_stream(self, now: float, msg: dict[str, Any]) -> dict[str, Any]:
+        """Called by the runtime just before sending a push-pull, so the state is current."""
+        if msg.get("t") == "pp" and isinstance(msg.get("only"), str):
+            net = msg["only"]
+            return {**msg, "nets": [net], "state": self._net_state(now, net)}
+        if msg.get("t") == "pp":
+            to = next(
+                (m.name for m in self.members.by_name.values() if m.addr == msg.get("to")), None
+            )
+            nets = self.interest.by_node.get(to, frozenset()) if to else self.networks
+            return {
+                **msg,
+                "nets": sorted(self.networks),
+                "state": self._state(now, to, nets),
+            }
+        return msg
+
+    def on_stream(self, now: float, src: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Serve a push-pull: merge theirs, answer with ours (and the networks they are in;
+        a refutation of what they said about us rides in the reply). Or take updates too
+        large for a packet (`rows`), as if they had come in one."""
+        if msg.get("t") == "rows":
+            self._merge_piggyback(now, msg)
+            self._collect()
+            return {"t": "rowsr", "from": self.name}
+        self._merge_state(now, msg.get("state") or {})
+        self._refuted = False
+        only = msg.get("only")
+        if not isinstance(only, str):  # a full exchange (not one network's rows)
+            self.synced = self.synced or msg.get("from") != self.name
+        self._collect()
+        if isinstance(only, str):
+            return {
+                "t": "ppr",
+                "from": self.name,
+                "nets": [only],
+                "state": self._net_state(now, only),
+            }
+        asked = msg.get("nets")
+        nets = [str(n) for n in asked[:4096]] if isinstance(asked, list) else None
+        sender = str(msg.get("from"))
+        return {
+            "t": "ppr",
+            "from": self.name,
+            "nets": nets,
+            "state": self._state(now, sender, nets),
+        }
+
+    def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
+        self._refuted = False
+        self._merge_state(now, msg.get("state") or {})
+        self._answer_refutation(src)
+        state = msg.get("state")
+        if isinstance(state, dict) and "members" in state:  # a full exchange, not a network's
+            self.synced = self.synced or msg.get("from") != self.name
+        served = msg.get("nets")
+        if isinstance(served, list):
+            self.ready |= self.networks & {str(n) for n in served[:4096]}
+        self._collect()
+
+    def _merge_state(self, now: float, state: dict[str, Any]) -> None:
+        try:
+            # what was news to us is gossiped on, so a join or a healed
+            # partition spreads in gossip rounds, not push-pull periods
+            for u in state.get("members") or ():
+                if isinstance(u, dict) and self.members.apply(now, u):
+                    self._after_member_update(u)
+            for r in state.get("rows") or ():
+                if isinstance(r, dict):
+                    self._merge_row(now, r)
+        except (TypeError, AttributeError, ValueError, OverflowError):
+            self.malformed += 1
+
+    def _reconnect(self) -> None:
+        dead = [m.addr for m in self.members.others(DEAD)]
+        candidates = dead or (self.seeds if self.members.live_count() == 1 else [])
+        if candidates:
+            self._pushpull(self.rng.choice(candidates))
