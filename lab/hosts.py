@@ -319,7 +319,7 @@ class Host(DockerVerbs):
         wait_for(
             f"dockerd on {self.name}",
             lambda: self.docker("version", check=False, timeout=10).returncode == 0,
-            timeout=60,
+            timeout=60 * self.lab.slow,
         )
 
     def stop_dockerd(self, sig: int = signal.SIGTERM) -> None:
@@ -367,7 +367,7 @@ class Host(DockerVerbs):
         log.close()
         self.plugin_pid = proc.pid
         self.procs[proc.pid] = proc
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 * self.lab.slow
         while not sock.exists():
             if proc.poll() is not None:
                 raise RuntimeError(
@@ -603,7 +603,9 @@ def start_seed_app(
 class Lab:
     """N Docker hosts on one underlay bridge, all named with `prefix`."""
 
-    slow = 1  # how much longer than here waits that include host work take (VMs: more)
+    # how much longer than here waits that include host work take: VMs (and the labs in
+    # the IPsec tier's emulated VM, which sets PYOVERLAY_LAB_SLOW) take more
+    slow = float(os.environ.get("PYOVERLAY_LAB_SLOW", "1"))
 
     def __init__(
         self,

@@ -34,11 +34,12 @@ from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.secure.keeper import Encryption, Inputs
 from pyoverlay.driver.servicelb.programmer import VipProgrammer
 from pyoverlay.ipam.service import IpamService
-from pyoverlay.plugin.admin import MEMBERS_FILE, members_view
+from pyoverlay.plugin.admin import MEMBERS_FILE
 from pyoverlay.plugin.background import PeerSyncer
 from pyoverlay.plugin.docker_api import DockerApi
 from pyoverlay.plugin.parts import Parts
 from pyoverlay.plugin.settings import PluginSettings
+from pyoverlay.plugin.views import members_view
 
 log = structlog.get_logger("pyoverlay.server")
 LIFE_FILE = "gossip.json"  # this host's last gossip incarnation and replay epoch

@@ -21,7 +21,6 @@ import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,13 +52,13 @@ from pyoverlay.driver.core.ops import (
     ReplaceNeigh,
 )
 from pyoverlay.driver.kernel import rtnl
+from pyoverlay.driver.kernel.entries import GONE, PeerEntryAdapter
 from pyoverlay.driver.kernel.netns import NetnsThread
 from pyoverlay.driver.overlay.plan import NAMESPACE_PATTERN
 
 log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")
 NETNS_DIR = Path(netns.NETNS_RUN_DIR)
-GONE = {errno.ENODEV, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ESRCH}
 AF_INET = 2
 
 
@@ -89,6 +88,7 @@ class PyrouteKernel:
         self._dump_locks: dict[str, asyncio.Lock] = {}
         self._open_locks: dict[str, asyncio.Lock] = {}
         self._netlink = NetnsThread("netlink")  # raw netlink sockets made inside a namespace
+        self._entries = PeerEntryAdapter(netns_dir, self._netlink)  # FDB/ARP in bulk
 
     # -- sockets ---------------------------------------------------------
 
@@ -181,64 +181,16 @@ class PyrouteKernel:
         raise AssertionError(f"unknown op {op!r}")
 
     async def _peer_op(self, op: PeerOp) -> bool:
-        (result,) = await self._peer_results([op])
+        (result,) = await self._entries.results([op])
         if isinstance(result, PyoverlayError):
             raise result
         return result
 
     async def apply_peer_ops(self, ops: Sequence[PeerOp]) -> list[PyoverlayError]:
-        return [r for r in await self._peer_results(ops) if isinstance(r, PyoverlayError)]
-
-    async def _peer_results(self, ops: Sequence[PeerOp]) -> list[bool | PyoverlayError]:
-        """FDB/ARP ops in bulk over a raw netlink socket in each VTEP's namespace
-        (rtnl.py): one sendmsg per CHUNK of requests, every one ACKed.  Per op:
-        True (done), False (a delete of what was not there) or the error."""
-        results: list[bool | PyoverlayError] = [False] * len(ops)
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, op in enumerate(ops):
-            groups.setdefault((op.ns, op.dev), []).append(i)
-        for (ns, dev), where in groups.items():
-            work = partial(rtnl.batch_on, dev, [_entry(ops[i]) for i in where])
-            try:
-                codes = await self._netlink.call(self.netns_dir / ns, work)
-            except PyoverlayError as exc:  # the namespace is gone
-                codes = [errno.ENODEV] * len(where)
-                log.debug("peer ops", ns=ns, error=str(exc))
-            except OSError as exc:
-                for i in where:
-                    results[i] = KernelError(str(ops[i]), dev, exc.errno or 0, str(exc))
-                continue
-            if codes is None:  # no such device
-                codes = [errno.ENODEV] * len(where)
-            for i, code in zip(where, codes, strict=True):
-                gone = isinstance(ops[i], DeleteFdb | DeleteNeigh) and code in GONE
-                if code == errno.ENODEV and not gone:
-                    results[i] = KernelError(str(ops[i]), dev, code, f"{ns}/{dev} is missing")
-                elif code and not gone:
-                    results[i] = KernelError(str(ops[i]), dev, code, os.strerror(code))
-                else:
-                    results[i] = not gone
-        return results
+        return [r for r in await self._entries.results(ops) if isinstance(r, PyoverlayError)]
 
     async def peer_entries(self, ns: str, dev: str) -> PeerEntries:
-        if not (self.netns_dir / ns).exists():
-            return PeerEntries()
-        try:
-            dumped = await self._netlink.call(self.netns_dir / ns, partial(rtnl.peer_dump, dev))
-        except OSError as exc:
-            raise KernelError("dump neighbours", f"{ns}/{dev}", exc.errno or 0, str(exc)) from exc
-        if dumped is None:
-            return PeerEntries()
-        idx, bridge, inet = dumped
-        fdb: dict[str, IPv4Address] = {}
-        for m in bridge:
-            if m.ifindex == idx and m.dst and m.lladdr and m.lladdr != "00:00:00:00:00:00":
-                fdb[m.lladdr] = m.dst
-        neigh: dict[IPv4Address, str] = {}
-        for m in inet:
-            if m.ifindex == idx and m.state & rtnl.NUD_PERMANENT and m.dst and m.lladdr:
-                neigh[m.dst] = m.lladdr
-        return PeerEntries(fdb, neigh)
+        return await self._entries.read(ns, dev)
 
     def _create_namespace(self, op: CreateNamespace) -> bool:
         path = self.netns_dir / op.name
@@ -434,9 +386,6 @@ class PyrouteKernel:
             for link in links
         }
 
-    async def namespace_links(self, ns: str) -> dict[str, LinkView]:
-        return await self._links(ns)
-
     async def snapshot(self) -> KernelSnapshot:
         namespaces: dict[str, NamespaceView] = {}
         names = sorted(os.listdir(self.netns_dir)) if self.netns_dir.is_dir() else []
@@ -524,14 +473,3 @@ def _vxlan_matches(link: Any, op: EnsureVxlan) -> bool:
         and link.get_nested(*data, "IFLA_VXLAN_PORT") == op.port
         and local == str(op.local)
     )
-
-
-def _entry(op: PeerOp) -> rtnl.Entry:
-    match op:
-        case ReplaceFdb(mac=mac, dst=dst) | DeleteFdb(mac=mac, dst=dst):
-            return rtnl.Entry(True, isinstance(op, ReplaceFdb), mac, dst)
-        case ReplaceNeigh(ip=ip, mac=mac):
-            return rtnl.Entry(False, True, mac, ip)
-        case DeleteNeigh(ip=ip):
-            return rtnl.Entry(False, False, "00:00:00:00:00:00", ip)
-    raise AssertionError(op)

@@ -6,7 +6,7 @@ import contextlib
 import io
 from pathlib import Path
 
-from pyoverlay.cli.main import cmd_options
+from pyoverlay.cli.commands import cmd_options
 
 
 def test_readme_lists_every_setting_exactly_as_pyoverlay_options_prints_it() -> None:
