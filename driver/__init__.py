@@ -1,9 +1,9 @@
-"""pyoverlay's overlay data plane: the seed's per-network namespace, br0, VTEP and veths.
+"""pyoverlay's data plane, one folder per subsystem; `ls driver/kernel` answers "what
+touches the host?".
 
-model.py   values and derived kernel names
-options.py `docker network create -o ...` -> NetworkSpec, with errors that say what to fix
-ops.py     kernel operations as data
-plan.py    PURE: specs (+ a kernel snapshot) -> ops
-kernel.py  the Kernel Protocol; pyroute.py is the real one, fake.py the in-memory one
-service.py OverlayDriver: Docker's NetworkDriver calls
+    core/       shared types and seams: specs, options, ops, the Protocols, the directory
+    overlay/    the seed's L2 overlay: namespace, br0, VTEP, veths, FDB/ARP from the table
+    servicelb/  swarm service VIPs in nftables (kube-proxy's pattern, no IPVS)
+    secure/     `-o encrypted` (IPsec ESP between VTEPs) and the VXLAN guard table
+    kernel/     every kernel adapter and nothing else (pyroute2, rtnetlink, nft, xfrm...)
 """

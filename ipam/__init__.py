@@ -1,8 +1,8 @@
-"""pyoverlay's IPAM driver: pools and addresses for `--ipam-driver pyoverlay`.
+"""pyoverlay's IPAM driver: pools and addresses for `--ipam-driver pyoverlay`, unique
+cluster-wide.
 
-allocator.py is pure (a pool and its allocations -> next address);
-service.py implements Docker's IpamDriver calls on top of it and persists.
-The service asks an `AddressGuard` before handing out an address: on a
-single host every address of the pool is ours to give; a cluster-wide guard
-(multi-host IPAM) restricts that to blocks this host owns.
+    allocator.py  PURE: a pool and its allocations -> the next address (round-robin)
+    blocks.py     PURE: /28 block ownership, granted by a majority of voters
+    cluster.py    the cluster-wide guard: claims, lending, forgetting, and their RPCs
+    service.py    Docker's IpamDriver calls, persisted (ipam.json)
 """

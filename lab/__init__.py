@@ -1,0 +1,15 @@
+"""The harness (run from the checkout, never installed): Docker hosts on one machine for
+the demo, the integration tests and the benchmarks.
+
+    hosts.py            Lab and Host: netns + mount ns + dockerd + plugin per host
+    docker_verbs.py     the Docker verbs lab hosts and VMs share (networks, swarm)
+    vms.py              the Vagrant VMs as hosts (the VM tier)
+    demo.py             `scripts/demo`: the seed's application across hosts
+    measure.py          iperf, RSS, CPU, a CPU hog
+    bench.py            `scripts/bench`: every benchmark, side by side with its reference
+    bench_footprint.py  idle RSS and CPU
+    bench_ipsec.py      encrypted vs plain vs Docker's encrypted overlay (in the VM)
+    bench_scope.py      per-network replication vs everything everywhere (simulated)
+    bench_tables.py     5,000 remote endpoints programmed, reconciled
+    bench_vips.py       VIP rules at 100 and 1,000 services
+"""

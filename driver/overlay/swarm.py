@@ -1,6 +1,7 @@
 """Swarm-scoped networks: the VNI is allocated once, on the swarm leader (AllocateNetwork).
 
-What Docker 20.10 does with a global-scope plugin (shared/docs/swarm.md):
+What Docker 20.10 does with a global-scope plugin (moby v20.10, daemon/cluster and the
+vendored swarmkit allocator; docs/design.md, "Swarm"):
 
 * `docker network create -d pyoverlay:latest --scope swarm ...` on a manager
   makes the swarm **leader** call AllocateNetwork(NetworkID, the user's `-o`

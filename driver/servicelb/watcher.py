@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any, Protocol
 
 import structlog
 
@@ -25,7 +26,6 @@ from pyoverlay.core.errors import PyoverlayError
 from pyoverlay.core.tasks import TaskSet
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.servicelb import ruleset as vips
-from pyoverlay.plugin.docker_api import DockerApi
 
 log = structlog.get_logger("pyoverlay.services")
 PATIENCE = 60.0  # seconds of quick polls for dockerd to list a joined endpoint as a task
@@ -34,8 +34,16 @@ MAX_DELAY = 2.0
 SLOW_INTERVAL = 30.0  # then: one poll of its network this often
 
 
+class DockerNetworks(Protocol):
+    """The local dockerd, read only (plugin/docker_api.py)."""
+
+    async def network(self, nid: str) -> dict[str, Any] | None:
+        """`docker network inspect --verbose`: services with their VIP and tasks."""
+        ...
+
+
 class ServiceWatcher:
-    def __init__(self, driver: OverlayDriver, api: DockerApi) -> None:
+    def __init__(self, driver: OverlayDriver, api: DockerNetworks) -> None:
         self.driver = driver
         self.api = api
         self.pending: dict[str, tuple[str, float]] = {}  # eid -> (nid, slow down at)

@@ -12,14 +12,12 @@ and counted, until it becomes a member.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from support import require_root
 
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.secure import guard as guard_table
@@ -28,13 +26,6 @@ from pyoverlay.driver.secure import sa as ipsec
 pytestmark = pytest.mark.kernel
 ADDR = {"a": "10.77.0.1", "b": "10.77.0.2", "c": "10.77.0.3"}
 MEMBERS_AB = [IPv4Address(ADDR["a"]), IPv4Address(ADDR["b"])]
-
-
-@pytest.fixture(autouse=True)
-def throwaway_namespace() -> None:
-    require_root()
-    if os.environ.get("PYOVERLAY_KERNEL_TIER") != "1":
-        pytest.skip("run through scripts/test-kernel (needs a private netns and /run/netns)")
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -9,13 +9,11 @@ look at with `ip` and checks it: links, masters, MTUs, VXLAN settings.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
-from support import require_root
 
 from pyoverlay.core.errors import KernelError, PyoverlayError
 from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, Underlay
@@ -56,13 +54,6 @@ def bridge_fdb(ns: str, dev: str) -> list[dict[str, str]]:
 
 def our_veths() -> list[str]:
     return [str(e["ifname"]) for e in ipj("link") if str(e["ifname"]).startswith(("pyc", "pyv"))]
-
-
-@pytest.fixture(autouse=True)
-def throwaway_namespace() -> None:
-    require_root()
-    if os.environ.get("PYOVERLAY_KERNEL_TIER") != "1":
-        pytest.skip("run through scripts/test-kernel (needs a private netns and /run/netns)")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ behaves like the kernel on the same random histories.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from support import require_root
 
 from pyoverlay.driver.kernel.nft import Nft, NftError
 from pyoverlay.driver.servicelb import ruleset as vips
@@ -44,13 +42,6 @@ for _ in range(int(sys.argv[1])):
     c = socket.create_connection((sys.argv[2], 7000), timeout=2)
     print(c.makefile().readline().strip(), flush=True); c.close()
 """
-
-
-@pytest.fixture(autouse=True)
-def throwaway_namespace() -> None:
-    require_root()
-    if os.environ.get("PYOVERLAY_KERNEL_TIER") != "1":
-        pytest.skip("run through scripts/test-kernel (needs a private netns and /run/netns)")
 
 
 def sh(*cmd: str) -> str:
