@@ -126,7 +126,11 @@ class AntiEntropy(Probing):
             self.malformed += 1
 
     def _reconnect(self) -> None:
-        dead = [m.addr for m in self.members.others(DEAD)]
-        candidates = dead or (self.seeds if self.members.live_count() == 1 else [])
+        """One push-pull with a dead member or a seed no member answers for yet: hosts
+        that booted together may have joined each other while a seed was still down, and
+        that seed (say, the first host, with no --join of its own) must not stay alone."""
+        known = {m.addr for m in self.members.by_name.values()}
+        candidates = [m.addr for m in self.members.others(DEAD)]
+        candidates += [s for s in self.seeds if s not in known]
         if candidates:
             self._pushpull(self.rng.choice(candidates))

@@ -29,6 +29,10 @@ class Pool:
     # False between RequestPool and the network's CreateNetwork: addresses asked
     # for then are the network's own (--gateway, --aux-address), not claims.
     live: bool = True
+    # swarm: "leader" (the swarm leader's allocator asks here: its raft store is the truth,
+    # so no cluster-wide claims), or "node" (a node running a task records the address
+    # the leader chose); "": a pyoverlay network of standalone engines
+    swarm: str = ""
 
     def usable(self, ip: IPv4Address) -> bool:
         """Inside the subnet and neither its network nor broadcast address."""
@@ -46,6 +50,7 @@ class Pool:
             "allocated": {str(k): v for k, v in sorted(self.allocated.items())},
             "cursor": str(self.cursor) if self.cursor else None,
             "live": self.live,
+            **({"swarm": self.swarm} if self.swarm else {}),
         }
 
     @classmethod
@@ -59,6 +64,7 @@ class Pool:
             allocated={IPv4Address(k): str(v) for k, v in alloc.items()},
             cursor=IPv4Address(str(d["cursor"])) if d.get("cursor") else None,
             live=bool(d.get("live", True)),
+            swarm=str(d.get("swarm") or ""),
         )
 
 

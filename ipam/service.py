@@ -7,6 +7,17 @@ Pools:
   on a single host only: in a cluster the subnet names the network on every
   host, so it must come from the user (refused with a clear message).
 
+Swarm networks (`--scope swarm` with `--ipam-driver pyoverlay:latest`, or a stack
+file naming it): swarm allocates on its leader only (swarmkit's allocator, on the
+leader, calls RequestPool in the global address space and RequestAddress for the
+gateway, every VIP and task), keeps the result in raft, and a new leader asks
+again for every pool and address it recorded. So the leader's pool is plain
+(no cluster-wide blocks: raft already makes the addresses unique); a repeated
+RequestPool of a pool starts it afresh (a new allocator restores into it). A
+node that runs a task asks its own plugin in the local address space, with the
+leader's subnet and addresses preset: once the network is known to be swarm's
+(CreateNetwork), its addresses are recorded as given, never claimed.
+
 Addresses: the gateway is reserved first (the given --gateway, else the
 subnet's first host address); aux addresses are reserved as given - both
 are the network's own, the same on every host, never cluster claims (Docker
@@ -151,8 +162,11 @@ class IpamService:
                 + ", ".join(f"--ipam-opt {k}={options[k]}" for k in unknown)
                 + "; pyoverlay's IPAM takes no options"
             )
+        leader = space == GLOBAL_SPACE
         if pool:
             subnet = _network("--subnet", pool)
+        elif leader:
+            subnet = self._default_subnet(GLOBAL_SPACE)  # the leader alone picks swarm's
         elif self.guard.clustered:
             raise InvalidOption(
                 "in a pyoverlay cluster a network needs --subnet: the subnet names the network "
@@ -164,35 +178,53 @@ class IpamService:
         ip_range = _network("--ip-range", sub_pool) if sub_pool else None
         if ip_range is not None and not ip_range.subnet_of(subnet):
             raise InvalidOption(f"--ip-range {ip_range} is not inside --subnet {subnet}")
+        pool_id = f"{space or LOCAL_SPACE}:{subnet}" + (f":{ip_range}" if ip_range else "")
         for other in self.pools.values():
-            if other.subnet.overlaps(subnet):
+            same_space = other.pool_id.split(":", 1)[0] == pool_id.split(":", 1)[0]
+            if leader and other.pool_id == pool_id:
+                continue  # a (new) swarm leader's allocator asks again: it starts afresh
+            if same_space and other.subnet.overlaps(subnet):
                 raise Conflict(
                     f"--subnet {subnet} overlaps {other.subnet}, already used by another "
                     "pyoverlay network on this host; pick a different --subnet"
                 )
-        pool_id = f"{space or LOCAL_SPACE}:{subnet}" + (f":{ip_range}" if ip_range else "")
-        p = Pool(pool_id, subnet, ip_range, live=False)
+        before = self.pools.get(pool_id)
+        p = Pool(pool_id, subnet, ip_range, live=False, swarm="leader" if leader else "")
         self.pools[pool_id] = p
-        self._commit(lambda: self.pools.pop(pool_id, None))
+
+        def undo() -> None:
+            if before is None:
+                self.pools.pop(pool_id, None)
+            else:
+                self.pools[pool_id] = before
+
+        self._commit(undo)
         log.info("pool requested", pool=pool_id)
         return p
 
-    def _default_subnet(self) -> IPv4Network:
+    def _default_subnet(self, space: str = LOCAL_SPACE) -> IPv4Network:
+        mine = [p for p in self.pools.values() if p.pool_id.startswith(f"{space}:")]
         for candidate in DEFAULT_RANGE.subnets(new_prefix=DEFAULT_PREFIX):
-            if not any(p.subnet.overlaps(candidate) for p in self.pools.values()):
+            if not any(p.subnet.overlaps(candidate) for p in mine):
                 return candidate
         raise Exhausted(
             f"every /{DEFAULT_PREFIX} of pyoverlay's default range {DEFAULT_RANGE} is in use; "
             "pass --subnet"
         )
 
-    def network_created(self, space: str, subnet: str) -> None:
+    def network_created(self, space: str, subnet: str, swarm: bool = False) -> None:
         """The driver made the network of this pool: from now on a specific address
-        is a container's (--ip), not the network's own (--aux-address)."""
+        is a container's (--ip), not the network's own (--aux-address); on a swarm
+        network, one the leader chose (recorded, never claimed)."""
         changed = False
         for p in self.pools.values():
-            if not p.live and str(p.subnet) == subnet and p.pool_id.startswith(f"{space}:"):
+            if str(p.subnet) != subnet or not p.pool_id.startswith(f"{space}:"):
+                continue
+            if not p.live:
                 p.live = changed = True
+            if swarm and not p.swarm:
+                p.swarm = "node"
+                changed = True
         if changed:
             self.save()
 
@@ -220,7 +252,8 @@ class IpamService:
         p = self.pool(pool_id)
         del self.pools[pool_id]
         self._commit(lambda: self.pools.__setitem__(pool_id, p))
-        await self.guard.release_subnet(p.subnet)
+        if not p.swarm:
+            await self.guard.release_subnet(p.subnet)
         self.save()
         log.info("pool released", pool=pool_id)
 
@@ -241,7 +274,13 @@ class IpamService:
         cursor = p.cursor
 
         def allowed(a: IPv4Address) -> bool:
-            return self.guard.may_allocate(p.subnet, a)
+            return bool(p.swarm) or self.guard.may_allocate(p.subnet, a)
+
+        if p.swarm == "node" and not address:
+            raise InvalidOption(
+                f"pool {pool_id} belongs to a swarm network: its addresses come from the swarm "
+                "leader (a task's or an attached container's), none is chosen on a node"
+            )
 
         if address and is_gateway:
             # the gateway lives on every host's br0: it is the same everywhere, not owned
@@ -263,7 +302,7 @@ class IpamService:
             try:
                 ip = next_free(p, ENDPOINT, allowed)
             except Exhausted:
-                if not self.guard.clustered:
+                if not self.guard.clustered or p.swarm:
                     raise
                 await self.guard.claim(p.subnet, None, p.ip_range)
                 ip = next_free(p, ENDPOINT, allowed)
@@ -283,7 +322,8 @@ class IpamService:
         if release(p, ip):
             assert purpose is not None
             self._commit(lambda: p.allocated.__setitem__(ip, purpose))
-            await self.guard.give_back(p.subnet, ip)
+            if not p.swarm:
+                await self.guard.give_back(p.subnet, ip)
             log.info("address released", pool=pool_id, address=str(ip))
 
 

@@ -163,7 +163,7 @@ def busybox_tarball() -> Path:
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text)
             f.chmod(0o755)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")  # several builders may race: each its own
         sh("tar", "-C", str(root), "-cf", str(tmp), ".")
         tmp.replace(out)
     return out

@@ -60,7 +60,7 @@ async def create_network(request: web.Request) -> web.Response:
     generic = opts.get(GENERIC) or {}
     if not isinstance(generic, dict):
         raise InvalidOption(f"Options.{GENERIC} must be an object of strings")
-    await request.app[DRIVER].create_network(
+    spec = await request.app[DRIVER].create_network(
         req.network_id,
         generic,
         [
@@ -72,7 +72,7 @@ async def create_network(request: web.Request) -> web.Response:
         bool(opts.get(INTERNAL, False)),
     )
     for d in req.ipv4_data or []:
-        request.app[IPAM].network_created(d.address_space, d.pool)
+        request.app[IPAM].network_created(d.address_space, d.pool, swarm=spec.swarm)
     return reply({})
 
 
@@ -176,11 +176,6 @@ async def default_address_spaces(request: web.Request) -> web.Response:
 
 async def request_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestPoolRequest)
-    if req.address_space == GLOBAL_SPACE:
-        raise InvalidOption(
-            "pyoverlay's IPAM does not serve swarm networks: leave out --ipam-driver (the "
-            "swarm leader's own IPAM allocates every task's address, cluster-wide)"
-        )
     pool = request.app[IPAM].request_pool(
         req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
     )

@@ -220,6 +220,21 @@ def test_rows_too_large_for_a_packet_spread_as_fast_as_small_ones(size: int) -> 
     assert all(x.never_fit == 0 for x in nodes)
 
 
+def test_a_seed_that_was_down_when_the_others_joined_still_joins_them() -> None:
+    """Three hosts boot together: n0 (the first, no --join) is not up yet when n1 and n2
+    try it, so they join each other. When n0 is up, they must still reach it: a seed no
+    member answers for is retried (n0 itself knows nobody to ask)."""
+    net = SimNetwork(seed=5)
+    n0, n1, n2 = (net.add_node(f"n{i}") for i in range(3))
+    net.crash(n0)  # not up yet
+    net.start(n1, [n0.addr, n2.addr])
+    net.start(n2, [n0.addr, n1.addr])
+    net.run_while(lambda: len(n1.alive_members()) < 2, limit=10)
+    net.down.discard(n0.addr)  # n0 is up (it never had anyone to join)
+    took = net.run_while(lambda: any(len(x.alive_members()) < 3 for x in (n0, n1, n2)), limit=30)
+    assert took <= 2 * net.config.reconnect_interval + 1, took
+
+
 def test_200_nodes_with_5_percent_loss_p99_under_1s_and_no_false_death() -> None:
     """Issue 12's target: 60 rows published from random hosts, one every 0.5 s, under 5 %
     packet loss; every one reaches all 200 hosts within 1 s (so p99 <= 1 s), and no live

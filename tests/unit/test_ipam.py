@@ -136,3 +136,77 @@ def test_allocator_never_hands_out_an_address_twice(steps: list[tuple[bool, int]
     for ip in held:
         with pytest.raises(Conflict):
             claim(pool, ip, "endpoint")
+
+
+class NoClaims:
+    """A cluster-wide guard that owns nothing and must never be asked for a claim: swarm's
+    addresses are unique through the leader's raft store, not through pyoverlay's blocks."""
+
+    clustered = True
+
+    def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
+        return False
+
+    async def claim(self, subnet, ip=None, within=None) -> None:
+        raise AssertionError(f"a cluster claim for a swarm pool ({subnet}, {ip})")
+
+    async def release_subnet(self, subnet: IPv4Network) -> None:
+        raise AssertionError("a swarm pool released cluster blocks")
+
+    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+        raise AssertionError("a swarm pool gave back a cluster address")
+
+    def to_json(self) -> dict[str, object]:
+        return {}
+
+    def load(self, d: dict[str, object]) -> None:
+        return None
+
+
+async def test_the_swarm_leader_allocates_and_a_new_leader_restores(tmp_path: Path) -> None:
+    """What swarmkit's allocator does on the leader (global address space): a pool, the
+    gateway, an address per VIP and task, no cluster claims; a new leader's allocator asks
+    for the pool again and restores every address it recorded, then allocates on."""
+    from pyoverlay.ipam.service import GLOBAL_SPACE
+
+    ipam = IpamService(tmp_path / "ipam.json", NoClaims())  # type: ignore[arg-type]
+    pool = ipam.request_pool(GLOBAL_SPACE, "10.70.0.0/24", "", {}, False)
+    gw = GW | {"com.docker.network.ipam.serial": "true"}
+    assert (await ipam.request_address(pool.pool_id, "", gw))[0] == IPv4Address("10.70.0.1")
+    ipam.network_created(GLOBAL_SPACE, "10.70.0.0/24")
+    given = [(await ipam.request_address(pool.pool_id, "", None))[0] for _ in range(3)]
+    assert len(set(given)) == 3
+    # the plugin restarts while this node leads: the pool is kept (ipam.json)
+    again = IpamService(tmp_path / "ipam.json", NoClaims())  # type: ignore[arg-type]
+    again.load()
+    assert again.pool(pool.pool_id).allocated.keys() >= set(given)
+    # leadership moved away and back: a fresh allocator asks again and restores
+    pool = again.request_pool(GLOBAL_SPACE, "10.70.0.0/24", "", {}, False)
+    assert await again.request_address(pool.pool_id, "10.70.0.1", gw)
+    for ip in given:
+        assert (await again.request_address(pool.pool_id, str(ip), None))[0] == ip
+    new = (await again.request_address(pool.pool_id, "", None))[0]
+    assert new not in given and new != IPv4Address("10.70.0.1")
+
+
+async def test_a_swarm_node_records_the_leaders_addresses_and_chooses_none(
+    tmp_path: Path,
+) -> None:
+    """A node running a task asks its own plugin in the local address space with the
+    leader's subnet and addresses preset: recorded as given once the network is known to
+    be swarm's, never claimed cluster-wide; nothing is chosen there. The leader's own pool
+    (global space) for the same subnet lives beside it on a leader that runs tasks."""
+    from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE
+
+    ipam = IpamService(tmp_path / "ipam.json", NoClaims())  # type: ignore[arg-type]
+    ipam.request_pool(GLOBAL_SPACE, "10.71.0.0/24", "", {}, False)
+    pool = ipam.request_pool(LOCAL_SPACE, "10.71.0.0/24", "", {}, False)
+    assert await ipam.request_address(pool.pool_id, "10.71.0.1", GW)
+    ipam.network_created(LOCAL_SPACE, "10.71.0.0/24", swarm=True)
+    assert (await ipam.request_address(pool.pool_id, "10.71.0.9", None))[0] == IPv4Address(
+        "10.71.0.9"
+    )
+    with pytest.raises(InvalidOption, match="come from the swarm leader"):
+        await ipam.request_address(pool.pool_id, "", None)
+    await ipam.release_address(pool.pool_id, "10.71.0.9")
+    await ipam.release_pool(pool.pool_id)
