@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -35,6 +35,7 @@ from pyoverlay.core.store import JsonDocument
 from pyoverlay.core.tasks import TaskSet
 
 log = structlog.get_logger("pyoverlay.gossip")
+Rpc = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 HOST_CHECK_TIMEOUT = 1.0  # a silent host's kernel answers a TCP connection within this
 
 
@@ -100,7 +101,7 @@ class GossipRuntime:
         self._ready = asyncio.Event()  # set after every push-pull reply
         self._armed = 0.0  # when the timer loop wakes up next (node.next_deadline)
         self._loop_task: asyncio.Task[None] | None = None
-        self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self._rpc: dict[str, Rpc] = {}
 
     # -- PeerDirectory -------------------------------------------------------
 
@@ -186,8 +187,9 @@ class GossipRuntime:
 
     # -- request/response for other subsystems (cluster-wide IPAM) -------------
 
-    def register_rpc(self, kind: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        """`handler(body) -> reply body` answers `call(addr, kind, body)`; it must not block."""
+    def register_rpc(self, kind: str, handler: Rpc) -> None:
+        """`await handler(body) -> reply body` answers `call(addr, kind, body)`; it must
+        not block the event loop (it may wait, e.g. for its state to be on disk)."""
         self._rpc[kind] = handler
 
     def members(self) -> list[tuple[str, str, str]]:
@@ -323,7 +325,7 @@ class GossipRuntime:
             if handler is None or not isinstance(body, dict):
                 self.count("dropped_malformed")
                 return None
-            return {"t": "rpcr", "body": handler(body)}
+            return {"t": "rpcr", "body": await handler(body)}
         if msg.get("t") not in ("pp", "rows"):
             return None
         self.count("streams_in")

@@ -48,7 +48,15 @@ class JsonDocument:
         return doc
 
     def save(self, doc: dict[str, Any]) -> None:
-        body = json.dumps({"version": SCHEMA_VERSION, **doc}, indent=1, sort_keys=True)
+        self.write(self.render(doc))
+
+    @staticmethod
+    def render(doc: dict[str, Any]) -> str:
+        """The document's text (taken where its data lives: the event loop)."""
+        return json.dumps({"version": SCHEMA_VERSION, **doc}, indent=1, sort_keys=True)
+
+    def write(self, body: str) -> None:
+        """Write rendered text atomically (may run on another thread)."""
         directory = self.path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)

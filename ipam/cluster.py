@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
 
@@ -64,11 +64,18 @@ LendHook = Callable[[IPv4Network, IPv4Address, str], str | None]
 class ClusterGuard:
     clustered = True
 
-    def __init__(self, me: str, transport: ClaimTransport, save: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        me: str,
+        transport: ClaimTransport,
+        save: Callable[[], None],
+        save_async: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.me = me
         self.ownership = Ownership(me)
         self.transport = transport
         self.save = save  # persists the IPAM document (which includes ours)
+        self.save_async = save_async or self._save_now  # the same, off the event loop
         self.rng = random.Random()
         self.synced = False  # claims only after the first sync with the cluster
         # set by the IPAM service: reserve/free an address in our pool for a borrower
@@ -289,9 +296,13 @@ class ClusterGuard:
         log.info("host forgotten", node=node, agreed=agreed, voters=len(voters))
         return {"forgot": node, "agreed": agreed, "voters": len(voters), "majority": agreed >= need}
 
-    # -- RPC handlers (must not block) ------------------------------------------
+    async def _save_now(self) -> None:
+        self.save()
 
-    def handle_claim(self, body: dict[str, Any]) -> dict[str, Any]:
+    # -- RPC handlers (answered once what they granted is on disk; the write does not
+    # hold up the event loop) --------------------------------------------------------
+
+    async def handle_claim(self, body: dict[str, Any]) -> dict[str, Any]:
         s, b, claimer = str(body.get("subnet")), str(body.get("block")), str(body.get("claimer"))
         try:
             net = IPv4Network(s)
@@ -305,17 +316,17 @@ class ClusterGuard:
         voters = sorted(n for n, _, _ in self.voters())
         granted = self.ownership.vote(s, b, claimer)
         if granted:
-            self.save()  # durable before we answer
+            await self.save_async()  # durable before we answer
         return {"granted": granted, "voters": voters}
 
-    def handle_release(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def handle_release(self, body: dict[str, Any]) -> dict[str, Any]:
         self.ownership.release(
             str(body.get("subnet")), str(body.get("block")), str(body.get("claimer"))
         )
-        self.save()
+        await self.save_async()
         return {}
 
-    def handle_lend(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def handle_lend(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             subnet, ip = IPv4Network(str(body.get("subnet"))), IPv4Address(str(body.get("ip")))
         except ValueError:
@@ -330,10 +341,10 @@ class ClusterGuard:
         if why is not None:
             return {"error": why}
         self.ownership.lent[key] = who
-        self.save()  # durable before we answer
+        await self.save_async()  # durable before we answer
         return {"lent": True}
 
-    def handle_return(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def handle_return(self, body: dict[str, Any]) -> dict[str, Any]:
         key = (str(body.get("subnet")), str(body.get("ip")))
         if self.ownership.lent.get(key) != str(body.get("borrower")):
             return {}
@@ -342,19 +353,19 @@ class ClusterGuard:
             self.unlend_hook(IPv4Network(key[0]), IPv4Address(key[1]), str(body.get("borrower")))
         except ValueError:
             pass
-        self.save()
+        await self.save_async()
         return {}
 
-    def handle_forget(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def handle_forget(self, body: dict[str, Any]) -> dict[str, Any]:
         node = str(body.get("node"))
         status = {n: st for n, _, st in self.transport.members()}.get(node)
         if node == self.me or status in LIVE:
             return {"forgot": False}
         self.ownership.drop_voter(node, forget=True)
-        self.save()
+        await self.save_async()
         return {"forgot": True}
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
         return {
             CLAIM: self.handle_claim,
             RELEASE: self.handle_release,

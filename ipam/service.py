@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Protocol
@@ -118,19 +119,30 @@ class IpamService:
         self.guard: AddressGuard = guard or LocalGuard()
         self.pools: dict[str, Pool] = {}
         self._lock = asyncio.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipam-save")
 
     def load(self) -> None:
         d = self.doc.load()
         self.pools = {k: Pool.from_json(v) for k, v in (d.get("pools") or {}).items()}
         self.guard.load(d.get("ownership") or {})
 
-    def save(self) -> None:
-        self.doc.save(
+    def _render(self) -> str:
+        return self.doc.render(
             {
                 "pools": {k: v.to_json() for k, v in self.pools.items()},
                 "ownership": self.guard.to_json(),
             }
         )
+
+    def save(self) -> None:
+        """Durable when it returns (Docker's requests are answered after it)."""
+        self._writer.submit(self.doc.write, self._render()).result()
+
+    async def save_async(self) -> None:
+        """Durable when it returns, without holding up the event loop (a peer's RPC is
+        answered after it; gossip goes on meanwhile). One writer thread takes every
+        save in order, so a later state is never overwritten by an earlier one."""
+        await asyncio.wrap_future(self._writer.submit(self.doc.write, self._render()))
 
     def _commit(self, undo: Callable[[], object]) -> None:
         """Save, or put the in-memory state back (via `undo()`) and re-raise."""

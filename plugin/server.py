@@ -96,7 +96,7 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         if gossip is not None:
             driver.directory = gossip
             driver.clustered = True
-            guard = ClusterGuard(driver.node_id, gossip, ipam.save)
+            guard = ClusterGuard(driver.node_id, gossip, ipam.save, ipam.save_async)
             guard.lend_hook, guard.unlend_hook = ipam.lend, ipam.unlend
             ipam.guard = guard
             ipam.load()  # again, now with the ownership part

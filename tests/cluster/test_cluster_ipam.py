@@ -62,7 +62,7 @@ class SimTransport:
         target = self.cluster.by_addr.get(addr)
         if target is None:
             return None
-        return target.guard.handlers()[kind](body)  # type: ignore[attr-defined]
+        return await target.guard.handlers()[kind](body)  # type: ignore[attr-defined]
 
     def publish(self, scope: str, key: str, value: dict[str, Any]) -> None:
         self.node.publish(self.cluster.net.now, scope, key, value)
@@ -95,7 +95,7 @@ class SimCluster:
         addr = node.addr
         self.net.down.discard(addr)
         ipam = IpamService(self.tmp / f"{name}.json")
-        guard = ClusterGuard(name, SimTransport(self, name), ipam.save)
+        guard = ClusterGuard(name, SimTransport(self, name), ipam.save, ipam.save_async)
         guard.rng = random.Random(f"{self.seed}-{name}")
         guard.lend_hook, guard.unlend_hook = ipam.lend, ipam.unlend
         ipam.guard = guard

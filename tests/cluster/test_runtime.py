@@ -159,7 +159,12 @@ async def test_replayed_and_stale_packets_are_dropped_and_counted() -> None:
         assert b.counters["dropped_replay"] == 1, b.counters
         # a replayed RPC (e.g. a captured ipam-release) is refused too
         seen: list[dict] = []
-        b.register_rpc("echo", lambda body: seen.append(body) or {"ok": True})
+
+        async def echo(body):
+            seen.append(body)
+            return {"ok": True}
+
+        b.register_rpc("echo", echo)
         frame = a.transport._frame({"t": "rpc", "kind": "echo", "body": {"n": 1}})
         for _ in range(2):
             r, w = await asyncio.open_connection("127.0.0.1", b.port)
@@ -238,7 +243,11 @@ async def test_a_dead_member_whose_host_still_answers_keeps_its_data_path() -> N
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
             await w.wait_closed()
-        b.register_rpc("echo", lambda body: {"ok": True})
+
+        async def ok(body):
+            return {"ok": True}
+
+        b.register_rpc("echo", ok)
         await wait_until(lambda: b.counters.get("host_checks_in", 0) == 12)
         assert await a.call(b.node.addr, "echo", {}, timeout=5) == {"ok": True}
         await b.stop(leave=False)

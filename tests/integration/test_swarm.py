@@ -453,6 +453,83 @@ def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:
         h1.docker("network", "rm", "net3", check=False)
 
 
+STACK = """
+version: "3.8"
+services:
+  web:
+    image: bb:latest
+    command: ["nc", "-ll", "-p", "7000", "-e", "/bin/hostname"]
+    networks: [stacknet]
+    deploy:
+      replicas: 2
+      placement: {max_replicas_per_node: 1}
+  client:
+    image: bb:latest
+    command: ["sleep", "3600"]
+    networks: [stacknet]
+networks:
+  stacknet:
+    driver: pyoverlay:latest
+    ipam:
+      driver: pyoverlay:latest
+      config: [{subnet: 100.0.9.0/24}]
+"""
+
+
+def test_a_stack_naming_pyoverlays_ipam_deploys_and_its_tasks_talk(
+    swarm: Lab, tmp_path: Path
+) -> None:
+    """What a user copies from the standalone examples into a stack file: the network's
+    driver *and* its IPAM driver pyoverlay. Swarm allocates on its leader, whose pyoverlay
+    IPAM serves it (it used to refuse: every task stayed "New", with no error anywhere);
+    each node records the addresses the leader chose. Every task runs, with an address of
+    the stack's subnet, and the client reaches both web tasks by address and by VIP."""
+    h1 = swarm.host(1)
+    stack = tmp_path / "stack.yml"
+    stack.write_text(STACK)
+    h1.docker("stack", "deploy", "--resolve-image", "never", "-c", str(stack), "ipam", timeout=120)
+    try:
+        webs: list[tuple[Host, str]] = []
+
+        def both_webs_run() -> bool:
+            webs[:] = [(h, c) for h in swarm.hosts for c in h.service_containers("ipam_web")]
+            return len(webs) == 2
+
+        try:
+            wait_for("both web tasks running", both_webs_run, timeout=180, interval=1.0)
+        except TimeoutError:
+            ps = h1.docker("service", "ps", "--no-trunc", "ipam_web", check=False)
+            print(f"docker service ps ipam_web:\n{ps.stdout}{ps.stderr}")
+            raise
+        client_host = next(h for h in swarm.hosts if h.service_containers("ipam_client"))
+        client = client_host.service_containers("ipam_client")[0]
+        fmt = '{{(index .NetworkSettings.Networks "ipam_stacknet").IPAddress}}'
+        addrs = [h.docker("inspect", "-f", fmt, c).stdout.strip() for h, c in webs]
+        assert all(a.startswith("100.0.9.") for a in addrs) and len(set(addrs)) == 2, addrs
+        for a in addrs:
+            wait_for(f"client -> {a}", lambda a=a: ping(client_host, client, a), timeout=30)
+        names = {
+            h.docker("inspect", "-f", "{{.Config.Hostname}}", c).stdout.strip() for h, c in webs
+        }
+        wait_for(
+            "both web tasks answer through the VIP",
+            lambda: set(hostnames_via(client_host, client, "ipam_web", 20)) == names,
+            timeout=60,
+            interval=1.0,
+        )
+    finally:
+        h1.docker("stack", "rm", "ipam", check=False)
+        wait_for(
+            "the stack's network gone on every host",
+            lambda: all(
+                "ipam_stacknet" not in h.docker("network", "ls", "--format", "{{.Name}}").stdout
+                for h in swarm.hosts
+            ),
+            timeout=120,
+            interval=1.0,
+        )
+
+
 def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> None:
     h1, h2, h3 = swarm.hosts
     for h in (h2, h3):

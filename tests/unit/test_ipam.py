@@ -210,3 +210,43 @@ async def test_a_swarm_node_records_the_leaders_addresses_and_chooses_none(
         await ipam.request_address(pool.pool_id, "", None)
     await ipam.release_address(pool.pool_id, "10.71.0.9")
     await ipam.release_pool(pool.pool_id)
+
+
+async def test_a_peers_rpc_is_answered_after_its_save_without_stalling_the_loop(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Cluster IPAM RPCs (claims, loans, releases from other hosts) are answered only once
+    the grant is on disk, but the write happens off the event loop: gossip's probes and
+    Docker's requests go on while a slow disk syncs (here: a 0.5 s write)."""
+    import asyncio
+    import time
+
+    from pyoverlay.core.store import JsonDocument
+    from pyoverlay.ipam.cluster import ClusterGuard
+
+    ipam = IpamService(tmp_path / "ipam.json")
+    guard = ClusterGuard("me", None, ipam.save, ipam.save_async)  # type: ignore[arg-type]
+    ipam.guard = guard
+    real = JsonDocument.write
+
+    def slow(self: JsonDocument, body: str) -> None:
+        time.sleep(0.5)
+        real(self, body)
+
+    monkeypatch.setattr(JsonDocument, "write", slow)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        for _ in range(40):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())  # noqa: RUF006 - awaited below
+    reply = await guard.handle_release({"subnet": "10.9.0.0/24", "block": "10.9.0.0/28"})
+    await tick
+    assert reply == {}
+    assert (tmp_path / "ipam.json").exists()  # on disk when answered
+    assert max(gaps) < 0.25, max(gaps)  # the loop ran on meanwhile
