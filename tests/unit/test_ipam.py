@@ -245,6 +245,7 @@ async def test_a_peers_rpc_is_answered_after_its_save_without_stalling_the_loop(
             last = now
 
     tick = asyncio.ensure_future(ticker())  # noqa: RUF006 - awaited below
+    await asyncio.sleep(0.05)  # the ticker runs
     reply = await guard.handle_release({"subnet": "10.9.0.0/24", "block": "10.9.0.0/28"})
     await tick
     assert reply == {}
