@@ -604,3 +604,52 @@ def test_service_and_network_rm_leave_nothing_on_any_node(swarm: Lab) -> None:
         timeout=60,
         interval=0.5,
     )
+
+
+def test_dockers_own_overlay_still_reaches_pyoverlay_hosts_from_outside_pyoverlay(
+    swarm: Lab,
+) -> None:
+    """Last in this module (h3 leaves pyoverlay for good). Docker's built-in overlay and
+    the ingress use UDP 4789 too. A node that is not a pyoverlay member (h3: its plugin
+    disabled, then forgotten by the others) still reaches a pyoverlay host (h1, which
+    keeps a pyoverlay network and so its guard table) over Docker's overlay: admission
+    drops non-members' VXLAN of pyoverlay's own VNIs only."""
+    h1, h2, h3 = swarm.hosts
+    mgr = next(h for h in (h1, h2) if h.docker("node", "ls", "-q", check=False).returncode == 0)
+    mgr.create_swarm_network("ours", "100.0.98.0/24")
+    mgr.create_swarm_network("builtin", "100.0.99.0/24", driver="overlay")
+    made = []
+    try:
+        h1.docker("run", "-d", "--name", "guarded", "--network", "ours", IMAGE, "sleep", "3600")
+        made.append((h1, "guarded"))
+        gone = (h3.state_dir / "node-id").read_text().strip()
+        h3.docker("plugin", "disable", "-f", PLUGIN, timeout=120)
+        wait_for(
+            "h1 sees h3's pyoverlay dead",
+            lambda: any(
+                m["name"] == gone and m["status"] == "dead"
+                for m in json.loads(cli(h1, swarm, "members", "--json").stdout)
+            ),
+            timeout=60,
+            interval=1.0,
+        )
+        for h in (h1, h2):
+            assert cli(h, swarm, "forget", gone).returncode == 0
+        guard = h1.run("nft", "list", "table", "inet", "pyoverlay_guard").stdout
+        assert "@members" in guard and "non-member" in guard, guard
+        status = json.loads(cli(h1, swarm, "status", "--json").stdout)
+        assert h3.address not in status["ipsec"]["admitted"], status["ipsec"]
+        drops = status["ipsec"]["drops"].get("admission_drops", 0)
+        for h, name in ((h1, "b1"), (h3, "b3")):
+            h.docker("run", "-d", "--name", name, "--network", "builtin", IMAGE, "sleep", "3600")
+            made.append((h, name))
+        fmt = '{{(index .NetworkSettings.Networks "builtin").IPAddress}}'
+        b1 = h1.docker("inspect", "-f", fmt, "b1").stdout.strip()
+        wait_for("h3 -> h1 over Docker's own overlay", lambda: ping(h3, "b3", b1), timeout=60)
+        after = json.loads(cli(h1, swarm, "status", "--json").stdout)["ipsec"]["drops"]
+        assert after.get("admission_drops", 0) == drops, after
+    finally:
+        for h, name in made:
+            h.docker("rm", "-f", name, check=False)
+        for net in ("builtin", "ours"):
+            mgr.docker("network", "rm", net, check=False)
