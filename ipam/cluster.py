@@ -16,6 +16,7 @@ majority agreed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
@@ -32,6 +33,7 @@ RELEASE = "ipam-release"
 LEND = "ipam-lend"
 RETURN = "ipam-return"
 FORGET = "ipam-forget"
+SYNC_WAIT = 5.0  # seconds a claim waits for the first sync with the cluster
 CLAIM_TIMEOUT = 2.0
 LIVE = ("alive", "suspect")
 
@@ -77,7 +79,7 @@ class ClusterGuard:
         self.save = save  # persists the IPAM document (which includes ours)
         self.save_async = save_async or self._save_now  # the same, off the event loop
         self.rng = random.Random()
-        self.synced = False  # claims only after the first sync with the cluster
+        self._synced = asyncio.Event()  # claims only after the first sync with the cluster
         # set by the IPAM service: reserve/free an address in our pool for a borrower
         self.lend_hook: LendHook = lambda subnet, ip, who: "no pool"
         self.unlend_hook: Callable[[IPv4Network, IPv4Address, str], None] = lambda s, i, w: None
@@ -109,6 +111,17 @@ class ClusterGuard:
             if owner and owner != self.me and owner not in self.ownership.forgotten:
                 self.ownership.others[(str(subnet), key)] = owner
 
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        if value:
+            self._synced.set()
+        else:
+            self._synced.clear()
+
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
         return self.ownership.owns(subnet, ip)
 
@@ -125,7 +138,12 @@ class ClusterGuard:
         """Own one more block of `subnet` (inside `within`, the --ip-range), or borrow
         `want` from its owner; or raise why not."""
         if not self.synced:
-            raise self._not_synced()
+            # a `docker run` right after the plugin started (a boot, a script): wait for
+            # the first sync a little, rather than refuse what a second later works
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced.wait(), SYNC_WAIT)
+            if not self.synced:
+                raise self._not_synced()
         self._refresh(subnet)
         if want is not None:
             block = block_of(subnet, want)

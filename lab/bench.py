@@ -481,6 +481,9 @@ def bench_crash(lab: Lab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     for h in lab.hosts:
         h.create_network("ovl", "100.5.0.0/24")
+    # h1 needs a container of its own on the network: only then has it the network's
+    # sandbox and receives its rows (lazy sandboxes, as Docker's overlay)
+    h1.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
     h2.docker("run", "-d", "--name", "victim", "--network", "ovl", IMAGE, "sleep", "3600")
     wait_for("h2's container programmed on h1", lambda: h2.address in fdb_dsts(h1), timeout=15)
     # 1. a 2 s stall of h2's plugin: no false alarm
@@ -507,6 +510,7 @@ def bench_crash(lab: Lab) -> None:
     h2.start_plugin()
     h2.start_dockerd()
     remove(h2, ["victim"])
+    remove(h1, ["watcher"])
     for h in lab.hosts:
         h.docker("network", "rm", "ovl", check=False)
     report(

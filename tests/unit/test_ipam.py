@@ -251,3 +251,39 @@ async def test_a_peers_rpc_is_answered_after_its_save_without_stalling_the_loop(
     assert reply == {}
     assert (tmp_path / "ipam.json").exists()  # on disk when answered
     assert max(gaps) < 0.25, max(gaps)  # the loop ran on meanwhile
+
+
+class Alone:
+    """A claim transport with nobody else in the cluster (a majority of one)."""
+
+    def members(self) -> list[tuple[str, str, str]]:
+        return []
+
+    async def call(self, addr, kind, body, timeout):
+        return None
+
+    def publish(self, scope, key, value) -> None:
+        pass
+
+    def withdraw(self, scope, key) -> None:
+        pass
+
+    def rows(self, scope):
+        return []
+
+
+async def test_a_claim_right_after_start_waits_for_the_first_sync(monkeypatch) -> None:
+    """`docker run` right after the plugin started: the block claim waits (bounded) for the
+    first sync instead of refusing; with no sync at all it says why, after the wait."""
+    import asyncio
+
+    from pyoverlay.ipam import cluster
+
+    monkeypatch.setattr(cluster, "SYNC_WAIT", 0.3)
+    guard = cluster.ClusterGuard("me", Alone(), lambda: None)
+    subnet = IPv4Network("10.9.0.0/24")
+    with pytest.raises(Conflict, match="has not synced"):
+        await guard.claim(subnet, None)
+    asyncio.get_running_loop().call_later(0.1, setattr, guard, "synced", True)
+    await guard.claim(subnet, None)  # waited for the sync, then took a block
+    assert any(guard.may_allocate(subnet, ip) for ip in subnet.hosts())
