@@ -318,7 +318,7 @@ class Host(DockerVerbs):
         self.procs[proc.pid] = proc
         wait_for(
             f"dockerd on {self.name}",
-            lambda: self.docker("version", check=False, timeout=10).returncode == 0,
+            lambda: self.docker("version", check=False, timeout=10 * self.lab.slow).returncode == 0,
             timeout=60 * self.lab.slow,
         )
 
@@ -660,9 +660,11 @@ class Lab:
                 h.start_plugin(*self.default_plugin_args(h))
 
         # every host at once (a dockerd start is mostly waiting): a late one joins the
-        # others through gossip's retries, as a host booting after them would
+        # others through gossip's retries, as a host booting after them would; one after
+        # the other under emulation (slow), where starting is all CPU
         busybox_tarball()  # built once, before the hosts import it
-        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+        at_once = len(self.hosts) if self.slow == 1 else 1
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
             for f in [pool.submit(start, h) for h in self.hosts]:
                 f.result()
         return self

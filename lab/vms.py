@@ -11,6 +11,7 @@ only used. Each command is one ssh call over a shared connection
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
 import socket
@@ -194,7 +195,9 @@ class VmHost(DockerVerbs):
 class VmCluster:
     """The Vagrantfile's two VMs: h1 (legacy plugin), h2 (managed plugin)."""
 
-    slow = 4  # software emulation: scale for waits that include VM work
+    # software emulation (and other tiers beside it): waits that include VM work stretch
+    # this much; they end as soon as what they wait for is there
+    slow = float(os.environ.get("PYOVERLAY_VM_SLOW", "6"))
     pyoverlay = PYOVERLAY
     underlay_nic = "eth1"
 

@@ -78,7 +78,16 @@ def peer_vteps(h: Host, lab: Lab) -> set[str]:
 def test_seed_scenario_as_swarm_services(swarm: Lab) -> None:
     h1, h2, h3 = (swarm.hosts * 2)[:3]  # on two hosts (the VMs) front runs beside kv
     nid = h1.create_swarm_network("net1", SUBNET)
-    info = json.loads(h1.docker("network", "inspect", "net1").stdout)[0]
+
+    def allocated() -> dict[str, Any] | None:
+        # the leader allocates a swarm network after `network create` returns: until
+        # then its IPAM shows nothing (a busy machine makes that visible)
+        info = json.loads(h1.docker("network", "inspect", "net1").stdout)[0]
+        return info if (info.get("IPAM") or {}).get("Config") else None
+
+    wait_for("net1 allocated by the swarm leader", allocated, timeout=60, interval=0.5)
+    info = allocated()
+    assert info is not None
     assert info["Scope"] == "swarm" and info["IPAM"]["Config"][0]["Subnet"] == SUBNET
     h1.create_service("kv", "net1", h1, IMAGE, "/app/kv-server")
     h1.create_service("web", "net1", h2, IMAGE, "/app/web-server", "kv")
