@@ -1,5 +1,8 @@
 """ClusterGuard: the IPAM's cluster-wide side - owned blocks, claims by majority vote.
 
+(~400 lines: the three sides of one protocol, claiming, lending and forgetting, each
+with the RPC handler that answers it on the other hosts, read best side by side.)
+
 The rules and the argument for "no duplicates" are in blocks.py.  This
 module does the talking: a claim asks every reachable voter at once (over
 the gossip transport's authenticated request/response streams), counts

@@ -1,5 +1,8 @@
 """The only module that imports pyroute2: carries out Ops with netlink.
 
+(~470 lines, one class: the Kernel adapter's sockets, link ops and snapshot share
+its per-namespace netlink sockets; FDB/ARP entries in bulk are apart, entries.py.)
+
 Rules this adapter keeps (see docs/design.md, "kernel adapter"):
 * one long-lived AsyncIPRoute per namespace (a netns socket is made by a
   forked child, ~8 ms), opened under a per-namespace lock so two callers

@@ -1,4 +1,7 @@
-"""Keeps the kernel's IPsec SAs/policies and the guard table as ipsec.py decides.
+"""Keeps the kernel's IPsec SAs/policies and the guard table as sa.py and guard.py decide.
+
+(~370 lines, one loop: reading the kernel, numbering, installing and reporting share
+its state; what to do is decided in sa.py and guard.py.)
 
 `sync()` is the only entry: it is called when a network appears or goes, on
 every change of the `ipsec` rows or the membership, when the keyring is
