@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
+import socket
 import subprocess
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +19,7 @@ from pyoverlay.driver.core.interfaces import UnderlayInfo
 from pyoverlay.driver.core.model import Underlay
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.ipam.service import IpamService
+from pyoverlay.plugin.admin import ADMIN_SOCKET
 from testing.fakes import FakeKernel
 
 UNDERLAY = UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
@@ -48,6 +53,40 @@ class Services:
     def restarted(self) -> Services:
         """A new plugin process on the same state dir and the same kernel."""
         return Services(self.state_dir, self.kernel)
+
+
+def api(h: Host, path: str, method: str = "GET") -> Any:
+    """What `pyoverlay status|members|peers|services --json` prints, from the plugin's
+    admin API directly: the CLI's own data without starting a Python process per call (a
+    wait that polls it would spend seconds of CPU; in a VM, minutes). For VM hosts, curl
+    over ssh."""
+    sock = h.state_dir / ADMIN_SOCKET
+    if not isinstance(h, Host):  # a Vagrant VM
+        r = h.run("curl", "-sf", "--max-time", "30", "-X", method, "--unix-socket", str(sock),
+                  f"http://p{path}")  # fmt: skip
+        return json.loads(r.stdout)
+    conn = UnixHTTPConnection(str(sock))
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise OSError(f"admin API {path}: HTTP {resp.status}: {body[:200]!r}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.path)
+        self.sock = s
 
 
 def cli(h: Host, lab: Lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

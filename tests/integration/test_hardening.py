@@ -11,13 +11,12 @@ synced; the other keeps the entries of a host whose kernel still answers).
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import time
 
 import pytest
-from support import Pinger, Scratch, both, cli, ip_of, loss, ping, start_ping
+from support import Pinger, Scratch, api, both, cli, ip_of, loss, ping, start_ping
 
 from lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 
@@ -41,7 +40,7 @@ OUTAGES = [
 
 def data_path_kept(observer: Host, lab: Lab, victim: Host) -> bool:
     """`pyoverlay members` on `observer` shows the victim dead, its data path kept."""
-    view = json.loads(cli(observer, lab, "members", "--json").stdout)
+    view = api(observer, "/members")
     return any(
         m["vtep"] == victim.address and m["status"] == "dead" and m["data_path_kept"] for m in view
     )
@@ -92,7 +91,7 @@ def test_plugin_kill9_and_restart_loses_no_packet(
             lambda: all(
                 p["state"] in ("ok", "local") and not v["stale"]
                 for h in (victim, other)
-                for v in json.loads(cli(h, lab, "peers", "--json").stdout)
+                for v in api(h, "/peers")
                 for p in v["peers"]
             ),
             timeout=15 * lab.slow,
@@ -191,7 +190,7 @@ def test_live_key_rotation_on_two_hosts_with_traffic_flowing(lab: Lab, scratch: 
         sent, got = loss(out)
         assert got == sent, out
         for h in (h1, h2):
-            st = json.loads(cli(h, lab, "status", "--json").stdout)
+            st = api(h, "/status")
             assert st["members"] == {"alive": 2}, st
             assert st["counters"].get("dropped_auth", 0) == 0, st["counters"]
         scratch.run(h1, "k3", "--network", "kr", IMAGE, *SLEEP)

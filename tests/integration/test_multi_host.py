@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from support import Scratch, both, cli, ip_of, mac_of, ping
+from support import Scratch, api, both, cli, ip_of, mac_of, ping
 
 from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
@@ -22,11 +22,11 @@ SLEEP = ("sleep", "3600")
 
 
 def peers(h: Host, lab: Lab) -> list[dict[str, object]]:
-    return json.loads(cli(h, lab, "peers", "--json").stdout)
+    return api(h, "/peers")
 
 
 def members(h: Host, lab: Lab) -> dict[str, str]:
-    return {m["vtep"]: m["status"] for m in json.loads(cli(h, lab, "members", "--json").stdout)}
+    return {m["vtep"]: m["status"] for m in api(h, "/members")}
 
 
 def fdb_macs(h: Host, ns: str) -> dict[str, str]:

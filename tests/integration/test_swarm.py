@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import cli, ping
+from support import api, cli, ping
 
 from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
 
@@ -71,7 +71,7 @@ def overlay_addr(h: Host, container: str) -> str:
 
 
 def peer_vteps(h: Host, lab: Lab) -> set[str]:
-    views = json.loads(cli(h, lab, "peers", "--json").stdout or "[]")
+    views = api(h, "/peers")
     return {p["vtep"] for v in views for p in v["peers"] if p["state"] != "local"}
 
 
@@ -224,9 +224,8 @@ def rule_ips(h: Host, container: str, vip: str) -> set[str]:
 
 
 def services_json(h: Host, lab: Lab) -> list[dict[str, Any]]:
-    r = cli(h, lab, "services", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    result: list[dict[str, Any]] = api(h, "/services")
+    return result
 
 
 def backends(h: Host, lab: Lab, vip: str) -> set[str] | None:
@@ -585,7 +584,7 @@ def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> No
         fmt = '{{(index .NetworkSettings.Networks "net2").IPAddress}}'
         b_ip = h3.docker("inspect", "-f", fmt, "n2b").stdout.strip()
         wait_for("n2a -> n2b on the new network", lambda: ping(h2, "n2a", b_ip), timeout=30)
-        vnis = json.loads(cli(h3, swarm, "status", "--json").stdout)["networks"]
+        vnis = api(h3, "/status")["networks"]
         assert len({n["vni"] for n in vnis}) == len(vnis) >= 2, vnis
         h2.docker("rm", "-f", "n2a")
         h3.docker("rm", "-f", "n2b")
@@ -635,10 +634,7 @@ def test_dockers_own_overlay_still_reaches_pyoverlay_hosts_from_outside_pyoverla
         h3.docker("plugin", "disable", "-f", PLUGIN, timeout=120)
         wait_for(
             "h1 sees h3's pyoverlay dead",
-            lambda: any(
-                m["name"] == gone and m["status"] == "dead"
-                for m in json.loads(cli(h1, swarm, "members", "--json").stdout)
-            ),
+            lambda: any(m["name"] == gone and m["status"] == "dead" for m in api(h1, "/members")),
             timeout=60,
             interval=1.0,
         )
@@ -646,7 +642,7 @@ def test_dockers_own_overlay_still_reaches_pyoverlay_hosts_from_outside_pyoverla
             assert cli(h, swarm, "forget", gone).returncode == 0
         guard = h1.run("nft", "list", "table", "inet", "pyoverlay_guard").stdout
         assert "@members" in guard and "non-member" in guard, guard
-        status = json.loads(cli(h1, swarm, "status", "--json").stdout)
+        status = api(h1, "/status")
         assert h3.address not in status["ipsec"]["admitted"], status["ipsec"]
         drops = status["ipsec"]["drops"].get("admission_drops", 0)
         for h, name in ((h1, "b1"), (h3, "b3")):
@@ -655,7 +651,7 @@ def test_dockers_own_overlay_still_reaches_pyoverlay_hosts_from_outside_pyoverla
         fmt = '{{(index .NetworkSettings.Networks "builtin").IPAddress}}'
         b1 = h1.docker("inspect", "-f", fmt, "b1").stdout.strip()
         wait_for("h3 -> h1 over Docker's own overlay", lambda: ping(h3, "b3", b1), timeout=60)
-        after = json.loads(cli(h1, swarm, "status", "--json").stdout)["ipsec"]["drops"]
+        after = api(h1, "/status")["ipsec"]["drops"]
         assert after.get("admission_drops", 0) == drops, after
     finally:
         for h, name in made:

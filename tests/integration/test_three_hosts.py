@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import Pinger, Scratch, both, cli, ip_of, ping
+from support import Pinger, Scratch, api, both, ip_of, ping
 
 from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
@@ -134,7 +133,7 @@ def test_whole_fleet_restart_loses_no_packet(lab: Lab, scratch: Scratch) -> None
 def rows_of(h: Host, lab: Lab, net: str) -> dict[str, str] | None:
     """`pyoverlay peers` on h for network `net`: ip -> state, None if h has no sandbox."""
     nid = h.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
-    for v in json.loads(cli(h, lab, "peers", "--json").stdout):
+    for v in api(h, "/peers"):
         if nid.startswith(v["network"]):
             return None if v["namespace"] is None else {p["ip"]: p["state"] for p in v["peers"]}
     raise AssertionError(f"{net} not listed by pyoverlay peers on {h.name}")
@@ -143,5 +142,5 @@ def rows_of(h: Host, lab: Lab, net: str) -> dict[str, str] | None:
 def stored_rows(h: Host, lab: Lab, net: str) -> int:
     """Endpoint rows of `net` (visible or not) the plugin on h holds (`status --json`)."""
     nid = h.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
-    nets = json.loads(cli(h, lab, "status", "--json").stdout)["networks"]
+    nets = api(h, "/status")["networks"]
     return int(next(n["rows"] for n in nets if nid.startswith(n["network"])))
