@@ -291,6 +291,33 @@ class Host(DockerVerbs):
         )
 
     def start_dockerd(self, *extra: str) -> None:
+        """dockerd on this host, answering; started again if it gives up while starting
+        (its containerd has a start-up deadline that a starved emulated CPU can miss)."""
+        for attempt in range(3):
+            self._spawn_dockerd(*extra)
+            proc = self.procs[self.dockerd_pid or 0]
+
+            def up(proc: subprocess.Popen[bytes] = proc) -> bool:  # answers, or gave up
+                if proc.poll() is not None:
+                    return True
+                return (
+                    self.docker("version", check=False, timeout=10 * self.lab.slow).returncode == 0
+                )
+
+            try:
+                wait_for(f"dockerd on {self.name}", up, timeout=60 * self.lab.slow)
+            except TimeoutError as exc:
+                tail = (self.lib_dir / "dockerd.log").read_text(errors="replace")[-3000:]
+                raise TimeoutError(f"{exc}; its log ends:\n{tail}") from None
+            if proc.poll() is None:
+                return
+            if attempt == 2:
+                tail = (self.lib_dir / "dockerd.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"dockerd on {self.name} exited 3 times starting:\n{tail}")
+            self._reap(proc.pid)
+            (self.run_dir / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
+
+    def _spawn_dockerd(self, *extra: str) -> None:
         log = open(self.lib_dir / "dockerd.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [
@@ -316,11 +343,6 @@ class Host(DockerVerbs):
         log.close()
         self.dockerd_pid = proc.pid  # nsenter execs dockerd: same pid
         self.procs[proc.pid] = proc
-        wait_for(
-            f"dockerd on {self.name}",
-            lambda: self.docker("version", check=False, timeout=10 * self.lab.slow).returncode == 0,
-            timeout=60 * self.lab.slow,
-        )
 
     def stop_dockerd(self, sig: int = signal.SIGTERM) -> None:
         if self.dockerd_pid is None:

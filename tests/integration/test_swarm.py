@@ -509,8 +509,14 @@ def test_a_stack_naming_pyoverlays_ipam_deploys_and_its_tasks_talk(
             ps = h1.docker("service", "ps", "--no-trunc", "ipam_web", check=False)
             print(f"docker service ps ipam_web:\n{ps.stdout}{ps.stderr}")
             raise
-        client_host = next(h for h in swarm.hosts if h.service_containers("ipam_client"))
-        client = client_host.service_containers("ipam_client")[0]
+        clients: list[tuple[Host, str]] = []
+
+        def client_runs() -> bool:
+            clients[:] = [(h, c) for h in swarm.hosts for c in h.service_containers("ipam_client")]
+            return bool(clients)
+
+        wait_for("the client task running", client_runs, timeout=180, interval=1.0)
+        client_host, client = clients[0]
         fmt = '{{(index .NetworkSettings.Networks "ipam_stacknet").IPAddress}}'
         addrs = [h.docker("inspect", "-f", fmt, c).stdout.strip() for h, c in webs]
         assert all(a.startswith("100.0.9.") for a in addrs) and len(set(addrs)) == 2, addrs
