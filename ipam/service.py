@@ -51,11 +51,10 @@ from pyoverlay.ipam.allocator import (
     next_free,
     release,
 )
+from pyoverlay.ipam.spaces import GLOBAL_SPACE, LOCAL_SPACE
 
 log = structlog.get_logger("pyoverlay.ipam")
 
-LOCAL_SPACE = "pyoverlay-local"  # both start with driver.identity.OWN_SPACE_PREFIX
-GLOBAL_SPACE = "pyoverlay-global"
 DEFAULT_RANGE = IPv4Network("10.200.0.0/16")
 DEFAULT_PREFIX = 24
 GATEWAY_REQUEST = "com.docker.network.gateway"

@@ -9,6 +9,7 @@ composition root that builds every other part.
     views.py       what the admin API shows, worked out from the parts
     settings.py    every setting: flag, environment variable, default, help
     prebound.py    the socket bound at the first instruction (dockerd's 12.5 s wait)
+    handshake.py   the four calls answered before start-up is done (dockerd's 30 s wait)
     docker_api.py  the local dockerd, read only (service VIPs of swarm tasks)
     parts.py       what one running plugin is made of
     wiring.py      builds the parts; the only importer of the kernel adapters

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from pyoverlay.core.errors import PyoverlayError
 from pyoverlay.core.metrics import METRICS
+from pyoverlay.plugin.handshake import CONTENT_TYPE
 
 log = structlog.get_logger("pyoverlay.plugin")
-CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

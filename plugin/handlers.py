@@ -16,7 +16,8 @@ from pyoverlay.core.errors import InvalidOption
 from pyoverlay.driver.core.options import PoolData
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.overlay.swarm import SwarmAllocations
-from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE, IpamService
+from pyoverlay.ipam.service import IpamService
+from pyoverlay.plugin import handshake
 from pyoverlay.plugin import protocol as p
 from pyoverlay.plugin.errors import reply
 
@@ -37,21 +38,14 @@ async def parse(request: web.Request, model: type[M]) -> M:
     return model.model_validate_json(raw if raw.strip() else b"{}")
 
 
-# -- Plugin ----------------------------------------------------------------------
+# -- Plugin, and the capabilities (plugin/handshake.py: also answered before start-up) --
 
 
-async def activate(request: web.Request) -> web.Response:
-    return reply({"Implements": ["NetworkDriver", "IpamDriver"]})
+async def handshake_call(request: web.Request) -> web.Response:
+    return reply(handshake.answers(request.app[SCOPE])[request.path])
 
 
 # -- NetworkDriver ---------------------------------------------------------------
-
-
-async def get_capabilities(request: web.Request) -> web.Response:
-    # global: swarm networks (only managed plugins are accepted for them); a plugin that
-    # says global on a non-swarm engine makes every `network create` fail, hence a setting
-    scope = request.app[SCOPE]
-    return reply({"Scope": scope, "ConnectivityScope": scope})
 
 
 async def create_network(request: web.Request) -> web.Response:
@@ -164,16 +158,6 @@ async def free_network(request: web.Request) -> web.Response:
 # -- IpamDriver ------------------------------------------------------------------
 
 
-async def ipam_capabilities(request: web.Request) -> web.Response:
-    return reply({"RequiresMACAddress": False, "RequiresRequestReplay": False})
-
-
-async def default_address_spaces(request: web.Request) -> web.Response:
-    return reply(
-        {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
-    )
-
-
 async def request_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestPoolRequest)
     pool = request.app[IPAM].request_pool(
@@ -202,8 +186,8 @@ async def release_address(request: web.Request) -> web.Response:
 
 
 ROUTES: dict[str, Any] = {
-    "/Plugin.Activate": activate,
-    "/NetworkDriver.GetCapabilities": get_capabilities,
+    "/Plugin.Activate": handshake_call,
+    "/NetworkDriver.GetCapabilities": handshake_call,
     "/NetworkDriver.CreateNetwork": create_network,
     "/NetworkDriver.DeleteNetwork": delete_network,
     "/NetworkDriver.CreateEndpoint": create_endpoint,
@@ -217,8 +201,8 @@ ROUTES: dict[str, Any] = {
     "/NetworkDriver.DiscoverDelete": discover,
     "/NetworkDriver.AllocateNetwork": allocate_network,
     "/NetworkDriver.FreeNetwork": free_network,
-    "/IpamDriver.GetCapabilities": ipam_capabilities,
-    "/IpamDriver.GetDefaultAddressSpaces": default_address_spaces,
+    "/IpamDriver.GetCapabilities": handshake_call,
+    "/IpamDriver.GetDefaultAddressSpaces": handshake_call,
     "/IpamDriver.RequestPool": request_pool,
     "/IpamDriver.ReleasePool": release_pool,
     "/IpamDriver.RequestAddress": request_address,

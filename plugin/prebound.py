@@ -1,46 +1,194 @@
-"""Docker's socket, listening before the plugin's heavy imports.
+"""Docker's socket, listening - and answering the handshake - before the heavy imports.
 
-dockerd gives a managed plugin about 12.5 s to make its socket (0.5 s, then
-four dials 3 s apart) and then kills it. On a slow host (a VM under software
-emulation) importing aiohttp, pydantic and pyroute2 alone takes 7 s, and the
-start-up reconcile and the gossip join come on top. `pyoverlay plugin` therefore
-binds and listens first (stdlib only, `listen_early`); Docker's dial succeeds at
-once and its first request waits in the backlog until the server takes the
-socket over (`take`) and answers.
+dockerd gives a managed plugin about 12.5 s to make its socket (0.5 s, then four
+dials 3 s apart) and then kills it; then it waits at most 30 s for each call, and
+a GetCapabilities that times out is never asked again (plugin/handshake.py). On a
+busy emulated VM, importing aiohttp, pydantic and pyroute2 took 7 s and exec to
+serving took over 30 s. So `pyoverlay plugin` (stdlib only, `listen_early`):
+
+- binds and listens at once: Docker's dial succeeds;
+- a doorman thread accepts, peeks at each request without reading it, and
+  answers the four handshake calls (their answers depend on --scope alone),
+  one request per connection (Connection: close);
+- any other request (CreateNetwork, Join...) stays unread on its connection;
+  the server takes the listening socket and those connections over (`take`)
+  and answers them once start-up is done.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
+import selectors
 import socket
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
-_early: dict[str, socket.socket] = {}
+from pyoverlay.plugin.handshake import CONTENT_TYPE
+
+MAX_HEAD = 16 * 1024  # a handshake request is ~200 bytes; anything longer is the server's
+POLL = 0.02  # seconds between looks at a connection whose request is not complete yet
 
 
-def listen_early(path: str) -> None:
-    """Bind and listen on `path` (a stale socket file is replaced). If the server never
-    takes it (bad options, a crash during start-up), the file goes at exit."""
+@dataclass
+class Early:
+    """What the server takes over: the listening socket, connections whose request the
+    doorman left for it (unread), and which calls were already answered."""
+
+    listener: socket.socket
+    waiting: list[socket.socket] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
+
+
+class _Doorman(threading.Thread):
+    """Answers the handshake on `early.listener` until `stop()`."""
+
+    def __init__(self, early: Early, answers: dict[str, dict[str, object]]) -> None:
+        super().__init__(name="pyoverlay-doorman", daemon=True)
+        self.early = early
+        self.answers = answers
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self.join(timeout=10)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def run(self) -> None:
+        watching: list[socket.socket] = []  # accepted, request not complete yet
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.early.listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                ready = sel.select(timeout=POLL if watching else None)
+                if self._stopping:
+                    break
+                if any(key.fileobj is self.early.listener for key, _ in ready):
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        conn, _ = self.early.listener.accept()
+                        conn.setblocking(False)
+                        watching.append(conn)
+                for conn in list(watching):
+                    verdict = self._look(conn)
+                    if verdict != "wait":
+                        watching.remove(conn)
+                    if verdict == "server":
+                        self.early.waiting.append(conn)
+        self.early.waiting.extend(watching)
+
+    def _look(self, conn: socket.socket) -> str:
+        """wait (request incomplete), done (answered or gone) or server (not ours)."""
+        try:
+            data = conn.recv(MAX_HEAD, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return "wait"
+        except OSError:
+            conn.close()
+            return "done"
+        if not data:
+            conn.close()  # the client gave up
+            return "done"
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return "wait" if len(data) < MAX_HEAD else "server"
+        request = _parse_head(data[:end])
+        if request is None or request[0] not in self.answers:
+            return "server"
+        path, length = request
+        total = end + 4 + length
+        if len(data) < total:
+            return "wait" if total <= MAX_HEAD else "server"
+        try:
+            conn.setblocking(True)
+            conn.settimeout(5)
+            _read_exactly(conn, total)  # unread bytes at close would reset the client
+            body = json.dumps(self.answers[path]).encode()
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE.encode() + b"\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+                b"Connection: close\r\n\r\n" + body
+            )
+            self.early.answered.append(path.lstrip("/"))
+        except OSError:
+            pass
+        conn.close()
+        return "done"
+
+
+def _parse_head(head: bytes) -> tuple[str, int] | None:
+    """(path, body length) of a POST with a Content-Length (or none); None otherwise."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[0] != "POST":
+        return None
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "transfer-encoding":
+            return None
+        if name == "content-length":
+            if not value.strip().isdigit():
+                return None
+            length = int(value.strip())
+    return parts[1], length
+
+
+def _read_exactly(conn: socket.socket, n: int) -> None:
+    while n > 0:
+        chunk = conn.recv(n)
+        if not chunk:
+            raise ConnectionError("closed mid-request")
+        n -= len(chunk)
+
+
+_early: dict[str, tuple[Early, _Doorman | None]] = {}
+
+
+def listen_early(path: str, answers: dict[str, dict[str, object]] | None = None) -> None:
+    """Bind and listen on `path` (a stale socket file is replaced); with `answers`, a
+    doorman answers those calls until the server takes over. If the server never
+    does (bad options, a crash during start-up), the socket file goes at exit."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     sock.listen(128)
-    _early[path] = sock
+    early = Early(sock)
+    doorman = None
+    if answers:
+        sock.setblocking(False)
+        doorman = _Doorman(early, answers)
+        doorman.start()
+    _early[path] = (early, doorman)
     atexit.register(_forget, path)
 
 
-def take(path: Path) -> socket.socket | None:
-    """The early socket for `path`, if `pyoverlay plugin` made one; the caller owns it."""
-    return _early.pop(str(path), None)
+def take(path: Path) -> Early | None:
+    """The early socket for `path` and the connections waiting on it, if `pyoverlay
+    plugin` made one; the doorman has stopped; the caller owns every socket."""
+    entry = _early.pop(str(path), None)
+    if entry is None:
+        return None
+    early, doorman = entry
+    if doorman is not None:
+        doorman.stop()
+    early.listener.setblocking(True)
+    return early
 
 
 def _forget(path: str) -> None:
-    sock = _early.pop(path, None)
-    if sock is not None:
-        sock.close()
+    early = take(Path(path))
+    if early is not None:
+        for conn in (early.listener, *early.waiting):
+            conn.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -9,8 +9,10 @@ Start-up order:
    synced (the sync gate below): the table is empty after a restart, and
    the entries in the kernel are what running containers use;
 5. serve Docker on the unix socket (a stale socket file is replaced); `pyoverlay
-   plugin` listens on it from its first instruction (plugin/prebound.py), so
-   dockerd's 12.5 s wait for a managed plugin's socket holds on slow hosts too;
+   plugin` listens on it from its first instruction and answers Docker's
+   handshake while steps 1-4 run (plugin/prebound.py, plugin/handshake.py), so
+   dockerd's 12.5 s wait for the socket and 30 s wait for the capabilities hold
+   on slow hosts too;
 6. sync gate: at the first full state exchange with a live member (at once on
    a host that knows no other), entries the table no longer wants are removed,
    per network once its rows came, except towards hosts whose plugin is silent
@@ -141,7 +143,8 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
             runners.append(runner)
             early = prebound.take(path)  # listening since the process started
             if early is not None:
-                await web.SockSite(runner, early).start()
+                await web.SockSite(runner, early.listener).start()
+                await serve_waiting(runner, early)
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
@@ -167,6 +170,18 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
         await kernel.close()
         if parts is not None and parts.vips is not None:
             parts.vips.tables.close()
+
+
+async def serve_waiting(runner: web.AppRunner, early: prebound.Early) -> None:
+    """Requests that came while starting up: the doorman answered the handshake and
+    left the others unread on their connections; the server reads them now."""
+    if early.answered:
+        log.info("handshake answered while starting", method=",".join(early.answered))
+    server = runner.server
+    assert server is not None  # runner.setup() made it
+    loop = asyncio.get_running_loop()
+    for conn in early.waiting:
+        await loop.connect_accepted_socket(server, conn)
 
 
 def run(settings: PluginSettings) -> None:

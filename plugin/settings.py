@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyoverlay.core.errors import InvalidOption
+from pyoverlay.plugin.handshake import SCOPES
 
 DEFAULT_SOCKET = "/run/docker/plugins/pyoverlay.sock"
 
@@ -211,7 +212,7 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
             "--join needs a shared key: --gossip-key or --gossip-key-file "
             "(the same on every host; make one with `openssl rand -base64 32`)"
         )
-    if ns.scope not in ("local", "global"):
+    if ns.scope not in SCOPES:
         raise InvalidOption(
             f"--scope {ns.scope!r} must be local (standalone engines) or global (swarm) "
             "(PYOVERLAY_SCOPE)"

@@ -37,7 +37,7 @@ from support import Services
 from pyoverlay.driver.core.model import mac_from_ip, namespace_name, veth_names
 from pyoverlay.driver.core.options import ALLOCATED_VNI, KNOWN_OPTIONS
 from pyoverlay.driver.overlay.swarm import SwarmAllocations
-from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE
+from pyoverlay.ipam.spaces import GLOBAL_SPACE, LOCAL_SPACE
 from pyoverlay.plugin.app import make_app
 from testing.fakes import HOST
 

@@ -167,7 +167,7 @@ async def test_the_swarm_leader_allocates_and_a_new_leader_restores(tmp_path: Pa
     """What swarmkit's allocator does on the leader (global address space): a pool, the
     gateway, an address per VIP and task, no cluster claims; a new leader's allocator asks
     for the pool again and restores every address it recorded, then allocates on."""
-    from pyoverlay.ipam.service import GLOBAL_SPACE
+    from pyoverlay.ipam.spaces import GLOBAL_SPACE
 
     ipam = IpamService(tmp_path / "ipam.json", NoClaims())  # type: ignore[arg-type]
     pool = ipam.request_pool(GLOBAL_SPACE, "10.70.0.0/24", "", {}, False)
@@ -196,7 +196,7 @@ async def test_a_swarm_node_records_the_leaders_addresses_and_chooses_none(
     leader's subnet and addresses preset: recorded as given once the network is known to
     be swarm's, never claimed cluster-wide; nothing is chosen there. The leader's own pool
     (global space) for the same subnet lives beside it on a leader that runs tasks."""
-    from pyoverlay.ipam.service import GLOBAL_SPACE, LOCAL_SPACE
+    from pyoverlay.ipam.spaces import GLOBAL_SPACE, LOCAL_SPACE
 
     ipam = IpamService(tmp_path / "ipam.json", NoClaims())  # type: ignore[arg-type]
     ipam.request_pool(GLOBAL_SPACE, "10.71.0.0/24", "", {}, False)

@@ -1,28 +1,39 @@
 """`pyoverlay plugin` listens on Docker's socket before its heavy imports (dockerd kills a
 managed plugin whose socket is not there within ~12.5 s; the imports alone take 7 s in
-an emulated VM)."""
+an emulated VM), and answers Docker's handshake before start-up is done (dockerd gives
+up on a driver whose GetCapabilities takes 30 s: every later `network create` fails)."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyoverlay.cli.entry import socket_path
 
 PROBE = """
-import socket, sys
+import http.client, json, socket, sys
 path = sys.argv[1]
-sys.argv = ["pyoverlay", "plugin", "--socket", path, "--advertise-addr", "nonsense"]
+sys.argv = ["pyoverlay", "plugin", "--socket", path, "--scope", "global", "--advertise-addr", "x"]
 import pyoverlay.cli.entry as entry
-from pyoverlay.plugin import prebound
-prebound.listen_early(entry.socket_path(sys.argv[1:]))
+entry.start_early(sys.argv[1:])
 heavy = [m for m in ("aiohttp", "pydantic", "pyroute2") if m in sys.modules]
 c = socket.socket(socket.AF_UNIX)
 c.connect(path)  # what dockerd's dial does
+c.close()
+conn = http.client.HTTPConnection("plugin", timeout=10)
+conn.sock = socket.socket(socket.AF_UNIX)
+conn.sock.connect(path)
+conn.request("POST", "/NetworkDriver.GetCapabilities", body=b"null\\n")
+print("capabilities:", json.loads(conn.getresponse().read()))
 print("heavy:", heavy)
 """
 
@@ -36,6 +47,7 @@ def test_the_socket_listens_before_aiohttp_pydantic_or_pyroute2_are_imported(
     )
     assert r.returncode == 0, r.stderr
     assert "heavy: []" in r.stdout
+    assert "capabilities: {'Scope': 'global', 'ConnectivityScope': 'global'}" in r.stdout
     assert not sock.exists()  # never taken by a server: removed at exit
 
 
@@ -66,6 +78,100 @@ def test_a_server_takes_the_early_socket(tmp_path: Path) -> None:
 
     path = tmp_path / "q.sock"
     prebound.listen_early(str(path))
-    s = prebound.take(path)
-    assert isinstance(s, socket.socket) and prebound.take(path) is None
-    s.close()
+    early = prebound.take(path)
+    assert early is not None and prebound.take(path) is None
+    assert early.waiting == [] and early.answered == []
+    early.listener.close()
+
+
+def post(path: Path, call: str, body: bytes = b"null\n", timeout: float = 10) -> Any:
+    """What Docker's plugin client does: one POST, JSON back."""
+    conn = http.client.HTTPConnection("plugin", timeout=timeout)
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.settimeout(timeout)
+    conn.sock.connect(str(path))
+    try:
+        conn.request("POST", call, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Content-Type", "").startswith(
+            "application/vnd.docker.plugins.v1+json"
+        )
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_the_handshake_is_answered_before_the_server_starts(tmp_path: Path) -> None:
+    from pyoverlay.plugin import handshake, prebound
+
+    path = tmp_path / "h.sock"
+    prebound.listen_early(str(path), handshake.answers("local"))
+    try:
+        assert post(path, "/Plugin.Activate", b"") == {
+            "Implements": ["NetworkDriver", "IpamDriver"]
+        }
+        assert post(path, "/NetworkDriver.GetCapabilities") == {
+            "Scope": "local",
+            "ConnectivityScope": "local",
+        }
+        assert post(path, "/IpamDriver.GetCapabilities")["RequiresMACAddress"] is False
+        spaces = post(path, "/IpamDriver.GetDefaultAddressSpaces")
+        assert spaces["LocalDefaultAddressSpace"] == "pyoverlay-local"
+        # a request sent in two writes (header first) is answered once it is whole
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(str(path))
+            c.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 5\r\n")
+            c.sendall(b"\r\nnull\n")
+            reply = c.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200 OK") and b"NetworkDriver" in reply
+    finally:
+        early = prebound.take(path)
+        assert early is not None
+        early.listener.close()
+    assert len(early.answered) == 5 and early.waiting == []
+
+
+def test_other_calls_wait_unread_and_the_server_answers_them(tmp_path: Path) -> None:
+    """CreateNetwork during start-up is not refused or lost: it is answered by the real
+    server once it takes the socket over - on the same connection Docker opened."""
+    from aiohttp import web
+
+    from pyoverlay.plugin import handshake, prebound
+    from pyoverlay.plugin.server import serve_waiting
+
+    path = tmp_path / "w.sock"
+    prebound.listen_early(str(path), handshake.answers("global"))
+    got: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            got["reply"] = post(path, "/NetworkDriver.CreateNetwork", b'{"NetworkID": "n1"}', 30)
+        except Exception as e:  # noqa: BLE001 - reported by the assert below
+            got["error"] = e
+
+    waiter = threading.Thread(target=client)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive() and not got  # no answer while starting up
+    assert post(path, "/Plugin.Activate")["Implements"]  # the handshake is not held up
+
+    async def handler(request: web.Request) -> web.Response:
+        seen = (await request.json())["NetworkID"]
+        return web.json_response({"seen": seen}, content_type=handshake.CONTENT_TYPE)
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/NetworkDriver.CreateNetwork", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        early = prebound.take(path)
+        assert early is not None and len(early.waiting) == 1
+        await web.SockSite(runner, early.listener).start()
+        await serve_waiting(runner, early)
+        await asyncio.get_running_loop().run_in_executor(None, waiter.join, 30)
+        await runner.cleanup()
+
+    asyncio.run(serve())
+    assert got == {"reply": {"seen": "n1"}}
