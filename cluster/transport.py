@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -157,18 +159,28 @@ class UdpTcpTransport:
         log.info("gossip keys reloaded", keys=len(keys))
 
     async def host_answers(self, addr: str, timeout: float) -> bool:
-        """Nothing is sent: the other side counts a host check, not a failed stream."""
+        """Nothing is sent: the other side counts a host check, not a failed stream.
+
+        The verdict is the kernel's, read when the wait ends: did the handshake complete
+        or get refused within `timeout`? A busy host's event loop may see the SYN-ACK
+        late, but a late look must not turn an answer into silence (a restarting plugin
+        under load took live hosts for dead and dropped their entries)."""
         host, port = split_addr(addr, self.port)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setblocking(False)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except ConnectionRefusedError:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout
+            )
             return True
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return True
+        except ConnectionRefusedError:
+            return True  # the host is up, nothing listens
+        except TimeoutError:
+            return connected_or_refused(sock)
+        except OSError:
+            return False  # unreachable (no ARP answer, no route)
+        finally:
+            sock.close()
 
     def _seal(self, msg: dict[str, Any], stamp: Stamp | None = None) -> bytes:
         stamp = stamp or self.stamps.next(wall_ms())
@@ -335,3 +347,14 @@ class UdpTcpTransport:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
+
+
+def connected_or_refused(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect has completed or been refused by now."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED:
+        return True
+    try:
+        sock.getpeername()
+    except OSError:
+        return False  # still connecting (or failed otherwise): nothing answered
+    return True

@@ -263,6 +263,35 @@ async def test_a_dead_member_whose_host_still_answers_keeps_its_data_path() -> N
         await b.stop()
 
 
+async def test_a_stalled_loop_does_not_take_an_answering_host_for_a_silent_one() -> None:
+    """A restarting plugin on a busy host blocks its own event loop for a while; the TCP
+    handshake completes in the kernels meanwhile. The check must read that answer when
+    it wakes, not report a timeout (it did: a live host's entries were deleted during a
+    restart under load). A host that truly does not answer (its listen queue full:
+    SYNs dropped) is still silent."""
+    transport = runtime("a", [KEY]).transport  # not started: a check needs no listener
+    loop = asyncio.get_running_loop()
+    with socket.socket() as up, socket.socket() as gone:
+        up.bind(("127.0.0.1", 0))
+        up.listen(8)
+        refused = free_port()  # nothing listens: refused, the host is up
+        gone.bind(("127.0.0.1", 0))
+        gone.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for f in fillers:  # the listen queue fills (a further SYN is dropped)
+            f.setblocking(False)
+            f.connect_ex(gone.getsockname())
+        await asyncio.sleep(0.2)
+        try:
+            for target, answers in ((up, True), (None, True), (gone, False)):
+                addr = f"127.0.0.1:{target.getsockname()[1] if target else refused}"
+                loop.call_soon(time.sleep, 0.6)  # the loop stalls past the 0.2 s timeout
+                assert await transport.host_answers(addr, 0.2) is answers, addr
+        finally:
+            for f in fillers:
+                f.close()
+
+
 async def test_a_forgotten_host_keeps_no_data_path() -> None:
     """`pyoverlay forget` of a host whose plugin is down but whose kernel answers: its
     entries and its place in the admission set go now (it is removed for good)."""
