@@ -9,6 +9,7 @@ the demo, the integration tests and the benchmarks.
     bench.py            `scripts/bench`: every benchmark, side by side with its reference
     bench_footprint.py  idle RSS and CPU
     bench_ipsec.py      encrypted vs plain vs Docker's encrypted overlay (in the VM)
+    bench_keeper.py     the IPsec keeper at 100 encrypted peers (simulated xfrm)
     bench_scope.py      per-network replication vs everything everywhere (simulated)
     bench_tables.py     5,000 remote endpoints programmed, reconciled
     bench_vips.py       VIP rules at 100 and 1,000 services

@@ -30,6 +30,8 @@ swarm (two hosts, a real swarm, the managed plugin)
 kernel only (no Docker)
   vips             service VIPs in nftables: programming 100 and 1,000 services x 10 tasks,
                    one task change at that size; TCP setup and throughput via a VIP vs direct
+  ipsec-keeper     the IPsec keeper at 100 encrypted peers (simulated xfrm): SAs installed vs
+                   their bound, a steady and a rotation sync, idle cost per minute vs before
 simulation (pyoverlay's timings next to memberlist's published LAN timings)
   gossip-sim       200 and 1,000 nodes, 5% loss, a row every 0.5 s for 30 s: time until
                    every node has it (p50/p99/max), packets/node/s loaded and quiet,
@@ -958,6 +960,10 @@ def main() -> int:
         from lab import bench_vips
 
         bench_vips.run(report)
+    if want("ipsec-keeper"):
+        from lab import bench_keeper
+
+        bench_keeper.run(report, args.runs)
     if want("gossip-sim"):
         bench_gossip_sim()
     if want("gossip-quiet"):

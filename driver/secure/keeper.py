@@ -37,6 +37,7 @@ log = structlog.get_logger("pyoverlay.encryption")
 MAX_HARD_PACKETS = 2**32 - 2**16  # the kernel drops the SA before the sequence number wraps
 GUARD_REFRESH = 30.0  # seconds: the guard table is re-applied at least this often (drift)
 READ_EVERY = 30.0  # seconds between reads of the kernel's SAs when nothing happens (drift)
+LOGGED = 8  # peers whose SA number a log line shows (the count is always there)
 
 
 class XfrmTables(Protocol):
@@ -288,7 +289,8 @@ class Encryption:
                 "ipsec sas changed",
                 added=len(changes.add),
                 deleted=len(changes.delete),
-                sending={str(p): s.n for p, s in sending.items()},
+                sending=dict(list({str(p): s.n for p, s in sending.items()}.items())[:LOGGED]),
+                peers=len(sending),
             )
         self._report(outbound, inbound, await self.xfrm.states() if changes else installed)
         return errors
