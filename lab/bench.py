@@ -934,6 +934,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument(
+        "--pyoverlay",
+        default=None,
+        help="the plugin executable lab hosts run (default: this venv's; another build's, to "
+        "compare versions: run the same --only with each)",
+    )
+    parser.add_argument(
         "--hosts", type=int, default=200, help="gossip-scope: simulated hosts (1000: ~1 h)"
     )
     args = parser.parse_args()
@@ -943,13 +949,13 @@ def main() -> int:
         return not only or name in only or any(name.startswith(o) for o in only)
 
     if any(want(n) for n in SINGLE):
-        lab = Lab("bn1" + secrets.token_hex(1), hosts=1)
+        lab = Lab("bn1" + secrets.token_hex(1), hosts=1, pyoverlay=args.pyoverlay)
         with lab.running():
             for name, fn in SINGLE.items():
                 if want(name):
                     fn(lab, args.runs)
     if any(want(n) for n in DOUBLE):
-        lab = Lab("bn2" + secrets.token_hex(1), hosts=2)
+        lab = Lab("bn2" + secrets.token_hex(1), hosts=2, pyoverlay=args.pyoverlay)
         with lab.running():
             for name, fn in DOUBLE.items():
                 if want(name):
