@@ -274,9 +274,37 @@ def cmd_services(state_dir: Path, network: str, as_json: bool) -> int:
             for d in docker:
                 print(f"  ! {d}")
         print()
+    bad += print_mesh(admin(state_dir, "GET", "/mesh"))
     if bad:
         print(f"{bad} disagreement(s); `pyoverlay reconcile` repairs the rules")
     return 1 if bad else 0
+
+
+def print_mesh(mesh: dict[str, Any]) -> int:
+    """The routing mesh on this node: each published port and where it goes; problems."""
+    if mesh.get("off"):
+        return 0
+    rows = [
+        [
+            p["port"],
+            p["service"],
+            str(p["target"]),
+            " ".join(p["local"]) or "-",
+            " ".join(p["via"]) or "-",
+        ]
+        for p in mesh["ports"]
+    ]
+    print("published ports on this node (routing mesh, table ip pyoverlay_mesh)")
+    header = ["PORT", "SERVICE", "TARGET", "LOCAL TASKS", "VIA HOSTS"]
+    print(_table(rows, header) if rows else "  none")
+    problems = list(mesh["conflicts"]) + ([mesh["error"]] if mesh["error"] else [])
+    if rows and mesh["docker_user"] == "missing":
+        problems.append(
+            "no DOCKER-USER chain in nftables: forwarded connections depend on FORWARD's policy"
+        )
+    for p in problems:
+        print(f"  ! {p}")
+    return len(problems)
 
 
 def cmd_reconcile(state_dir: Path, dry_run: bool, as_json: bool) -> int:

@@ -8,6 +8,7 @@ GET  /peers[?network=]  per network: table rows next to kernel FDB/ARP entries,
 GET  /services[?network=]  per network: service VIPs and tasks from the table, what
                         each local container has programmed (ok / missing / differs),
                         and where dockerd's own view differs
+GET  /mesh              published ports on this node (routing mesh): targets, problems
 POST /reconcile[?dry_run=1]   what the reconciler would change (or changes now)
 POST /leave             leave the cluster gracefully (decommissioning this host)
 POST /forget?node=ID    remove a dead host for good (its address blocks return to the pool)
@@ -119,6 +120,11 @@ async def services_handler(request: web.Request) -> web.Response:
     )
 
 
+async def mesh_handler(request: web.Request) -> web.Response:
+    mesh = request.app[PARTS].mesh
+    return web.json_response(mesh.view() if mesh is not None else {"off": True})
+
+
 async def reconcile(request: web.Request) -> web.Response:
     dry = request.query.get("dry_run", "") in ("1", "true", "yes")
     ops, errors = await request.app[PARTS].driver.reconcile(dry_run=dry)
@@ -190,6 +196,7 @@ def make_admin_app(parts: Parts) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers_handler)
     app.router.add_get("/services", services_handler)
+    app.router.add_get("/mesh", mesh_handler)
     app.router.add_post("/reconcile", reconcile)
     app.router.add_post("/leave", leave)
     app.router.add_post("/keys/reload", keys_reload)

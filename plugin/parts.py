@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.secure.keeper import Encryption
+from pyoverlay.driver.servicelb.mesh import MeshKeeper
 from pyoverlay.driver.servicelb.programmer import VipProgrammer
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.plugin.docker_api import DockerApi
@@ -26,4 +27,5 @@ class Parts:
     keeper: Encryption | None = None  # IPsec + the VXLAN guard (clustered hosts)
     vips: VipProgrammer | None = None  # service VIP rules (swarm scope)
     docker: DockerApi | None = None  # the local dockerd, read only (swarm scope)
+    mesh: MeshKeeper | None = None  # published ports on every node (swarm scope)
     reload_keys: Callable[[], dict[str, object]] = no_reload

@@ -129,6 +129,8 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
             watcher = ServiceWatcher(driver, parts.docker)
             driver.on_join = watcher.want
             watcher.start(tasks)
+        if parts.mesh is not None:
+            tasks.spawn("mesh", parts.mesh.run())
         parts.reload_keys = wiring.make_key_reloader(settings, parts)
         allocations = (
             SwarmAllocations(settings.state_dir / "swarm.json")

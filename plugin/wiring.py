@@ -5,7 +5,8 @@ scripts/check enforces.
     build()             the overlay driver and IPAM on their state files, the underlay
     make_gossip()       the gossip runtime (None without a key: single host)
     make_encryption()   the IPsec keeper and the VXLAN guard (clustered hosts)
-    make_vips()         the service VIP programmer and dockerd reader (swarm scope)
+    make_vips()         the service VIP programmer, the routing mesh and the dockerd
+                        reader (swarm scope)
     make_discovery()    swarm's DiscoverNew -> gossip seeds
     make_key_reloader() SIGHUP / `pyoverlay keys reload`
 """
@@ -32,6 +33,7 @@ from pyoverlay.driver.core.interfaces import Kernel, RuleTables
 from pyoverlay.driver.core.model import Underlay
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.secure.keeper import Encryption, Inputs
+from pyoverlay.driver.servicelb.mesh import MeshKeeper
 from pyoverlay.driver.servicelb.programmer import VipProgrammer
 from pyoverlay.ipam.service import IpamService
 from pyoverlay.plugin.admin import MEMBERS_FILE
@@ -289,4 +291,6 @@ def make_vips(settings: PluginSettings, driver: OverlayDriver) -> Parts:
         return Parts(driver)
     programmer = VipProgrammer(driver, tables, settings.sandbox_dir)
     driver.services = programmer
-    return Parts(driver, vips=programmer, docker=DockerApi(settings.docker_socket))
+    docker = DockerApi(settings.docker_socket)
+    mesh = MeshKeeper(driver, tables, docker, driver.underlay.address)
+    return Parts(driver, vips=programmer, docker=docker, mesh=mesh)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import api, cli, ping
+from support import api, cli, managed_plugin_pid, ping
 
 from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
 
@@ -409,24 +409,6 @@ def test_vip_rules_survive_a_plugin_kill_and_are_repaired_by_hand(
         interval=0.5,
     )
     assert len(hostnames_via(h1, client, vip, 10)) == 10
-
-
-def managed_plugin_pid(h: Host, check: bool = True) -> int | None:
-    """The pid of host h's managed pyoverlay plugin (it shares h's network namespace)."""
-    want = os.stat(f"/run/netns/{h.netns}").st_ino
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"plugin" in cmd and any(c.endswith(b"/pyoverlay") for c in cmd):
-                if os.stat(proc / "ns" / "net").st_ino == want:
-                    return int(proc.name)
-        except OSError:
-            continue
-    if check:
-        raise LookupError(f"no managed pyoverlay plugin on {h.name}")
-    return None
 
 
 def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:

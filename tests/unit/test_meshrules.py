@@ -1,0 +1,123 @@
+"""The routing mesh's pure planning: who balances what, the plan, the shapes compared."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address as A
+
+import pytest
+
+from pyoverlay.driver.servicelb import meshdocker
+from pyoverlay.driver.servicelb import meshrules as mesh
+
+WEB = mesh.PublishedPort("tcp", 1080, 80)
+B, C = A("192.168.1.2"), A("192.168.1.3")
+
+
+def view(**kw: object) -> mesh.MeshInput:
+    base: dict[str, object] = {
+        "ports": {"web": (WEB,)},
+        "local": {"web": (A("172.18.0.3"),)},
+        "remote": {"web": (B,)},
+        "members": (B, C),
+    }
+    base.update(kw)
+    return mesh.MeshInput(**base)  # type: ignore[arg-type]
+
+
+def test_locals_first_then_hosts_that_run_tasks_and_are_members() -> None:
+    m = mesh.balance(view(remote={"web": (C, B, A("10.0.0.9"))}))
+    (web,) = m.ports
+    assert [(str(t.address), t.port, t.local) for t in web.targets] == [
+        ("172.18.0.3", 80, True),  # the task's docker_gwbridge address, target port
+        ("192.168.1.2", 1080, False),  # a host with a task: its published port
+        ("192.168.1.3", 1080, False),
+    ]  # 10.0.0.9 is not a member: never a target
+
+
+def test_a_port_two_services_claim_is_a_conflict_and_balanced_by_neither() -> None:
+    m = mesh.balance(view(ports={"web": (WEB,), "api": (mesh.PublishedPort("tcp", 1080, 8080),)}))
+    assert m.ports == ()
+    assert m.conflicts == ("tcp/1080 is published by several services: api, web",)
+    assert mesh.build(m) == []
+
+
+def test_no_target_anywhere_means_no_table_and_the_old_one_goes() -> None:
+    empty = mesh.balance(view(local={}, remote={}))
+    assert mesh.build(empty) == []
+    have = mesh.shape_of(mesh.build(mesh.balance(view())))
+    assert mesh.plan(have, empty) == mesh.delete_table()
+    assert mesh.plan(None, empty) == []
+
+
+def test_the_plan_is_empty_when_the_kernel_holds_it_and_whole_otherwise() -> None:
+    m = mesh.balance(view())
+    cmds = mesh.build(m)
+    assert mesh.plan(mesh.shape_of(cmds), m) == []
+    moved = mesh.balance(view(remote={"web": (C,)}))
+    again = mesh.plan(mesh.shape_of(cmds), moved)
+    assert again[: len(mesh.delete_table())] == mesh.delete_table()  # one transaction
+    assert mesh.digest(moved) != mesh.digest(m)
+
+
+def test_a_member_with_no_local_task_refuses_rather_than_passing_on() -> None:
+    cmds = mesh.build(mesh.balance(view(local={})))
+    local = [
+        c["add"]["rule"]
+        for c in cmds
+        if c.get("add", {}).get("rule", {}).get("chain") == "local-tcp-1080"
+    ]
+    assert [r["expr"] for r in local] == [[{"accept": None}]]
+
+
+def test_ingress_ports_from_a_managers_service_listing() -> None:
+    service = {
+        "Endpoint": {
+            "Ports": [
+                {
+                    "Protocol": "tcp",
+                    "TargetPort": 80,
+                    "PublishedPort": 1080,
+                    "PublishMode": "ingress",
+                },
+                {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353},
+                {"Protocol": "tcp", "TargetPort": 22, "PublishedPort": 2222, "PublishMode": "host"},
+                {"Protocol": "tcp", "TargetPort": 1},  # no published port yet: skipped
+                "junk",
+            ]
+        }
+    }
+    assert meshdocker.published_ports(service) == (
+        mesh.PublishedPort("tcp", 1080, 80),
+        mesh.PublishedPort("udp", 5353, 53),
+    )
+    assert meshdocker.published_ports({}) == ()
+    assert meshdocker.published_ports({"Endpoint": "x"}) == ()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("sctp", 1, 1), "tcp or udp"),
+        (("tcp", 0, 80), "published port 0"),
+        (("udp", 53, 70000), "target port"),
+    ],
+)
+def test_a_bad_port_says_which_field(args: tuple[str, int, int], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        mesh.PublishedPort(*args)
+
+
+def test_the_docker_user_rule_is_added_once_and_removed_when_unwanted() -> None:
+    chain = {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER"}}
+    ours = {"rule": {"chain": "DOCKER-USER", "handle": 7, "comment": "pyoverlay mesh"}}
+    other = {"rule": {"chain": "DOCKER-USER", "handle": 3}}
+    assert meshdocker.docker_user_handles(None) is None
+    assert meshdocker.docker_user_handles({"nftables": [other]}) is None  # no chain: nothing
+    assert meshdocker.docker_user_handles({"nftables": [chain, other]}) == ()
+    assert meshdocker.docker_user_handles({"nftables": [chain, other, ours]}) == (7,)
+    (insert,) = meshdocker.docker_user_plan((), wanted=True)
+    assert insert["insert"]["rule"]["chain"] == "DOCKER-USER"
+    assert meshdocker.docker_user_plan((7,), wanted=True) == []
+    assert meshdocker.docker_user_plan(None, wanted=True) == []  # iptables-legacy: say so
+    gone = meshdocker.docker_user_plan((7, 9), wanted=False)
+    assert [c["delete"]["rule"]["handle"] for c in gone] == [7, 9]
