@@ -1,4 +1,6 @@
 """The asyncio shell around a GossipNode: timers, a transport (transport.py), host checks.
+(~360 lines: the node's timers, the host checks and the saved life share one
+lifecycle; split, each would need the others' state.)
 
 The node decides (node.py and its layers); this only moves its messages
 through the transport, calls its timer, and saves its incarnation and replay

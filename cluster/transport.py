@@ -1,7 +1,8 @@
 """The gossip transport (memberlist's seam): datagrams, and request/answer streams, over
 UDP and TCP, sealed and stamped. The runtime (runtime.py) drives a node over a
 `Transport`; `UdpTcpTransport` is the real one (the simulator, testing/sim.py, moves
-the node's messages itself).
+the node's messages itself). (~360 lines: sealing, bounded reads and the two socket
+kinds are one security boundary, kept in one file to be read as one.)
 
 Every datagram and every stream frame is sealed with the keyring (AES-GCM)
 and carries an anti-replay stamp (replay.py).  What cannot be opened, is

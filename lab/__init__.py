@@ -10,6 +10,7 @@ the demo, the integration tests and the benchmarks.
     bench_footprint.py  idle RSS and CPU
     bench_ipsec.py      encrypted vs plain vs Docker's encrypted overlay (in the VM)
     bench_keeper.py     the IPsec keeper at 100 encrypted peers (simulated xfrm)
+    bench_mesh.py       a published port through another node vs straight to the task
     bench_scope.py      per-network replication vs everything everywhere (simulated)
     bench_tables.py     5,000 remote endpoints programmed, reconciled
     bench_vips.py       VIP rules at 100 and 1,000 services

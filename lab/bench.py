@@ -27,6 +27,8 @@ swarm (two hosts, a real swarm, the managed plugin)
                    attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
   swarm-vip        (runs with swarm-reach) TCP setup and throughput from h1 to a task on h2
                    through its VIP vs straight to the task
+  mesh             a published port through a node without the task (the routing mesh) vs
+                   straight to the task over the overlay: TCP setup and throughput
 kernel only (no Docker)
   vips             service VIPs in nftables: programming 100 and 1,000 services x 10 tasks,
                    one task change at that size; TCP setup and throughput via a VIP vs direct
@@ -962,6 +964,10 @@ def main() -> int:
                     fn(lab, args.runs)
     if want("swarm-reach") or want("swarm-vip"):
         bench_swarm_reach(min(args.runs, 5))
+    if want("mesh"):
+        from lab import bench_mesh
+
+        bench_mesh.run(report)
     if want("vips"):
         from lab import bench_vips
 

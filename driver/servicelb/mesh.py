@@ -42,6 +42,7 @@ SCOPE = "mesh"
 TICK = 1.0  # seconds between looks at dockerd (managers) and the rows
 ROLE_EVERY = 30.0  # how often a node asks dockerd whether it is a manager
 VERIFY_EVERY = 10.0  # kernel read-back (drift repair)
+ASK_AGAIN = 2.0  # a task whose docker_gwbridge address dockerd did not list: asked again
 _UNKNOWN = object()
 
 
@@ -63,6 +64,8 @@ class MeshKeeper:
         self.next_role = 0.0
         self.ports: dict[str, tuple[rules.PublishedPort, ...]] = {}  # what this manager reads
         self.gateways: dict[str, IPv4Address] = {}  # endpoint id -> its docker_gwbridge address
+        self.asked: set[str] = set()  # endpoints dockerd had no address for at the last ask
+        self.ask_again = 0.0
         self.published: dict[str, Any] | None = None
         self.have: Any = _UNKNOWN  # rules.Shape | None once known
         self.mesh = rules.Mesh((), ())
@@ -103,8 +106,11 @@ class MeshKeeper:
         live = {eid for eids in tasks.values() for eid in eids}
         self.gateways = {e: a for e, a in self.gateways.items() if e in live}
         missing = live - set(self.gateways)
-        if not missing:
-            return
+        now = time.monotonic()
+        if not missing or (missing <= self.asked and now < self.ask_again):
+            return  # a task without a docker_gwbridge leg (--internal) is asked about slowly
+        self.asked, self.ask_again = set(missing), now + ASK_AGAIN
+        nids = sorted({self.driver.endpoints[e].network_id for e in missing})
         bridge = await self.api.get("/networks/docker_gwbridge") or {}
         by_container: dict[str, IPv4Address] = {}
         for cid, c in (bridge.get("Containers") or {}).items():
@@ -112,7 +118,7 @@ class MeshKeeper:
                 by_container[cid] = IPv4Interface(str(c.get("IPv4Address"))).ip
             except ValueError:
                 continue
-        for nid in sorted({self.driver.endpoints[e].network_id for e in missing}):
+        for nid in nids:
             net = await self.api.get(f"/networks/{quote(nid, safe='')}") or {}
             for cid, c in (net.get("Containers") or {}).items():
                 eid = str(c.get("EndpointID", ""))
@@ -129,7 +135,13 @@ class MeshKeeper:
         return sorted(out)
 
     def row(self) -> dict[str, Any]:
-        tasks = {s: len(e) for s, e in sorted(self.local_tasks().items())}
+        # only tasks this host can deliver to (their docker_gwbridge address is known):
+        # the others would send it connections it could only refuse
+        tasks = {
+            s: n
+            for s, eids in sorted(self.local_tasks().items())
+            if (n := sum(e in self.gateways for e in eids))
+        }
         row: dict[str, Any] = {"addr": str(self.address), "tasks": tasks}
         if encrypted := self.encrypted_services():
             row["encrypted"] = encrypted

@@ -218,3 +218,28 @@ def test_a_service_on_an_encrypted_network_is_not_forwarded_in_the_clear(
     mesh = k.wanted()
     assert [b.targets for b in mesh.ports] == [()]  # no local task here: refused, not sent
     assert any("front is on an encrypted network" in c for c in mesh.conflicts)
+
+
+def test_a_task_whose_gateway_dockerd_does_not_list_is_not_announced(tmp_path: Path) -> None:
+    from pyoverlay.driver.core.options import PoolData
+
+    (tmp_path / "netns").mkdir()
+    k, _, docker = keeper(tmp_path, manager=False)
+    d = k.driver
+
+    async def no_bridge(path: str) -> Any:
+        return {"Containers": {}} if path.startswith("/networks/") else None
+
+    docker.get = no_bridge  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        pool = [PoolData("10.0.0.0/24", "10.0.0.1/24")]
+        await d.create_network("n1", {"vni": "300"}, pool, [], False, False)
+        await d.create_endpoint("n1", "e1", "10.0.0.5/24", "", "")
+        (tmp_path / "netns" / "sb1").touch()
+        await d.join("n1", "e1", str(tmp_path / "netns" / "sb1"))
+        await d.bind_service("n1", "e1", "front", "10.0.0.2")
+        await k.read_gateways()
+        assert k.row()["tasks"] == {}  # others would forward to it, and it could only refuse
+
+    asyncio.run(scenario())
