@@ -8,7 +8,9 @@ ingress-mode ports.  Every host then balances every published port over its
 own tasks (their docker_gwbridge addresses, read once per task from the
 local dockerd) and the hosts whose rows say they run one.  So a task that
 starts, stops or moves reaches every node's table within a tick of gossip
-(TICK polls dockerd on managers), and a dead host's row leaves with it.
+(TICK polls dockerd on managers), and a dead host's row leaves with it; a host
+whose plugin is silent while the host answers keeps its last row here (a
+manager's plugin restart must not take every published port off every node).
 
 A service on an `-o encrypted` network is served only by the tasks on the node
 that receives the connection (the hop between nodes would cross the underlay
@@ -67,6 +69,7 @@ class MeshKeeper:
         self.asked: set[str] = set()  # endpoints dockerd had no address for at the last ask
         self.ask_again = 0.0
         self.published: dict[str, Any] | None = None
+        self.remembered: dict[str, tuple[dict[str, Any], tuple[int, str]]] = {}
         self.have: Any = _UNKNOWN  # rules.Shape | None once known
         self.mesh = rules.Mesh((), ())
         self.error = ""
@@ -158,12 +161,24 @@ class MeshKeeper:
             self.driver.directory.publish(SCOPE, self.driver.node_id, row)
             self.published = row
 
+    def rows(self) -> list[tuple[str, dict[str, Any], tuple[int, str]]]:
+        """The `mesh` rows, and the last row of each host whose plugin is silent while the
+        host still answers (its rows are gone, its kernel and tasks are not: a manager's
+        plugin restart must not take every published port off every node)."""
+        rows = {key: (value, version) for key, value, version in self.driver.directory.rows(SCOPE)}
+        kept = self.driver.directory.kept_vteps()
+        for key, (value, version) in self.remembered.items():
+            if key not in rows and str(value.get("addr")) in kept:
+                rows[key] = (value, version)
+        self.remembered = rows
+        return [(key, value, version) for key, (value, version) in sorted(rows.items())]
+
     def wanted(self) -> rules.Mesh:
         newest: dict[str, tuple[tuple[int, str], tuple[rules.PublishedPort, ...]]] = {}
         remote: dict[str, list[IPv4Address]] = {}
         members: list[IPv4Address] = []
         encrypted: set[str] = set()
-        for key, value, version in self.driver.directory.rows(SCOPE):
+        for key, value, version in self.rows():
             try:
                 addr = IPv4Address(str(value.get("addr")))
                 for svc, ports in (value.get("ports") or {}).items():

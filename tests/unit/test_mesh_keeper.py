@@ -243,3 +243,19 @@ def test_a_task_whose_gateway_dockerd_does_not_list_is_not_announced(tmp_path: P
         assert k.row()["tasks"] == {}  # others would forward to it, and it could only refuse
 
     asyncio.run(scenario())
+
+
+def test_a_managers_silent_plugin_does_not_take_the_ports_off_every_node(tmp_path: Path) -> None:
+    k, _, _ = keeper(tmp_path, manager=False)
+    d = k.driver
+    ports = {"front": [["tcp", 1080, 80]]}
+    d.directory.put(
+        SCOPE, "mgr", {"addr": "192.168.1.9", "tasks": {"front": 1}, "ports": ports}, (1, "mgr")
+    )
+    assert [len(b.targets) for b in k.wanted().ports] == [1]
+    d.directory.withdraw(SCOPE, "mgr")  # its plugin went silent: gossip dropped its rows
+    kept = {"192.168.1.9"}
+    d.directory.kept_vteps = lambda: frozenset(kept)  # type: ignore[method-assign]
+    assert [len(b.targets) for b in k.wanted().ports] == [1]  # its host still answers
+    kept.clear()  # the host itself is gone: so is what it published
+    assert k.wanted().ports == ()
