@@ -24,6 +24,8 @@ pytestmark = pytest.mark.integration
 HOSTS = 2
 LEGACY_PLUGIN = False
 SUBNET = "100.0.0.0/24"
+# a task that answers every TCP connection on port 7000 with its hostname
+HOSTNAME_SERVER = (IMAGE, "nc", "-ll", "-p", "7000", "-e", "/bin/hostname")
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +118,7 @@ def test_tasks_on_both_nodes_share_the_port_and_none_refuses(swarm: Lab) -> None
         "1",
         "-p",
         "1081:7000",
-        IMAGE,
-        "nc",
-        "-ll",
-        "-p",
-        "7000",
-        "-e",
-        "/bin/hostname",
+        *HOSTNAME_SERVER,
     )
     wait_for(
         "both tasks of who in every node's table (a local one and one via the other node)",
@@ -193,6 +189,38 @@ def test_the_mesh_survives_a_plugin_kill_and_drift_is_repaired(swarm: Lab) -> No
     assert "says hits=" in get(swarm, h1, 1080, "/cgi-bin/app")
     services = cli(h1, swarm, "services").stdout
     assert "1080/tcp" in services and h2.address in services, services
+
+
+def test_a_managers_plugin_down_past_failure_detection_keeps_the_port_on_every_node(
+    swarm: Lab,
+) -> None:
+    h1, h2 = swarm.hosts  # h1: the manager, whose plugin alone reads the published ports
+    h1.create_service("back", "net1", h1, "-p", "1082:7000", *HOSTNAME_SERVER)
+    wait_for(
+        "h2 forwards 1082 to h1",
+        lambda: "to-tcp-1082-0" in mesh_table(h2),
+        timeout=120 * swarm.slow,
+        interval=0.5,
+    )
+    pid = managed_plugin_pid(h1)
+    assert pid is not None
+    loop = f"for i in $(seq 150); do busybox nc -w 3 {h2.address} 1082 </dev/null; sleep 0.05; done"
+    cmd = ["ip", "netns", "exec", swarm.underlay_ns, "sh", "-c", loop]
+    steady = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    # silent for 6 s (h2 declares it dead after ~3.3 s; its host still answers), then killed
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(6)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        "dockerd restarted the plugin",
+        lambda: managed_plugin_pid(h1, check=False) not in (None, pid),
+        timeout=60 * swarm.slow,
+        interval=0.5,
+    )
+    out, _ = steady.communicate(timeout=300)
+    assert len(out.split()) == 150, out  # every connection through h2 answered by h1's task
+    h1.docker("service", "rm", "back")
 
 
 def test_service_rm_leaves_no_rule_on_any_node(swarm: Lab) -> None:
