@@ -224,7 +224,11 @@ class GossipRuntime:
 
     async def start(self, seeds: Iterable[str]) -> None:
         await self.transport.start(self._packet_in, self._stream_in)
-        self.node.start(time.monotonic(), [self._normalise(s) for s in seeds])
+        known = [self._normalise(s) for s in seeds]
+        self.node.start(time.monotonic(), known)
+        if not known:  # the first host: nobody to sync with, so in sync (as the gates say)
+            self.node.synced = True
+            self.synced.set()
         self._loop_task = self.tasks.spawn("gossip-timers", self._timers())
         self.tasks.spawn("host-checks", self._host_checks())
         self._watch_silent()

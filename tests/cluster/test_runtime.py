@@ -94,6 +94,22 @@ async def test_two_runtimes_share_rows_and_drop_what_they_cannot_open() -> None:
         await b.stop()
 
 
+async def test_a_host_that_knows_no_other_has_its_networks_ready_at_once() -> None:
+    """The first host of a cluster (no --join, no members from a last life) has nobody
+    to fetch a network's rows from: a first container must not wait for a sync that
+    cannot come (it waited the full timeout, 2 s, on every first container)."""
+    a = runtime("a", [KEY])
+    try:
+        await a.start([])
+        a.join_network("7")
+        t0 = time.monotonic()
+        assert await a.network_ready("7", 2.0)
+        assert time.monotonic() - t0 < 0.5
+        assert a.synced.is_set()
+    finally:
+        await a.stop()
+
+
 async def test_key_rotation_keeps_the_cluster_talking() -> None:
     new = os.urandom(16)
     a, b = runtime("a", [KEY, new]), runtime("b", [new, KEY])  # b already sends with the new key
