@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 from lab.bench_vips import CLIENT, SERVER
-from lab.hosts import IMAGE, Lab, overlay_ip, sh, wait_for
+from lab.hosts import IMAGE, Host, Lab, overlay_ip, sh, wait_for
 from lab.measure import iperf_gbps
 
 
@@ -42,13 +42,15 @@ def run(report: Callable[..., None], rounds: int = 5) -> None:
 
             wait_for("meshsrv's task", started, timeout=120, interval=0.5)
 
-            def table() -> str:
-                r = h1.run("nft", "list", "table", "ip", "pyoverlay_mesh", check=False)
+            def table(h: Host) -> str:
+                r = h.run("nft", "list", "table", "ip", "pyoverlay_mesh", check=False)
                 return r.stdout
 
             wait_for(
-                "h1 forwards both ports to h2",
-                lambda: "to-tcp-7000-0" in table() and "to-tcp-5301-0" in table(),
+                "h1 forwards both ports to h2, h2 delivers them to its task",
+                lambda: all(
+                    "to-tcp-7000-0" in table(h) and "to-tcp-5301-0" in table(h) for h in lab.hosts
+                ),
                 timeout=120,
                 interval=0.5,
             )
