@@ -30,13 +30,31 @@ NODES = {"a": IPv4Address(f"{UL}.1"), "b": IPv4Address(f"{UL}.2")}
 CLIENT = f"{UL}.9"
 TASK = IPv4Address("172.18.0.2")
 PORT = mesh.PublishedPort("tcp", 1080, 7000)
+UDP = mesh.PublishedPort("udp", 1053, 7053)
 SERVER = """
-import socket, sys
+import socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7053))
+def udp():
+    while True:
+        data, peer = u.recvfrom(100)
+        u.sendto(f"{sys.argv[1]} {peer[0]}".encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7000)); s.listen(64); print("ready", flush=True)
 while True:
     c, peer = s.accept()
     c.sendall(f"{sys.argv[1]} {peer[0]}\\n".encode()); c.close()
+"""
+UDP_LOOP = """
+import socket, sys
+for _ in range(int(sys.argv[1])):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+    u.sendto(b"hi", (sys.argv[2], int(sys.argv[3])))
+    try:
+        print(u.recv(100).decode(), flush=True)
+    except OSError:
+        print("lost", flush=True)
+    u.close()
 """
 CLIENT_LOOP = """
 import socket, sys
@@ -65,10 +83,13 @@ class Cluster:
     def path(self, node: str) -> Path:
         return Path("/run/netns") / self.ns(node)
 
-    def connect(self, from_ns: str, to: IPv4Address, n: int) -> list[str]:
-        cmd = ["ip", "netns", "exec", self.ns(from_ns), sys.executable, "-c", CLIENT_LOOP]
+    def connect(
+        self, from_ns: str, to: IPv4Address, n: int, port: mesh.PublishedPort = PORT
+    ) -> list[str]:
+        loop = CLIENT_LOOP if port.protocol == "tcp" else UDP_LOOP
+        cmd = ["ip", "netns", "exec", self.ns(from_ns), sys.executable, "-c", loop]
         out = subprocess.run(
-            [*cmd, str(n), str(to), str(PORT.published)],
+            [*cmd, str(n), str(to), str(port.published)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -146,7 +167,7 @@ def view(node: str, local: bool = True, remote: bool = True) -> mesh.Mesh:
     other = [a for n, a in NODES.items() if n != node]
     return mesh.balance(
         mesh.MeshInput(
-            ports={"web": (PORT,)},
+            ports={"web": (PORT, UDP)},
             local={"web": (TASK,)} if local else {},
             remote={"web": tuple(other)} if remote else {},
             members=tuple(other),
@@ -174,6 +195,9 @@ async def test_a_published_port_answers_on_every_node_over_every_task(
         other = next(n for n in NODES if n != node)
         # the local task sees the client; the other node's task sees this node's address
         assert set(answers) == {f"task-{node} {CLIENT}", f"task-{other} {address}"}, answers
+        # UDP too, each datagram from a new source port: a new flow, balanced alike
+        datagrams = cluster.connect("c", address, 40, UDP)
+        assert set(datagrams) == {f"task-{node} {CLIENT}", f"task-{other} {address}"}, datagrams
     # from a node itself, to its own address and to the other node's
     for node in NODES:
         for address in NODES.values():
