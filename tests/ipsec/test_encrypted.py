@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from support import Pinger, Scratch, cli, ip_of, loss, ping, start_ping
 
-from lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 from pyoverlay.driver.secure import guard
 from pyoverlay.driver.secure import sa as ipsec
 from pyoverlay.plugin.admin import ADMIN_SOCKET
@@ -293,10 +293,19 @@ def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
         sec = ipsec_of(lab, h1)
         assert h3.address not in sec["sending"] and h3.address not in sec["receiving"]  # type: ignore[operator]
         # and cannot read: the key of h1's SA to h2 is none that h3's keys derive
-        sending = sec["sending"][h2.address]  # type: ignore[index]
-        spi, n = int(str(sending["spi"]), 16), int(sending["n"])
-        salt = json.loads((h1.state_dir / "ipsec.json").read_text())["salt"]
-        installed = sa_key(h1, h1.address, h2.address, spi)
+        # (the SA rotates every few seconds here: one that went between reading the view
+        # and asking the kernel is read again, from a fresh view)
+        for _ in range(20):
+            sending = ipsec_of(lab, h1)["sending"][h2.address]  # type: ignore[index]
+            spi, n = int(str(sending["spi"]), 16), int(sending["n"])
+            salt = json.loads((h1.state_dir / "ipsec.json").read_text())["salt"]
+            try:
+                installed = sa_key(h1, h1.address, h2.address, spi)
+                break
+            except CommandFailed as exc:
+                assert "No such process" in str(exc), exc  # rotated away: read again
+        else:
+            raise AssertionError("h1's sending SA kept rotating away before it could be read")
         a1, a2 = ipaddress.IPv4Address(h1.address), ipaddress.IPv4Address(h2.address)
         assert installed == ipsec.derive(new, a1, a2, salt, n).key  # (what h1 and h2 share)
         for old in old_keys:  # everything h3 holds
