@@ -292,5 +292,7 @@ def make_vips(settings: PluginSettings, driver: OverlayDriver) -> Parts:
     programmer = VipProgrammer(driver, tables, settings.sandbox_dir)
     driver.services = programmer
     docker = DockerApi(settings.docker_socket)
-    mesh = MeshKeeper(driver, tables, docker, driver.underlay.address)
+    from pyoverlay.driver.kernel import procnet
+
+    mesh = MeshKeeper(driver, tables, docker, driver.underlay.address, procnet.listening)
     return Parts(driver, vips=programmer, docker=docker, mesh=mesh)

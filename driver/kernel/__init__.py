@@ -8,4 +8,5 @@ plugin/wiring.py imports them (scripts/check enforces it).
     nft.py        libnftables (the only importer of nftables): guard table, VIP rules
     conntrack.py  ctnetlink: forgets the UDP flows of removed service tasks
     xfrm.py       `ip xfrm` batches: IPsec SAs and policies
+    procnet.py    /proc/net/{tcp,udp}: which ports a process here listens on
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, Protocol
@@ -56,7 +57,12 @@ class DockerReader(Protocol):
 
 class MeshKeeper:
     def __init__(
-        self, driver: OverlayDriver, tables: RuleTables, api: DockerReader, address: IPv4Address
+        self,
+        driver: OverlayDriver,
+        tables: RuleTables,
+        api: DockerReader,
+        address: IPv4Address,
+        listeners: Callable[[], Iterable[tuple[str, str, int]]] = frozenset,
     ) -> None:
         self.driver = driver
         self.tables = tables
@@ -74,6 +80,8 @@ class MeshKeeper:
         self.mesh = rules.Mesh((), ())
         self.error = ""
         self.docker_user = "unknown"
+        self.listeners = listeners  # (protocol, address, port) a process here listens on
+        self.taken: tuple[str, ...] = ()  # published ports one of them also wants
 
     # -- what this host knows -------------------------------------------------------
 
@@ -236,6 +244,10 @@ class MeshKeeper:
         self.have = rules.shape_of(rules.build(mesh))
         if cmds or verify:
             await self._docker_user(any(b.targets for b in mesh.ports))
+            taken = rules.listener_conflicts(mesh, self.listeners())
+            for why in set(taken) - set(self.taken):
+                log.error("published port also wanted here", why=why)
+            self.taken = taken
         return len(cmds)
 
     async def _docker_user(self, wanted: bool) -> None:
@@ -281,7 +293,7 @@ class MeshKeeper:
             "manager": self.manager,
             "docker_user": self.docker_user,
             "error": self.error,
-            "conflicts": list(self.mesh.conflicts),
+            "conflicts": list(self.mesh.conflicts) + list(self.taken),
             "ports": [
                 {
                     "service": b.service,

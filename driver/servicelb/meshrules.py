@@ -14,7 +14,7 @@ table in the host's namespace, on every node:
             fib daddr type local meta l4proto . th dport vmap @ports
             ip daddr @members meta l4proto . th dport vmap @ports }
         chain output { type nat hook output priority dstnat - 10
-            fib daddr type local meta l4proto . th dport vmap @ports
+            ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @ports
             ip daddr @members meta l4proto . th dport vmap @ports }
         chain forwarded { type filter hook prerouting priority dstnat + 10
             ct mark MARK meta mark set MARK }    # what DOCKER-USER accepts (see below)
@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -180,6 +180,15 @@ def is_(left: dict[str, Any], right: Any) -> dict[str, Any]:
 
 
 _LOCAL_DST = is_({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+# this host's own connections to 127.0.0.0/8 stay local (a DNAT from a loopback source
+# could not leave the host); as Docker's own OUTPUT rule does
+_NOT_LOOPBACK = {
+    "match": {
+        "op": "!=",
+        "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+        "right": {"prefix": {"addr": "127.0.0.0", "len": 8}},
+    }
+}
 _FROM_MEMBER = is_({"payload": {"protocol": "ip", "field": "saddr"}}, "@members")
 _TO_MEMBER = is_({"payload": {"protocol": "ip", "field": "daddr"}}, "@members")
 _MARKED = is_({"ct": {"key": "mark"}}, MARK)
@@ -222,7 +231,7 @@ def build(mesh: Mesh) -> Commands:
         _rule("prerouting", _FROM_MEMBER, _LOCAL_DST, _vmap("member_ports")),
         _rule("prerouting", _LOCAL_DST, _vmap("ports")),
         _rule("prerouting", _TO_MEMBER, _vmap("ports")),
-        _rule("output", _LOCAL_DST, _vmap("ports")),
+        _rule("output", _NOT_LOOPBACK, _LOCAL_DST, _vmap("ports")),
         _rule("output", _TO_MEMBER, _vmap("ports")),
         _rule("forwarded", _MARKED, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": MARK}}),
         _rule("postrouting", _MARKED, _TO_MEMBER, {"masquerade": None}),
@@ -327,3 +336,18 @@ def plan(have: Shape | None, mesh: Mesh) -> Commands:
     if shape_of(want) == have:
         return []
     return (delete_table() if have is not None else []) + want
+
+
+def listener_conflicts(mesh: Mesh, listeners: Iterable[tuple[str, str, int]]) -> tuple[str, ...]:
+    """Published ports a process on this host also listens on (not only on loopback): the
+    mesh's DNAT takes the connections first, so that process no longer gets them."""
+    taken: dict[tuple[str, int], str] = {}
+    for protocol, addr, port in sorted(listeners):
+        if not addr.startswith("127.") and addr != "::1":
+            taken.setdefault((protocol, port), addr)
+    return tuple(
+        f"{b.port.protocol}/{b.port.published} is also listened on here by another process "
+        f"({taken[(b.port.protocol, b.port.published)]}): the mesh takes its connections first"
+        for b in mesh.ports
+        if b.targets and (b.port.protocol, b.port.published) in taken
+    )

@@ -198,6 +198,8 @@ async def test_a_published_port_answers_on_every_node_over_every_task(
         # UDP too, each datagram from a new source port: a new flow, balanced alike
         datagrams = cluster.connect("c", address, 40, UDP)
         assert set(datagrams) == {f"task-{node} {CLIENT}", f"task-{other} {address}"}, datagrams
+    # a node's own connection to loopback is left alone (refused here: nobody listens)
+    assert cluster.connect("a", IPv4Address("127.0.0.1"), 2) == ["refused", "refused"]
     # from a node itself, to its own address and to the other node's
     for node in NODES:
         for address in NODES.values():

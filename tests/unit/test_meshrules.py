@@ -121,3 +121,24 @@ def test_the_docker_user_rule_is_added_once_and_removed_when_unwanted() -> None:
     assert meshdocker.docker_user_plan(None, wanted=True) == []  # iptables-legacy: say so
     gone = meshdocker.docker_user_plan((7, 9), wanted=False)
     assert [c["delete"]["rule"]["handle"] for c in gone] == [7, 9]
+
+
+def test_a_process_listening_on_a_published_port_is_reported() -> None:
+    m = mesh.balance(view())
+    listeners = [("tcp", "127.0.0.1", 1080), ("udp", "0.0.0.0", 1080), ("tcp", "0.0.0.0", 22)]
+    assert mesh.listener_conflicts(m, listeners) == ()  # loopback only, other protocol or port
+    (why,) = mesh.listener_conflicts(m, [*listeners, ("tcp", "::", 1080)])
+    assert why.startswith("tcp/1080 is also listened on here by another process (::)")
+
+
+def test_proc_net_listeners_are_parsed() -> None:
+    from pyoverlay.driver.kernel import procnet
+
+    tcp = (
+        "  sl  local_address rem_address   st\n"
+        "   0: 00000000:0438 00000000:0000 0A 0\n"  # 0.0.0.0:1080 LISTEN
+        "   1: 0100007F:0050 0200007F:9C40 01 0\n"  # established: not a listener
+    )
+    assert procnet.parse(tcp, "tcp") == {("tcp", "0.0.0.0", 1080)}
+    tcp6 = "  sl  local\n   0: 00000000000000000000000000000000:0438 0000:0000 0A 0\n"
+    assert procnet.parse(tcp6, "tcp", v6=True) == {("tcp", "::", 1080)}
