@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -18,6 +19,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(the Vagrantfile's VMs, already up: scripts/test-vm); with vagrant only tests "
         "marked vm run",
     )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failure's report written at once to $PYOVERLAY_FAILURES (scripts/test sets it for
+    the tiers that run beside the others: one stopped early still shows why it failed)."""
+    path = os.environ.get("PYOVERLAY_FAILURES")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"\n==== {report.nodeid} ({report.when}) ====\n{report.longreprtext[-6000:]}\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -57,13 +57,13 @@ def get(lab: Lab, h: Host, port: int, path: str = "/", from_host: Host | None = 
     the network namespace of node `from_host` itself."""
     if from_host is None:
         return lab.http_get(h, port, path)
-    request = f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {h.address} {port}"
+    request = f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 10 {h.address} {port}"
     return from_host.run("sh", "-c", request, check=False, timeout=30).stdout
 
 
 def answers(lab: Lab, h: Host, port: int, n: int) -> list[str]:
     """What n TCP connections from the underlay to h:port read (a refusal reads "")."""
-    nc = f"busybox nc -w 3 {h.address} {port} </dev/null"
+    nc = f"busybox nc -w 10 {h.address} {port} </dev/null"
     loop = f'for i in $(seq {n}); do echo "[$({nc} 2>/dev/null)]"; done'
     out = lab.underlay("sh", "-c", loop, timeout=60 + 5 * n).stdout.split()
     return [a.strip("[]") for a in out]
@@ -147,7 +147,7 @@ def test_the_mesh_survives_a_plugin_kill_and_drift_is_repaired(swarm: Lab) -> No
     # connections through h1 (no front task there: every one crosses to h2) all through
     # the kill, the restart and the restarted plugin's first sync
     req = "printf 'GET /cgi-bin/app HTTP/1.0\\r\\n\\r\\n'"
-    loop = f"for i in $(seq 100); do {req} | busybox nc -w 3 {h1.address} 1080; sleep 0.05; done"
+    loop = f"for i in $(seq 100); do {req} | busybox nc -w 10 {h1.address} 1080; sleep 0.05; done"
     cmd = ["ip", "netns", "exec", swarm.underlay_ns, "sh", "-c", loop]
     steady = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     time.sleep(1)  # deliberate: the kill falls inside the running loop
@@ -204,7 +204,9 @@ def test_a_managers_plugin_down_past_failure_detection_keeps_the_port_on_every_n
     )
     pid = managed_plugin_pid(h1)
     assert pid is not None
-    loop = f"for i in $(seq 150); do busybox nc -w 3 {h2.address} 1082 </dev/null; sleep 0.05; done"
+    loop = (
+        f"for i in $(seq 150); do busybox nc -w 10 {h2.address} 1082 </dev/null; sleep 0.05; done"
+    )
     cmd = ["ip", "netns", "exec", swarm.underlay_ns, "sh", "-c", loop]
     steady = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     time.sleep(1)

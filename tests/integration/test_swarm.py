@@ -379,7 +379,9 @@ def test_vip_rules_survive_a_plugin_kill_and_are_repaired_by_hand(
     pid = managed_plugin_pid(h1)
     assert pid is not None
     # connections all through the kill, the restart and the restarted plugin's first sync
-    loop = f"for i in $(seq 150); do nc -w 2 {vip} 7000 </dev/null; sleep 0.05; done"
+    # (-w 10: a connection slowed by a busy machine is not a lost one; a blackhole still
+    # fails it)
+    loop = f"for i in $(seq 150); do nc -w 10 {vip} 7000 </dev/null; sleep 0.05; done"
     cmd = [DOCKER, "-H", f"unix://{h1.docker_sock}", "exec", client, "sh", "-c", loop]
     steady = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     time.sleep(1)  # deliberate: the kill falls inside the running loop
