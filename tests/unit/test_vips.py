@@ -292,3 +292,22 @@ def test_a_task_dockerd_lists_only_after_the_quick_polls_still_gets_its_vip(
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_silent_host_that_answers_keeps_its_tasks_in_every_vip(tmp_path: Path) -> None:
+    """Its plugin down past failure detection: gossip hides its rows, but its tasks still
+    serve (its FDB/ARP entries stay): they stay behind the VIP until the host is gone."""
+    from pyoverlay.driver.overlay import peers
+
+    d, _ = make_driver(tmp_path)
+    prog = d.services
+    scope = peers.scope(300)
+    row = peers.row_value(ip(9), "02:42:0a:00:00:09", IPv4Address("192.168.1.2"), "web", "10.0.0.2")
+    d.directory.put(scope, "e9", row, (1, "node2"))
+    assert prog.vips_of(300)[ip(2)].backends == (ip(9),)
+    d.directory.withdraw(scope, "e9")  # node2 declared dead: its rows go
+    kept = {"192.168.1.2"}
+    d.directory.kept_vteps = lambda: frozenset(kept)  # but its host answers
+    assert prog.vips_of(300)[ip(2)].backends == (ip(9),)
+    kept.clear()  # the host itself is gone
+    assert ip(2) not in prog.vips_of(300)
