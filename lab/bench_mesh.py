@@ -12,14 +12,10 @@ kernel (no IPVS), so it is not beside it here.
 from __future__ import annotations
 
 import secrets
-import statistics
-import subprocess
-import sys
 from collections.abc import Callable
 
-from lab.bench_vips import CLIENT, SERVER
-from lab.hosts import IMAGE, Host, Lab, overlay_ip, sh, wait_for
-from lab.measure import iperf_gbps
+from lab.hosts import IMAGE, Host, Lab, overlay_ip, wait_for
+from lab.measure import side_by_side
 
 
 def run(report: Callable[..., None], rounds: int = 5) -> None:
@@ -58,8 +54,11 @@ def run(report: Callable[..., None], rounds: int = 5) -> None:
             direct_client = ["nsenter", f"--net=/proc/{h1.container_pid('probe')}/ns/net"]
             mesh_client = ["ip", "netns", "exec", lab.underlay_ns]
             task_ip = overlay_ip(h2, task[0], "bm")
-            setup, gbps = measure(
-                server, (mesh_client, h1.address), (direct_client, task_ip), rounds
+            setup, gbps = side_by_side(
+                server,
+                ("mesh", (mesh_client, h1.address)),
+                ("direct", (direct_client, task_ip)),
+                rounds,
             )
             report("mesh-setup", **setup)
             report("mesh-throughput", **gbps)
@@ -69,48 +68,3 @@ def run(report: Callable[..., None], rounds: int = 5) -> None:
             for h in lab.hosts:
                 h.docker("swarm", "leave", "--force", check=False, timeout=120)
                 h.remove_plugin()
-
-
-def measure(
-    server: list[str],
-    mesh: tuple[list[str], str],
-    direct: tuple[list[str], str],
-    rounds: int,
-) -> tuple[dict[str, object], dict[str, object]]:
-    srv = subprocess.Popen(
-        [*server, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
-    )
-    setup: dict[str, list[float]] = {"mesh": [], "direct": []}
-    gbps: dict[str, list[float]] = {"mesh": [], "direct": []}
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        for r in range(rounds):
-            order = [("mesh", mesh), ("direct", direct)]
-            for kind, (client, target) in order if r % 2 == 0 else order[::-1]:
-                setup[kind].append(
-                    float(sh(*client, sys.executable, "-c", CLIENT, target, "500").stdout)
-                )
-                gbps[kind].append(iperf_gbps(server, client, target, 5301, seconds=3))
-    finally:
-        srv.kill()
-        srv.wait()
-        if srv.stdout is not None:
-            srv.stdout.close()
-    m_s, d_s = statistics.median(setup["mesh"]), statistics.median(setup["direct"])
-    m_t, d_t = statistics.median(gbps["mesh"]), statistics.median(gbps["direct"])
-    return (
-        {
-            "mesh_us": round(m_s * 1e6, 1),
-            "direct_us": round(d_s * 1e6, 1),
-            "ratio": round(m_s / d_s, 3),
-            "mesh_runs_us": [round(x * 1e6) for x in setup["mesh"]],
-            "direct_runs_us": [round(x * 1e6) for x in setup["direct"]],
-        },
-        {
-            "mesh_gbps": round(m_t, 2),
-            "direct_gbps": round(d_t, 2),
-            "ratio": round(m_t / d_t, 3),
-            "mesh_runs": [round(x, 1) for x in gbps["mesh"]],
-            "direct_runs": [round(x, 1) for x in gbps["direct"]],
-        },
-    )

@@ -15,35 +15,17 @@ import asyncio
 import secrets
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from lab.measure import iperf_gbps
+from lab.measure import side_by_side
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.servicelb import ruleset as vips
 
 TASK_BASE = IPv4Address("10.77.0.10")
 VIP_BASE = IPv4Address("10.77.128.0")
-SERVER = """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7000)); s.listen(512); print("ready", flush=True)
-while True:
-    c, _ = s.accept(); c.sendall(b"x"); c.close()
-"""
-CLIENT = """
-import socket, sys, time
-target, n = sys.argv[1], int(sys.argv[2])
-t = []
-for _ in range(n):
-    t0 = time.perf_counter()
-    c = socket.create_connection((target, 7000)); c.recv(1); c.close()
-    t.append(time.perf_counter() - t0)
-t.sort(); print(t[len(t) // 2])
-"""
 
 
 def sh(*cmd: str, timeout: float = 120) -> str:
@@ -137,42 +119,8 @@ def run(report: Callable[..., None]) -> None:
 def vip_vs_direct(
     server: list[str], client: list[str], vip: IPv4Address, task: IPv4Address, rounds: int = 5
 ) -> tuple[dict[str, object], dict[str, object]]:
-    """Connection setup (median of 500 connect + first byte) and iperf3 throughput from
-    the client's namespace to the VIP vs to the task address, alternating rounds.
-    `server`/`client` are the commands that enter the two namespaces."""
-    srv = subprocess.Popen(
-        [*server, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        setup: dict[str, list[float]] = {"vip": [], "direct": []}
-        gbps: dict[str, list[float]] = {"vip": [], "direct": []}
-        for r in range(rounds):
-            order = [("vip", vip), ("direct", task)]
-            for kind, target in order if r % 2 == 0 else order[::-1]:
-                out = sh(*client, sys.executable, "-c", CLIENT, str(target), "500")
-                setup[kind].append(float(out))
-                gbps[kind].append(iperf_gbps(server, client, str(target), 5301, seconds=3))
-    finally:
-        srv.kill()
-        srv.wait()
-        if srv.stdout is not None:
-            srv.stdout.close()
-    v_s, d_s = statistics.median(setup["vip"]), statistics.median(setup["direct"])
-    v_t, d_t = statistics.median(gbps["vip"]), statistics.median(gbps["direct"])
-    return (
-        {
-            "vip_runs_us": [round(x * 1e6) for x in setup["vip"]],
-            "direct_runs_us": [round(x * 1e6) for x in setup["direct"]],
-            "vip_us": round(v_s * 1e6, 1),
-            "direct_us": round(d_s * 1e6, 1),
-            "ratio": round(v_s / d_s, 3),
-        },
-        {
-            "vip_gbps": round(v_t, 2),
-            "direct_gbps": round(d_t, 2),
-            "ratio": round(v_t / d_t, 3),
-            "vip_runs": [round(x, 1) for x in gbps["vip"]],
-            "direct_runs": [round(x, 1) for x in gbps["direct"]],
-        },
+    """Connection setup and throughput from the client's namespace to the VIP vs to the
+    task address, alternating rounds (`server`/`client` enter the two namespaces)."""
+    return side_by_side(
+        server, ("vip", (client, str(vip))), ("direct", (client, str(task))), rounds
     )

@@ -164,20 +164,29 @@ class VmHost(DockerVerbs):
     # -- power and links ---------------------------------------------------------
 
     def power_off(self) -> None:
-        """A power cut: the VM is destroyed (`virsh destroy`), nothing inside it runs on."""
-        # the shared ssh connection would hang on the dead VM
+        """A power cut: the VM stops dead (`virsh suspend`: no CPU runs, nothing answers).
+
+        What Docker wrote reaches the virtual disk first (`sync`), as on a host that ran a
+        while (ext4 commits every 5 s): Docker restarts only a container whose start it
+        recorded on disk (HasBeenStartedBefore), and that is Docker's part, not ours. The
+        qemu process stays: with the Vagrantfile's cache=unsafe, killing it (`virsh
+        destroy`) throws away qcow2 metadata qemu never flushed, and with it files written
+        minutes before (a container came back "Created", never started)."""
+        self.run("sync", check=False)
+        # the shared ssh connection would hang on the stopped VM
         subprocess.run(
             ["ssh", "-F", str(self.cluster.ssh_config), "-O", "exit", self.name],
             capture_output=True,
             timeout=30,
         )
-        virsh("destroy", self.domain)
+        virsh("suspend", self.domain)
         self.dockerd_pid = self.plugin_pid = None
 
     def power_on(self) -> None:
-        """Boot again (`virsh start`): systemd starts pyoverlay and dockerd, and dockerd the
-        containers with a restart policy."""
-        virsh("start", self.domain)
+        """Power back: a cold boot (`virsh reset`, then `virsh resume`); systemd starts
+        pyoverlay and dockerd, and dockerd the containers with a restart policy."""
+        virsh("reset", self.domain)
+        virsh("resume", self.domain)
         self.dockerd_pid = self.plugin_pid = 1
         wait_for(
             f"the plugin on {self.name} after boot",

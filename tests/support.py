@@ -8,13 +8,14 @@ import os
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lab.hosts import Host, Lab, overlay_ip
+from lab.hosts import IMAGE, Host, Lab, overlay_ip
 from pyoverlay.driver.core.interfaces import UnderlayInfo
 from pyoverlay.driver.core.model import Underlay
 from pyoverlay.driver.overlay.driver import OverlayDriver
@@ -34,6 +35,24 @@ def require_root() -> None:
 
 
 ip_of = overlay_ip  # the address of a container on a network
+# a task that answers every TCP connection on port 7000 with its hostname
+HOSTNAME_SERVER = (IMAGE, "nc", "-ll", "-p", "7000", "-e", "/bin/hostname")
+
+
+def plugin_swarm(lab: Lab) -> Iterator[Lab]:
+    """Body of a module-scoped `swarm` fixture: every host runs the managed plugin at
+    global scope in one swarm (h1 the manager); afterwards services, swarm and plugin go."""
+    for h in lab.hosts:
+        h.install_plugin("PYOVERLAY_SCOPE=global")
+    lab.swarm(managers=1)
+    yield lab
+    h1 = lab.host(1)
+    for svc in h1.docker("service", "ls", "-q", check=False).stdout.split():
+        h1.docker("service", "rm", svc, check=False)
+    for h in reversed(lab.hosts):
+        h.docker("swarm", "leave", "--force", check=False, timeout=120)
+    for h in lab.hosts:
+        h.remove_plugin()
 
 
 class Services:

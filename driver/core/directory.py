@@ -97,3 +97,30 @@ class LocalDirectory:
 
 
 _: PeerDirectory = LocalDirectory()
+
+Row = tuple[dict[str, Any], tuple[int, str]]  # (value, version)
+
+
+class KeptRows:
+    """A scope's rows as a reader should use them: the visible rows, and the last rows
+    of each host whose plugin is silent while the host answers (`kept_vteps`). That
+    host's rows are gone from the directory, but its kernel and containers are not: as
+    its FDB/ARP entries, its tasks stay in VIPs and the mesh until the host is gone.
+    `where` names the row field holding the host's underlay address."""
+
+    def __init__(self, directory: PeerDirectory, where: str) -> None:
+        self.directory = directory
+        self.where = where
+        self.last: dict[str, dict[str, Row]] = {}  # scope -> the rows last returned
+
+    def rows(self, scope: str) -> dict[str, Row]:
+        rows = {key: (value, version) for key, value, version in self.directory.rows(scope)}
+        kept = self.directory.kept_vteps()
+        for key, (value, version) in self.last.get(scope, {}).items():
+            if key not in rows and str(value.get(self.where)) in kept:
+                rows[key] = (value, version)
+        if rows:
+            self.last[scope] = rows
+        else:  # a deleted network, a withdrawn mesh: nothing left to remember
+            self.last.pop(scope, None)
+        return rows

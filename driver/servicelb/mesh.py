@@ -35,6 +35,7 @@ from urllib.parse import quote
 import structlog
 
 from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.driver.core.directory import KeptRows
 from pyoverlay.driver.core.interfaces import RuleTables
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.servicelb import meshdocker
@@ -75,7 +76,7 @@ class MeshKeeper:
         self.asked: set[str] = set()  # endpoints dockerd had no address for at the last ask
         self.ask_again = 0.0
         self.published: dict[str, Any] | None = None
-        self.remembered: dict[str, tuple[dict[str, Any], tuple[int, str]]] = {}
+        self.kept = KeptRows(driver.directory, "addr")
         self.have: Any = _UNKNOWN  # rules.Shape | None once known
         self.mesh = rules.Mesh((), ())
         self.error = ""
@@ -173,12 +174,7 @@ class MeshKeeper:
         """The `mesh` rows, and the last row of each host whose plugin is silent while the
         host still answers (its rows are gone, its kernel and tasks are not: a manager's
         plugin restart must not take every published port off every node)."""
-        rows = {key: (value, version) for key, value, version in self.driver.directory.rows(SCOPE)}
-        kept = self.driver.directory.kept_vteps()
-        for key, (value, version) in self.remembered.items():
-            if key not in rows and str(value.get("addr")) in kept:
-                rows[key] = (value, version)
-        self.remembered = rows
+        rows = self.kept.rows(SCOPE)
         return [(key, value, version) for key, (value, version) in sorted(rows.items())]
 
     def wanted(self) -> rules.Mesh:
@@ -241,7 +237,7 @@ class MeshKeeper:
             await self.tables.apply(None, cmds)
             live = [b for b in mesh.ports if b.targets]
             log.info("mesh programmed", ports=len(live), changes=len(cmds))
-        self.have = rules.shape_of(rules.build(mesh))
+            self.have = rules.shape_of(rules.build(mesh))
         if cmds or verify:
             await self._docker_user(any(b.targets for b in mesh.ports))
             taken = rules.listener_conflicts(mesh, self.listeners())

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.driver.core.directory import KeptRows
 from pyoverlay.driver.core.interfaces import RuleTables
 from pyoverlay.driver.core.model import EndpointSpec
 from pyoverlay.driver.overlay import peers
@@ -33,8 +33,7 @@ class VipProgrammer:
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self.vip_errors: dict[str, str] = {}  # sandbox -> why its rules are not as wanted
         self._programmed: dict[str, vips.Programmed | None] = {}  # sandbox -> last applied
-        # scope -> the rows last seen (those of a silent host that answers stay in use)
-        self._last_rows: dict[str, dict[str, tuple[dict[str, Any], tuple[int, str]]]] = {}
+        self.kept = KeptRows(driver.directory, "vtep")
 
     def sandbox_path(self, key: str) -> Path:
         """Docker's SandboxKey as this process sees it (a managed plugin: by name, under
@@ -46,13 +45,7 @@ class VipProgrammer:
         """The network's VIPs from its rows, and from the last rows of hosts whose plugin
         is silent while the host answers (their tasks still serve: as their FDB/ARP
         entries, they stay in every VIP until the host itself is gone)."""
-        scope = peers.scope(vni)
-        rows = {key: (value, version) for key, value, version in self.driver.directory.rows(scope)}
-        kept = self.driver.directory.kept_vteps()
-        for key, (value, version) in self._last_rows.get(scope, {}).items():
-            if key not in rows and str(value.get("vtep")) in kept:
-                rows[key] = (value, version)
-        self._last_rows[scope] = rows
+        rows = self.kept.rows(peers.scope(vni))
         return vips.services(vips.backends_of([(k, v, ver) for k, (v, ver) in rows.items()]))
 
     def sandboxes(self, vni: int | None = None) -> dict[str, list[EndpointSpec]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import cli, managed_plugin_pid
+from support import HOSTNAME_SERVER, cli, managed_plugin_pid, plugin_swarm
 
 from lab.hosts import IMAGE, PLUGIN, Host, Lab, wait_for
 
@@ -24,23 +24,11 @@ pytestmark = pytest.mark.integration
 HOSTS = 2
 LEGACY_PLUGIN = False
 SUBNET = "100.0.0.0/24"
-# a task that answers every TCP connection on port 7000 with its hostname
-HOSTNAME_SERVER = (IMAGE, "nc", "-ll", "-p", "7000", "-e", "/bin/hostname")
 
 
 @pytest.fixture(scope="module")
 def swarm(lab: Lab) -> Iterator[Lab]:
-    for h in lab.hosts:
-        h.install_plugin("PYOVERLAY_SCOPE=global")
-    lab.swarm(managers=1)
-    yield lab
-    h1 = lab.host(1)
-    for svc in h1.docker("service", "ls", "-q", check=False).stdout.split():
-        h1.docker("service", "rm", svc, check=False)
-    for h in reversed(lab.hosts):
-        h.docker("swarm", "leave", "--force", check=False, timeout=120)
-    for h in lab.hosts:
-        h.remove_plugin()
+    yield from plugin_swarm(lab)
 
 
 def mesh_table(h: Host) -> str:

@@ -103,8 +103,8 @@ def test_container_removal_leaves_no_stale_entries(lab: Lab, scratch: Scratch) -
 def test_host_power_cut_is_detected_and_the_host_converges_when_back(
     lab: Lab, scratch: Scratch, victim: int
 ) -> None:
-    """A host goes away (lab: its link down, every process killed; VMs: `virsh destroy`,
-    then `virsh start`): the other drops its entries within failure detection (a
+    """A host goes away (lab: its link down, every process killed; VMs: `virsh suspend`,
+    then `virsh reset`): the other drops its entries within failure detection (a
     host that is gone answers nothing, so its data path is not kept), and when it is
     back its container with a restart policy runs and is reachable again."""
     other, gone = lab.host(3 - victim), lab.host(victim)

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from netprobe import SERVER, TCP_LOOP, UDP_LOOP
 
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.servicelb import meshrules as mesh
@@ -31,42 +32,6 @@ CLIENT = f"{UL}.9"
 TASK = IPv4Address("172.18.0.2")
 PORT = mesh.PublishedPort("tcp", 1080, 7000)
 UDP = mesh.PublishedPort("udp", 1053, 7053)
-SERVER = """
-import socket, sys, threading
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7053))
-def udp():
-    while True:
-        data, peer = u.recvfrom(100)
-        u.sendto(f"{sys.argv[1]} {peer[0]}".encode(), peer)
-threading.Thread(target=udp, daemon=True).start()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7000)); s.listen(64); print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    c.sendall(f"{sys.argv[1]} {peer[0]}\\n".encode()); c.close()
-"""
-UDP_LOOP = """
-import socket, sys
-for _ in range(int(sys.argv[1])):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
-    u.sendto(b"hi", (sys.argv[2], int(sys.argv[3])))
-    try:
-        print(u.recv(100).decode(), flush=True)
-    except OSError:
-        print("lost", flush=True)
-    u.close()
-"""
-CLIENT_LOOP = """
-import socket, sys
-for _ in range(int(sys.argv[1])):
-    try:
-        c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
-        print(c.makefile().readline().strip() or "closed", flush=True); c.close()
-    except ConnectionRefusedError:
-        print("refused", flush=True)
-    except OSError as exc:
-        print(f"error {exc}", flush=True)
-"""
 
 
 def sh(*cmd: str) -> str:
@@ -86,7 +51,7 @@ class Cluster:
     def connect(
         self, from_ns: str, to: IPv4Address, n: int, port: mesh.PublishedPort = PORT
     ) -> list[str]:
-        loop = CLIENT_LOOP if port.protocol == "tcp" else UDP_LOOP
+        loop = TCP_LOOP if port.protocol == "tcp" else UDP_LOOP
         cmd = ["ip", "netns", "exec", self.ns(from_ns), sys.executable, "-c", loop]
         out = subprocess.run(
             [*cmd, str(n), str(to), str(port.published)],

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from netprobe import SERVER, TCP_LOOP
 
 from pyoverlay.driver.kernel.nft import Nft, NftError
 from pyoverlay.driver.servicelb import ruleset as vips
@@ -28,20 +29,6 @@ pytestmark = pytest.mark.kernel
 VIP = IPv4Address("10.9.0.100")
 TASKS = (IPv4Address("10.9.0.2"), IPv4Address("10.9.0.3"))
 CLIENT = "10.9.0.1"
-SERVER = """
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7000)); s.listen(64); print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    c.sendall(f"{c.getsockname()[0]} {peer[0]}\\n".encode()); c.close()
-"""
-CLIENT_LOOP = """
-import socket, sys
-for _ in range(int(sys.argv[1])):
-    c = socket.create_connection((sys.argv[2], 7000), timeout=2)
-    print(c.makefile().readline().strip(), flush=True); c.close()
-"""
 
 
 def sh(*cmd: str) -> str:
@@ -98,7 +85,9 @@ async def converge(nft: Nft | FakeTables, ns: Path, want: vips.Vips) -> list[dic
 
 
 def connect(ns: Path, n: int, to: IPv4Address = VIP) -> list[tuple[str, str]]:
-    out = sh("ip", "netns", "exec", ns.name, sys.executable, "-c", CLIENT_LOOP, str(n), str(to))
+    out = sh(
+        "ip", "netns", "exec", ns.name, sys.executable, "-c", TCP_LOOP, str(n), str(to), "7000"
+    )
     return [tuple(line.split()) for line in out.splitlines()]  # type: ignore[misc]
 
 

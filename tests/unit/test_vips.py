@@ -311,3 +311,24 @@ def test_a_silent_host_that_answers_keeps_its_tasks_in_every_vip(tmp_path: Path)
     assert prog.vips_of(300)[ip(2)].backends == (ip(9),)
     kept.clear()  # the host itself is gone
     assert ip(2) not in prog.vips_of(300)
+
+
+def test_kept_rows_are_forgotten_with_their_network() -> None:
+    """Rows are remembered for a silent host only while it answers, and a scope with no
+    rows left (a deleted network) is not remembered at all."""
+    from pyoverlay.driver.core.directory import KeptRows, LocalDirectory
+
+    d = LocalDirectory()
+    kept: set[str] = set()
+    d.kept_vteps = lambda: frozenset(kept)  # type: ignore[method-assign]
+    rows = KeptRows(d, "vtep")
+    d.put("peer/1", "e1", {"vtep": "192.168.1.2"}, (1, "n2"))
+    d.put("peer/2", "e2", {"vtep": "192.168.1.3"}, (1, "n3"))
+    assert set(rows.rows("peer/1")) == {"e1"} and set(rows.rows("peer/2")) == {"e2"}
+    kept.add("192.168.1.2")
+    d.withdraw("peer/1", "e1")
+    d.withdraw("peer/2", "e2")
+    assert set(rows.rows("peer/1")) == {"e1"}  # its host answers
+    assert rows.rows("peer/2") == {} and "peer/2" not in rows.last  # gone with its network
+    kept.clear()
+    assert rows.rows("peer/1") == {} and rows.last == {}
