@@ -4,10 +4,12 @@ the demo, the integration tests and the benchmarks.
     hosts.py            Lab and Host: netns + mount ns + dockerd + plugin per host
     docker_verbs.py     the Docker verbs lab hosts and VMs share (networks, swarm)
     vms.py              the Vagrant VMs as hosts (the VM tier)
+    registry.py         a TLS plugin registry (docker-registry) the lab's hosts trust
     demo.py             `scripts/demo`: the seed's application across hosts
-    measure.py          iperf, RSS, CPU, a CPU hog
+    measure.py          iperf, RSS, CPU, a CPU hog, two paths to one server side by side
     bench.py            `scripts/bench`: every benchmark, side by side with its reference
     bench_footprint.py  idle RSS and CPU
+    bench_install.py    the plugin pushed, then installed from a registry: size and time
     bench_ipsec.py      encrypted vs plain vs Docker's encrypted overlay (in the VM)
     bench_keeper.py     the IPsec keeper at 100 encrypted peers (simulated xfrm)
     bench_mesh.py       a published port through another node vs straight to the task

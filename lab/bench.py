@@ -29,6 +29,10 @@ swarm (two hosts, a real swarm, the managed plugin)
                    through its VIP vs straight to the task
   mesh             a published port through a node without the task (the routing mesh) vs
                    straight to the task over the overlay: TCP setup and throughput
+registry (two hosts and a lab registry)
+  plugin-install   the plugin pushed to a registry, then `docker plugin install` on a host:
+                   rootfs and pushed size, install time (--runs rounds); beside an older
+                   build when given --plugin-before TAR (`scripts/build-plugin --tar`)
 kernel only (no Docker)
   vips             service VIPs in nftables: programming 100 and 1,000 services x 10 tasks,
                    one task change at that size; TCP setup and throughput via a VIP vs direct
@@ -942,6 +946,11 @@ def main() -> int:
         "compare versions: run the same --only with each)",
     )
     parser.add_argument(
+        "--plugin-before",
+        default="",
+        help="plugin-install: an older build's tree (scripts/build-plugin --tar) to compare",
+    )
+    parser.add_argument(
         "--hosts", type=int, default=200, help="gossip-scope: simulated hosts (1000: ~1 h)"
     )
     args = parser.parse_args()
@@ -968,6 +977,10 @@ def main() -> int:
         from lab import bench_mesh
 
         bench_mesh.run(report)
+    if want("plugin-install"):
+        from lab import bench_install
+
+        bench_install.run(report, min(args.runs, 5), args.plugin_before)
     if want("vips"):
         from lab import bench_vips
 

@@ -465,10 +465,26 @@ class Host(DockerVerbs):
         # wait for the killed containerd (a zombie here: PID 1 does not reap)
         pidfile.unlink(missing_ok=True)
 
-    def install_plugin(self, *settings: str) -> None:
-        """pyoverlay as a managed plugin on this host's dockerd (scripts/build-plugin), the
-        lab's key in a 0600 file in the state mount (as the README says), `settings` for
-        `docker plugin set`, enabled."""
+    def install_plugin(self, *settings: str, remote: str = "") -> None:
+        """pyoverlay as a managed plugin on this host's dockerd, enabled: built here
+        (scripts/build-plugin) and `docker plugin set`, or with `remote` installed from a
+        registry with the settings on the install line, as the README says. The lab's
+        key is in a 0600 file in the state mount; `settings` are added to the lab's."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.lab.gossip_key + "\n")
+        every = [
+            "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key",
+            f"PYOVERLAY_ADVERTISE_ADDR={self.address}",
+            *self.plugin_mounts(),
+            *settings,
+        ]
+        if remote:
+            self.docker("plugin", "install", "--grant-all-permissions", "--alias", PLUGIN,
+                        remote, *every, timeout=600)  # fmt: skip
+            self.driver = PLUGIN
+            return
         env = {**os.environ, "DOCKER_HOST": f"unix://{self.docker_sock}"}
         r = subprocess.run(
             [str(ROOT / "scripts/build-plugin")],
@@ -479,23 +495,17 @@ class Host(DockerVerbs):
         )
         if r.returncode != 0 or r.stdout.strip().splitlines()[-1:] != [PLUGIN]:
             raise RuntimeError(f"scripts/build-plugin failed: {r.stderr[-3000:]}")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "gossip.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.lab.gossip_key + "\n")
-        self.docker(
-            "plugin",
-            "set",
-            PLUGIN,
-            "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key",
-            f"PYOVERLAY_ADVERTISE_ADDR={self.address}",
+        self.docker("plugin", "set", PLUGIN, *every)
+        self.docker("plugin", "enable", PLUGIN, timeout=120)
+        self.driver = PLUGIN
+
+    def plugin_mounts(self) -> list[str]:
+        """The plugin's mount sources on this lab host (a user's host keeps the defaults)."""
+        return [
             f"state.source={self.state_dir}",
             f"sandboxes.source={self.sandbox_dir}",
             f"docker-sock.source={self.docker_sock}",
-            *settings,
-        )
-        self.docker("plugin", "enable", PLUGIN, timeout=120)
-        self.driver = PLUGIN
+        ]
 
     def remove_plugin(self) -> None:
         """Every container, network and the managed plugin itself, whatever state is left."""

@@ -106,16 +106,16 @@ class KeptRows:
     of each host whose plugin is silent while the host answers (`kept_vteps`). That
     host's rows are gone from the directory, but its kernel and containers are not: as
     its FDB/ARP entries, its tasks stay in VIPs and the mesh until the host is gone.
-    `where` names the row field holding the host's underlay address."""
+    `where` names the row field holding the host's underlay address. The directory is
+    given at each read: the driver's is replaced once gossip runs (plugin/server.py)."""
 
-    def __init__(self, directory: PeerDirectory, where: str) -> None:
-        self.directory = directory
+    def __init__(self, where: str) -> None:
         self.where = where
         self.last: dict[str, dict[str, Row]] = {}  # scope -> the rows last returned
 
-    def rows(self, scope: str) -> dict[str, Row]:
-        rows = {key: (value, version) for key, value, version in self.directory.rows(scope)}
-        kept = self.directory.kept_vteps()
+    def rows(self, directory: PeerDirectory, scope: str) -> dict[str, Row]:
+        rows = {key: (value, version) for key, value, version in directory.rows(scope)}
+        kept = directory.kept_vteps()
         for key, (value, version) in self.last.get(scope, {}).items():
             if key not in rows and str(value.get(self.where)) in kept:
                 rows[key] = (value, version)

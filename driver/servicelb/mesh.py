@@ -76,7 +76,7 @@ class MeshKeeper:
         self.asked: set[str] = set()  # endpoints dockerd had no address for at the last ask
         self.ask_again = 0.0
         self.published: dict[str, Any] | None = None
-        self.kept = KeptRows(driver.directory, "addr")
+        self.kept = KeptRows("addr")
         self.have: Any = _UNKNOWN  # rules.Shape | None once known
         self.mesh = rules.Mesh((), ())
         self.error = ""
@@ -174,7 +174,7 @@ class MeshKeeper:
         """The `mesh` rows, and the last row of each host whose plugin is silent while the
         host still answers (its rows are gone, its kernel and tasks are not: a manager's
         plugin restart must not take every published port off every node)."""
-        rows = self.kept.rows(SCOPE)
+        rows = self.kept.rows(self.driver.directory, SCOPE)
         return [(key, value, version) for key, (value, version) in sorted(rows.items())]
 
     def wanted(self) -> rules.Mesh:

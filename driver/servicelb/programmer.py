@@ -33,7 +33,7 @@ class VipProgrammer:
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self.vip_errors: dict[str, str] = {}  # sandbox -> why its rules are not as wanted
         self._programmed: dict[str, vips.Programmed | None] = {}  # sandbox -> last applied
-        self.kept = KeptRows(driver.directory, "vtep")
+        self.kept = KeptRows("vtep")
 
     def sandbox_path(self, key: str) -> Path:
         """Docker's SandboxKey as this process sees it (a managed plugin: by name, under
@@ -45,7 +45,7 @@ class VipProgrammer:
         """The network's VIPs from its rows, and from the last rows of hosts whose plugin
         is silent while the host answers (their tasks still serve: as their FDB/ARP
         entries, they stay in every VIP until the host itself is gone)."""
-        rows = self.kept.rows(peers.scope(vni))
+        rows = self.kept.rows(self.driver.directory, peers.scope(vni))
         return vips.services(vips.backends_of([(k, v, ver) for k, (v, ver) in rows.items()]))
 
     def sandboxes(self, vni: int | None = None) -> dict[str, list[EndpointSpec]]:

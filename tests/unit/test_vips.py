@@ -321,14 +321,30 @@ def test_kept_rows_are_forgotten_with_their_network() -> None:
     d = LocalDirectory()
     kept: set[str] = set()
     d.kept_vteps = lambda: frozenset(kept)  # type: ignore[method-assign]
-    rows = KeptRows(d, "vtep")
+    rows = KeptRows("vtep")
     d.put("peer/1", "e1", {"vtep": "192.168.1.2"}, (1, "n2"))
     d.put("peer/2", "e2", {"vtep": "192.168.1.3"}, (1, "n3"))
-    assert set(rows.rows("peer/1")) == {"e1"} and set(rows.rows("peer/2")) == {"e2"}
+    assert set(rows.rows(d, "peer/1")) == {"e1"} and set(rows.rows(d, "peer/2")) == {"e2"}
     kept.add("192.168.1.2")
     d.withdraw("peer/1", "e1")
     d.withdraw("peer/2", "e2")
-    assert set(rows.rows("peer/1")) == {"e1"}  # its host answers
-    assert rows.rows("peer/2") == {} and "peer/2" not in rows.last  # gone with its network
+    assert set(rows.rows(d, "peer/1")) == {"e1"}  # its host answers
+    assert rows.rows(d, "peer/2") == {} and "peer/2" not in rows.last  # gone with its network
     kept.clear()
-    assert rows.rows("peer/1") == {} and rows.last == {}
+    assert rows.rows(d, "peer/1") == {} and rows.last == {}
+
+
+def test_vips_read_the_directory_the_driver_has_now(tmp_path: Path) -> None:
+    """The plugin gives the driver its gossip directory after making it: VIPs (and the
+    mesh) must read that one, not the single-host stand-in they were built with (a bug:
+    every mesh test on two nodes failed, each node saw only its own rows)."""
+    from pyoverlay.driver.core.directory import LocalDirectory
+    from pyoverlay.driver.overlay import peers
+
+    d, _ = make_driver(tmp_path)
+    prog = d.services
+    gossip = LocalDirectory("node1")
+    d.directory = gossip
+    row = peers.row_value(ip(9), "02:42:0a:00:00:09", IPv4Address("192.168.1.2"), "web", "10.0.0.2")
+    gossip.put(peers.scope(300), "e9", row, (1, "node2"))
+    assert prog.vips_of(300)[ip(2)].backends == (ip(9),)

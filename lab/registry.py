@@ -1,0 +1,145 @@
+"""A plugin registry for a lab: Debian's `docker-registry` (the distribution registry,
+2.8) on the lab's underlay, over TLS with a CA made for this lab alone.
+
+The hosts trust it the way users trust a private registry: the CA in
+`/etc/docker/certs.d/<address:port>/ca.crt`. Docker reads that directory for
+plugin pulls and pushes as for images (moby registry/registry.go newTLSConfig),
+but only for a registry it treats as secure, which is every address outside
+127.0.0.0/8. Each host gets the file in its own mount namespace (a tmpfs over
+certs.d), so nothing is written to this machine's /etc but the empty directory
+Docker would look in, and only if it was missing.
+
+Started without systemd: its own config, storage and log under the lab's
+directory, its process killed by pid when the lab's test is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from lab.hosts import LIB_ROOT, Host, Lab, sh, wait_for
+
+CERTS_D = Path("/etc/docker/certs.d")
+PORT = 5443
+
+
+class LabRegistry:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.dir = LIB_ROOT / lab.prefix / "registry"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.made_certs_d = False
+
+    @property
+    def ip(self) -> str:
+        return f"{self.lab.subnet_base}.254"  # the underlay bridge's own address
+
+    @property
+    def address(self) -> str:
+        """What a plugin name starts with: `docker plugin install ADDRESS/pyoverlay:V`."""
+        return f"{self.ip}:{PORT}"
+
+    def _certificates(self) -> None:
+        tls = self.dir / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        os.chmod(tls, 0o700)
+        ca, key = tls / "ca.crt", tls / "ca.key"
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+           "-subj", f"/CN=pyoverlay lab {self.lab.prefix} CA", "-keyout", str(key),
+           "-out", str(ca))  # fmt: skip
+        (tls / "san.cnf").write_text(f"subjectAltName=IP:{self.ip}\n")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={self.ip}",
+           "-keyout", str(tls / "server.key"), "-out", str(tls / "server.csr"))  # fmt: skip
+        sh("openssl", "x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(ca),
+           "-CAkey", str(key), "-CAcreateserial", "-days", "2",
+           "-extfile", str(tls / "san.cnf"), "-out", str(tls / "server.crt"))  # fmt: skip
+
+    def start(self) -> None:
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        self._certificates()
+        config = self.dir / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.address}\n"
+            f"  tls:\n    certificate: {self.dir / 'tls' / 'server.crt'}\n"
+            f"    key: {self.dir / 'tls' / 'server.key'}\n"
+        )
+        with open(self.dir / "registry.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lab.underlay_ns,
+                    "docker-registry",
+                    "serve",
+                    str(config),
+                ],  # fmt: skip
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ca = str(self.dir / "tls" / "ca.crt")
+        url = f"https://{self.address}/v2/"
+
+        def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = (self.dir / "registry.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"docker-registry exited: {tail}")
+            r = self.lab.underlay("curl", "-sf", "--max-time", "5", "--cacert", ca, url)
+            return r.returncode == 0
+
+        wait_for(f"the registry at {url}", answers, timeout=30 * self.lab.slow, interval=0.1)
+        for h in self.lab.hosts:
+            self.trust(h)
+
+    def trust(self, h: Host) -> None:
+        """The registry's CA where `h`'s dockerd looks: certs.d/<address>/ca.crt."""
+        if not CERTS_D.exists():
+            CERTS_D.mkdir(parents=True)
+            self.made_certs_d = True
+        ca = (self.dir / "tls" / "ca.crt").read_text()
+        h.run("mount", "-t", "tmpfs", "-o", "mode=755", "pyoverlay-lab-certs", str(CERTS_D))
+        h.run("mkdir", "-p", str(CERTS_D / self.address))
+        sh(*h.nsenter(), "tee", str(CERTS_D / self.address / "ca.crt"), input=ca)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            self.proc = None
+        if self.made_certs_d:
+            with contextlib.suppress(OSError):
+                CERTS_D.rmdir()  # only if empty: another user's files stay
+            self.made_certs_d = False
+
+    def stored_bytes(self) -> int:
+        """Bytes of every blob the registry holds (for one plugin: what an install
+        downloads, the compressed rootfs layer and the config)."""
+        blobs = self.dir / "data" / "docker" / "registry" / "v2" / "blobs"
+        return sum(p.stat().st_size for p in blobs.rglob("data"))
+
+
+@contextlib.contextmanager
+def registry(lab: Lab) -> Iterator[LabRegistry]:
+    reg = LabRegistry(lab)
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.stop()
