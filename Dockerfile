@@ -12,6 +12,7 @@ RUN python3 -m venv --system-site-packages /opt/pyoverlay \
  && rm -rf /src
 # what the plugin never runs (scripts/build-plugin's slim() removes more)
 RUN /opt/pyoverlay/bin/pip uninstall -y -q pip setuptools \
- && rm -rf /usr/share/doc /usr/share/man /usr/share/locale /usr/share/python-wheels
+ && rm -rf /usr/share/man /usr/share/locale /usr/share/python-wheels \
+ && find /usr/share/doc -type f ! -name copyright -delete
 RUN mkdir -p /run/docker/plugins /var/lib/pyoverlay /run/netns
 ENTRYPOINT ["/opt/pyoverlay/bin/pyoverlay", "plugin"]

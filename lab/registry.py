@@ -7,7 +7,8 @@ plugin pulls and pushes as for images (moby registry/registry.go newTLSConfig),
 but only for a registry it treats as secure, which is every address outside
 127.0.0.0/8. Each host gets the file in its own mount namespace (a tmpfs over
 certs.d), so nothing is written to this machine's /etc but the empty directory
-Docker would look in, and only if it was missing.
+Docker would look in, if it was missing (left there: removing a directory that is
+a mount point in other namespaces would unmount another lab's certificates).
 
 Started without systemd: its own config, storage and log under the lab's
 directory, its process killed by pid when the lab's test is done.
@@ -33,7 +34,6 @@ class LabRegistry:
         self.lab = lab
         self.dir = LIB_ROOT / lab.prefix / "registry"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.made_certs_d = False
 
     @property
     def ip(self) -> str:
@@ -105,9 +105,7 @@ class LabRegistry:
 
     def trust(self, h: Host) -> None:
         """The registry's CA where `h`'s dockerd looks: certs.d/<address>/ca.crt."""
-        if not CERTS_D.exists():
-            CERTS_D.mkdir(parents=True)
-            self.made_certs_d = True
+        CERTS_D.mkdir(parents=True, exist_ok=True)
         ca = (self.dir / "tls" / "ca.crt").read_text()
         h.run("mount", "-t", "tmpfs", "-o", "mode=755", "pyoverlay-lab-certs", str(CERTS_D))
         h.run("mkdir", "-p", str(CERTS_D / self.address))
@@ -123,10 +121,6 @@ class LabRegistry:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
             self.proc = None
-        if self.made_certs_d:
-            with contextlib.suppress(OSError):
-                CERTS_D.rmdir()  # only if empty: another user's files stay
-            self.made_certs_d = False
 
     def stored_bytes(self) -> int:
         """Bytes of every blob the registry holds (for one plugin: what an install

@@ -185,8 +185,10 @@ class VmHost(DockerVerbs):
     def power_on(self) -> None:
         """Power back: a cold boot (`virsh reset`, then `virsh resume`); systemd starts
         pyoverlay and dockerd, and dockerd the containers with a restart policy."""
-        virsh("reset", self.domain)
-        virsh("resume", self.domain)
+        try:
+            virsh("reset", self.domain)
+        finally:
+            virsh("resume", self.domain)  # never left paused
         self.dockerd_pid = self.plugin_pid = 1
         wait_for(
             f"the plugin on {self.name} after boot",

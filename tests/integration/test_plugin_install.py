@@ -118,7 +118,7 @@ def test_install_from_a_registry_then_upgrade_and_downgrade_in_place_lose_no_pac
     wait_for("h2 -> h1 over the installed plugin", lambda: ping(h2, "ub", target), timeout=15)
     ids = {h.name: h.docker("ps", "-q", "--no-trunc").stdout.split() for h in lab.hosts}
     newer = push_next(h1, reg)
-    for ref in (newer, release):  # up, then back down
+    for n, ref in enumerate((newer, release)):  # up, then back down
         pinger = Pinger(h2, "ub", target)
         try:
             for h in (h2, h1):  # the sender's side first, then the receiver's
@@ -130,8 +130,27 @@ def test_install_from_a_registry_then_upgrade_and_downgrade_in_place_lose_no_pac
             pinger.kill()
         print(f"upgrade of both hosts to {ref}: {got} of {sent} pings answered")
         assert got == sent and sent > 50, out
-        for h in lab.hosts:  # containers untouched, state kept
+        for h in lab.hosts:  # containers untouched, state and settings kept
             assert h.docker("ps", "-q", "--no-trunc").stdout.split() == ids[h.name]
             assert inspect(h, "{{.Config.Description}}").endswith("(next)") == (ref == newer)
             assert nss[h.name] in h.overlay_namespaces()
-        assert ping(h1, "ua", ip_of(h2, "ub", "up1"))
+            env = inspect(h, "{{json .Settings.Env}}")
+            assert "PYOVERLAY_JOIN=" in env and "PYOVERLAY_GOSSIP_KEY_FILE=gossip.key" in env
+        # the upgraded plugins are a cluster again (not only the kept kernel state): each
+        # sees the other alive, and a container started now is reached across hosts
+        for h, other in ((h1, h2), (h2, h1)):
+            wait_for(
+                f"{other.name} alive on {h.name}",
+                lambda h=h, o=other: any(  # type: ignore[misc]
+                    m["vtep"] == o.address and m["status"] == "alive" for m in api(h, "/members")
+                ),
+                timeout=30,
+            )
+        late = f"late{n}"
+        scratch.run(h2, late, "--network", "up1", IMAGE, "sleep", "3600")
+        ids["h2"] = h2.docker("ps", "-q", "--no-trunc").stdout.split()
+        wait_for(
+            f"h1 -> {late} on h2",
+            lambda late=late: ping(h1, "ua", ip_of(h2, late, "up1")),  # type: ignore[misc]
+            timeout=15,
+        )

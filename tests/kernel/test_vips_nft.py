@@ -88,7 +88,12 @@ def connect(ns: Path, n: int, to: IPv4Address = VIP) -> list[tuple[str, str]]:
     out = sh(
         "ip", "netns", "exec", ns.name, sys.executable, "-c", TCP_LOOP, str(n), str(to), "7000"
     )
-    return [tuple(line.split()) for line in out.splitlines()]  # type: ignore[misc]
+    answers = []
+    for line in out.splitlines():  # "<task> <client>", or why the attempt failed
+        task, _, client = line.partition(" ")
+        assert task in {str(t) for t in TASKS}, f"connection {len(answers) + 1}: {line}"
+        answers.append((task, client))
+    return answers
 
 
 async def test_vip_connections_reach_every_task_with_the_clients_address(
