@@ -103,8 +103,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(30)
-        s.connect(self.path)
+        try:
+            s.settimeout(30)
+            s.connect(self.path)
+        except OSError:
+            s.close()  # (a plugin not up yet: polled, so each attempt must not leak)
+            raise
         self.sock = s
 
 

@@ -231,8 +231,10 @@ def backends(h: Host, lab: Lab, vip: str) -> set[str] | None:
 
 
 def hostnames_via(h: Host, container: str, target: str, n: int) -> list[str]:
-    """`n` TCP connections from a container to target:7000; who answered each."""
-    loop = f"for i in $(seq {n}); do nc -w 2 {target} 7000 </dev/null; done"
+    """`n` TCP connections from a container to target:7000; who answered each (-w 10: an
+    answer slowed by a busy machine, where the emulated VMs run at a higher priority, is
+    not a lost one; a blackholed connection still gives no answer)."""
+    loop = f"for i in $(seq {n}); do nc -w 10 {target} 7000 </dev/null; done"
     r = h.docker("exec", container, "sh", "-c", loop, timeout=240)
     return r.stdout.split()
 
