@@ -173,12 +173,25 @@ def start_ping(h: Host, container: str, target: str, count: int) -> subprocess.P
     proc = h.docker_popen(
         "exec", container, "ping", "-c", str(count), "-i", "0.02", "-W", "1", target
     )
-    assert proc.stdout is not None
-    first = ""
-    while "bytes from" not in first:
-        first = proc.stdout.readline()
-        assert first, "ping ended before its first reply"
+    first_reply(proc)
     return proc
+
+
+def first_reply(proc: subprocess.Popen[str]) -> str:
+    """Read a ping's output up to its first reply line, a byte at a time from the pipe:
+    `readline()` would read ahead into the file object's buffer, which `communicate()`
+    does not see (it reads the pipe itself), so the lines after it could go missing
+    (on a busy machine the first two replies arrive in one read: a reply looked lost)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    line = b""
+    while b"bytes from" not in line:
+        line = b""
+        while not line.endswith(b"\n"):
+            c = os.read(fd, 1)
+            assert c, "ping ended before its first reply"
+            line += c
+    return line.decode()
 
 
 class Pinger:
@@ -192,11 +205,7 @@ class Pinger:
         self.pidfile = pidfile
         script = f"echo $$ > {pidfile}; exec ping -i 0.02 -W 1 {target}"
         self.proc = h.docker_popen("exec", container, "sh", "-c", script)
-        assert self.proc.stdout is not None
-        self.first = ""
-        while "bytes from" not in self.first:
-            self.first = self.proc.stdout.readline()
-            assert self.first, "ping ended before its first reply"
+        self.first = first_reply(self.proc)
 
     def stop(self, timeout: float = 60) -> tuple[str, int, int]:
         """SIGINT in the container (busybox ping prints its summary): (output, sent, got).
