@@ -241,6 +241,9 @@ class Host(DockerVerbs):
     def docker(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        # in the IPsec tier's emulated guest (lab.slow 8) beside booting VMs, a `docker run`
+        # took over 2 minutes after pyoverlay's Join had answered in 1.8 s (CI-15)
+        timeout *= min(self.lab.slow, 4)
         return sh(DOCKER, "-H", f"unix://{self.docker_sock}", *args, check=check, timeout=timeout)
 
     def in_container_netns(
