@@ -51,9 +51,7 @@ def run(report: Callable[..., None], runs: int, before: str = "") -> None:
             subprocess.run(["tar", "-xf", str(tar), "-C", str(d)], check=True)
             ref = f"{reg.address}/pyoverlay:{name}"
             stored = reg.stored_bytes()
-            h1.docker("plugin", "create", ref, str(d), timeout=900)
-            h1.docker("plugin", "push", ref, timeout=900)
-            h1.docker("plugin", "rm", "-f", ref)
+            reg.publish(h1, d, ref)
             sizes[name] = (_tree_bytes(d / "rootfs"), reg.stored_bytes() - stored)
             refs[name] = ref
             subprocess.run(["rm", "-rf", str(d)], check=True)

@@ -122,6 +122,13 @@ class LabRegistry:
                 self.proc.wait(timeout=10)
             self.proc = None
 
+    def publish(self, h: Host, tree: Path, ref: str) -> None:
+        """A plugin directory (config.json + rootfs) pushed as `ref` through `h`'s dockerd,
+        which keeps no copy."""
+        h.docker("plugin", "create", ref, str(tree), timeout=900)
+        h.docker("plugin", "push", ref, timeout=900)
+        h.docker("plugin", "rm", "-f", ref)
+
     def stored_bytes(self) -> int:
         """Bytes of every blob the registry holds (for one plugin: what an install
         downloads, the compressed rootfs layer and the config)."""

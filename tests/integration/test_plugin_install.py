@@ -70,9 +70,7 @@ def push_next(h: Host, reg: LabRegistry) -> str:
         manifest["description"] += " (next)"
         config.write_text(json.dumps(manifest, indent=2))
         ref = f"{reg.address}/pyoverlay:next"
-        h.docker("plugin", "create", ref, str(Path(tmp) / "dir"), timeout=600)
-    h.docker("plugin", "push", ref, timeout=600)
-    h.docker("plugin", "rm", "-f", ref)
+        reg.publish(h, Path(tmp) / "dir", ref)
     return ref
 
 
