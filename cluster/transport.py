@@ -169,17 +169,28 @@ class UdpTcpTransport:
         host, port = split_addr(addr, self.port)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
         try:
-            await asyncio.wait_for(
-                asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout
-            )
-            return True
-        except ConnectionRefusedError:
-            return True  # the host is up, nothing listens
-        except TimeoutError:
+            try:
+                sock.connect((host, port))
+                return True
+            except BlockingIOError:
+                pass  # in progress: the kernel finishes it
+            except ConnectionRefusedError:
+                return True  # the host is up, nothing listens
+            except OSError:
+                return False  # unreachable (no route)
+            # asyncio's sock_connect reads (and so clears) SO_ERROR in its own callback: a
+            # late loop could cancel it after that read and leave a refused connection
+            # looking unanswered. Here SO_ERROR is read once, by us, when the wait ends.
+            loop.add_writer(sock.fileno(), done.set)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), timeout)
+            finally:
+                loop.remove_writer(sock.fileno())
             return connected_or_refused(sock)
-        except OSError:
-            return False  # unreachable (no ARP answer, no route)
         finally:
             sock.close()
 

@@ -432,6 +432,10 @@ class Host(DockerVerbs):
             return
         self.docker("import", str(busybox_tarball()), IMAGE)
 
+    def popen(self, *cmd: str) -> subprocess.Popen[str]:
+        """A long-running command inside the host; its stdout is a pipe."""
+        return subprocess.Popen([*self.nsenter(), *cmd], stdout=subprocess.PIPE, text=True)
+
     def docker_popen(self, *args: str) -> subprocess.Popen[str]:
         """A long-running docker command (e.g. `exec ... ping`); its stdout is a pipe."""
         cmd = [DOCKER, "-H", f"unix://{self.docker_sock}", *args]

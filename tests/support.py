@@ -231,6 +231,72 @@ class Pinger:
                 self.proc.communicate()
 
 
+def lost_report(out: str, sent: int) -> str:
+    """Which replies of a ping are missing, as seq ranges with the time into the ping at
+    20 ms each (approximate on a busy machine), then the ping's summary: what a failure
+    message starts with (CI logs cut the middle of a long ping's output)."""
+    seqs = {int(x) for x in re.findall(r"seq=(\d+)", out)}
+    missing = [s for s in range(sent) if s not in seqs]
+    ranges: list[str] = []
+    for s in missing:
+        if ranges and ranges[-1].endswith(f"-{s - 1}"):
+            ranges[-1] = ranges[-1].rsplit("-", 1)[0] + f"-{s}"
+        elif ranges and ranges[-1] == f"{s - 1}":
+            ranges[-1] += f"-{s}"
+        else:
+            ranges.append(str(s))
+    spans = ", ".join(f"seq {r} (~{int(r.split('-')[0]) * 0.02:.1f} s in)" for r in ranges[:20])
+    tail = "\n".join(out.strip().splitlines()[-3:])
+    return f"{len(missing)} of {sent} lost: {spans or 'none by seq'}\n{tail}"
+
+
+class KernelEvents:
+    """What the kernel saw while a test ran: `ip -ts monitor` (neighbours, links, routes)
+    and `bridge -ts monitor fdb` in namespaces of lab hosts (None: the host's own), and
+    `ip -ts xfrm monitor` where asked; read for a failure message. Each monitor is bounded
+    by `timeout` inside the host, so none outlives the test even if its pipe is lost."""
+
+    def __init__(self, where: list[tuple[Any, str | None]], xfrm: bool = False) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
+        for h, ns in where:
+            pre = ["timeout", "900"] + (["ip", "netns", "exec", ns] if ns else [])
+            cmds = [
+                ["ip", "-ts", "monitor", "neigh", "link", "route"],
+                ["bridge", "-ts", "monitor", "fdb"],
+            ]
+            if xfrm:
+                cmds.append(["ip", "-ts", "xfrm", "monitor"])
+            for cmd in cmds:
+                self.procs.append((f"{h.name}/{ns or 'host'}", h.popen(*pre, *cmd)))
+
+    def stop(self) -> str:
+        """Stop every monitor; what they printed, one block per monitor."""
+        out = []
+        for where, proc in self.procs:
+            proc.terminate()
+            try:
+                text, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                text, _ = proc.communicate()
+            name = " ".join(proc.args[-4:]) if isinstance(proc.args, list) else ""
+            out.append(f"--- {where}: {name} ---\n{(text or '').strip()[-6000:]}")
+        return "\n".join(out)
+
+
+PLUGIN_EVENTS = re.compile(
+    r'"event": "(member|silent host|ipsec sas [a-z]+|peers programmed|peer entries kept[^"]*'
+    r'|gossip synced|synced reconcile|start-up reconcile|serving)"|"level": "(error|warning)"'
+)
+
+
+def plugin_events(h: Any, since: int) -> str:
+    """The plugin log lines of `h` after `since` characters that tell what the data path
+    went through (members, silent hosts, SAs, entries, errors): for a failure message."""
+    lines = [x for x in h.plugin_log()[since:].splitlines() if PLUGIN_EVENTS.search(x)]
+    return f"--- {h.name} plugin events ---\n" + "\n".join(lines[-80:])
+
+
 def loss(out: str) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
     assert m, out

@@ -16,7 +16,20 @@ import signal
 import time
 
 import pytest
-from support import Pinger, Scratch, api, both, cli, ip_of, loss, ping, start_ping
+from support import (
+    KernelEvents,
+    Pinger,
+    Scratch,
+    api,
+    both,
+    cli,
+    ip_of,
+    loss,
+    lost_report,
+    ping,
+    plugin_events,
+    start_ping,
+)
 
 from lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 
@@ -58,7 +71,7 @@ def test_plugin_kill9_and_restart_loses_no_packet(
     h1, h2 = lab.host(1), lab.host(2)
     net = f"r{side[0]}{outage[0]}"
     octet = 40 + 2 * ["brief", "6s", "30s"].index(outage) + (side == "receiver")
-    both(scratch, lab, net, f"100.0.{octet}.0/24")
+    nss = both(scratch, lab, net, f"100.0.{octet}.0/24")
     scratch.run(h1, f"{net}a", "--network", net, IMAGE, *SLEEP)
     scratch.run(h2, f"{net}b", "--network", net, IMAGE, *SLEEP)
     target = ip_of(h1, f"{net}a", net)
@@ -66,6 +79,8 @@ def test_plugin_kill9_and_restart_loses_no_packet(
     victim = h2 if side == "sender" else h1
     other = h1 if victim is h2 else h2
     mine = f"{net}b" if victim is h2 else f"{net}a"
+    events = KernelEvents([(h, nss[h.name]) for h in (h1, h2)])
+    logged = {h.name: len(h.plugin_log()) for h in (h1, h2)}
     pinger = Pinger(h2, f"{net}b", target)
     try:
         victim.stop_plugin(signal.SIGKILL)
@@ -99,7 +114,10 @@ def test_plugin_kill9_and_restart_loses_no_packet(
         out, sent, got = pinger.stop()
     finally:
         pinger.kill()
-    assert got == sent, out
+        seen = events.stop()
+    assert got == sent, "\n".join(
+        [lost_report(out, sent), *(plugin_events(h, logged[h.name]) for h in (h1, h2)), seen]
+    )
 
 
 def test_networks_without_a_user_given_identity_are_refused_in_a_cluster(

@@ -29,7 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import Pinger, Scratch, cli, ip_of, loss, ping, start_ping
+from support import (
+    KernelEvents,
+    Pinger,
+    Scratch,
+    cli,
+    ip_of,
+    loss,
+    lost_report,
+    ping,
+    plugin_events,
+    start_ping,
+)
 
 from lab.hosts import IMAGE, CommandFailed, Host, Lab, wait_for
 from pyoverlay.driver.secure import guard
@@ -98,6 +109,26 @@ def vxlan_vnis(lines: list[str]) -> dict[int, int]:
 def esp_spis(lines: list[str], src: str, dst: str) -> list[int]:
     pat = re.compile(rf"IP {re.escape(src)} > {re.escape(dst)}: ESP\(spi=0x([0-9a-f]+),")
     return [int(m[1], 16) for line in lines if (m := pat.search(line))]
+
+
+def esp_gaps(lines: list[str], gap: float = 0.1) -> list[str]:
+    """Pauses longer than `gap` seconds in each direction's ESP flow on the wire, with
+    the SPI before and after (for a failure message: where a ping's loss happened)."""
+    pat = re.compile(r"^(\d+):(\d+):([\d.]+) IP (\S+) > (\S+): ESP\(spi=0x([0-9a-f]+),")
+    last: dict[tuple[str, str], tuple[float, str, str]] = {}
+    out = []
+    for line in lines:
+        if m := pat.search(line):
+            t = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+            key = (m[4], m[5])
+            if key in last and t - last[key][0] > gap:
+                was, stamp, spi = last[key]
+                out.append(
+                    f"ESP {key[0]} > {key[1]}: {t - was:.2f} s pause after {stamp}"
+                    f" (spi {spi} -> {m[6]})"
+                )
+            last[key] = (t, f"{m[1]}:{m[2]}:{m[3]}", m[6])
+    return out or ["no pause in the ESP flow on the wire"]
 
 
 @dataclass(frozen=True)
@@ -220,6 +251,8 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: Nets) -> No
     h1, h2 = lab.host(1), lab.host(2)
     c2 = nets.c2
     cap = Capture(lab, "kill9")
+    events = KernelEvents([(h1, None), (h2, None)], xfrm=True)
+    logged = {h.name: len(h.plugin_log()) for h in (h1, h2)}
     pinger = Pinger(h1, "c1", c2["enc"])
     try:
         h1.stop_plugin(signal.SIGKILL)
@@ -239,8 +272,18 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: Nets) -> No
         out, sent, got = pinger.stop(timeout=120)
     finally:
         pinger.kill()
+        seen = events.stop()
     lines = cap.stop()
-    assert got == sent, out  # every request reached h2 and every reply came back
+    # every request reached h2 and every reply came back
+    assert got == sent, "\n".join(
+        [
+            lost_report(out, sent),
+            *esp_gaps(lines),
+            *(plugin_events(h, logged[h.name]) for h in (h1, h2)),
+            "what the kernels saw:",
+            seen,
+        ]
+    )
     # ... encrypted: not one plain VXLAN frame of the network on the wire (the guard drops
     # them, so a reply could not have come back that way); ESP in both directions. (A
     # capture on a busy machine misses packets: counts are not compared with `sent`.)
