@@ -8,8 +8,11 @@ reach each other over VXLAN on the underlay.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from support import Scratch, api, both, cli, ip_of, mac_of, ping
@@ -230,3 +233,78 @@ def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> No
     # and h2's plugin still serves Docker after leaving (nothing to tell anybody)
     h2.docker("rm", "-f", "g2")
     assert "internal error" not in h2.plugin_log(), h2.plugin_log()[-2000:]
+
+
+COMPOSE = """
+version: "2.4"
+services:
+  kv:
+    image: bb:latest
+    command: ["/app/kv-server"]
+    networks: {appnet: {ipv4_address: 100.0.70.10}}
+  web:
+    image: bb:latest
+    command: ["/app/web-server", "100.0.70.10"]
+    networks: {appnet: {ipv4_address: 100.0.70.11}}
+  front:
+    image: bb:latest
+    command: ["/app/front-server", "100.0.70.11"]
+    ports: ["1080:80"]
+    networks: {appnet: {ipv4_address: 100.0.70.12}}
+networks:
+  appnet:
+    driver: pyoverlay
+    driver_opts: {vni: "7070", com.docker.network.driver.mtu: "1400"}
+    ipam:
+      driver: pyoverlay
+      config: [{subnet: 100.0.70.0/24}]
+"""
+
+
+def compose(h: Host, file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's docker-compose (1.29, a client nobody here wrote) against `h`'s dockerd."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{h.docker_sock}", "COMPOSE_NO_COLOR": "1"}
+    cmd = ["docker-compose", "--no-ansi", "-p", "seed", "-f", str(file), *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180 * Lab.slow)
+    assert r.returncode == 0, f"{' '.join(cmd[1:])} on {h.name}:\n{r.stdout}{r.stderr}"
+    return r
+
+
+def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: Path) -> None:
+    """The README's compose example: one file, `docker-compose up -d kv web` on h1 and
+    `up -d front` on h2; each host creates the network from the file (driver, IPAM,
+    driver_opts), the tiers reach each other across hosts, and `docker-compose down` on
+    each host leaves no container, network, namespace or address behind."""
+    h1, h2 = lab.host(1), lab.host(2)
+    file = tmp_path / "docker-compose.yml"
+    file.write_text(COMPOSE)
+    try:
+        compose(h1, file, "up", "-d", "--no-build", "kv", "web")
+        compose(h2, file, "up", "-d", "--no-build", "front")
+        for h in (h1, h2):
+            info = json.loads(h.docker("network", "inspect", "seed_appnet").stdout)[0]
+            assert info["Driver"] == "pyoverlay" and info["IPAM"]["Driver"] == "pyoverlay"
+            assert info["Options"] == {"vni": "7070", "com.docker.network.driver.mtu": "1400"}
+            vtep = h.ns_exec(f"1-{info['Id'][:10]}", "ip", "-d", "link", "show", "type", "vxlan")
+            assert "vxlan id 7070 " in vtep.stdout, vtep.stdout
+        mtu = h1.docker("exec", "seed_kv_1", "cat", "/sys/class/net/eth0/mtu").stdout
+        assert mtu.strip() == "1400", mtu
+        wait_for(
+            "front(h2) -> web(h1) -> kv(h1) through h2:1080",
+            lambda: "kv at 100.0.70.10 says hits=" in lab.http_get(h2, 1080, "/cgi-bin/app"),
+            timeout=30 * lab.slow,
+        )
+    finally:
+        for h in (h2, h1):
+            compose(h, file, "down")
+    for h in (h1, h2):
+        assert h.docker("ps", "-aq").stdout.strip() == "", h.name
+        names = h.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert "seed_appnet" not in names, (h.name, names)
+        assert not [ns for ns in h.overlay_namespaces()], h.name
+    # nothing of it left in pyoverlay's IPAM: the same file runs again at once, same addresses
+    try:
+        compose(h1, file, "up", "-d", "--no-build", "kv")
+        assert ip_of(h1, "seed_kv_1", "seed_appnet") == "100.0.70.10"
+    finally:
+        compose(h1, file, "down")

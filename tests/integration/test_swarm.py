@@ -438,16 +438,21 @@ def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:
 STACK = """
 version: "3.8"
 services:
+  kv:
+    image: bb:latest
+    command: ["/app/kv-server"]
+    networks: [stacknet]
   web:
     image: bb:latest
-    command: ["nc", "-ll", "-p", "7000", "-e", "/bin/hostname"]
+    command: ["/app/web-server", "kv"]
     networks: [stacknet]
     deploy:
       replicas: 2
       placement: {max_replicas_per_node: 1}
-  client:
+  front:
     image: bb:latest
-    command: ["sleep", "3600"]
+    command: ["/app/front-server", "web"]
+    ports: [{target: 80, published: 1081, mode: host}]
     networks: [stacknet]
 networks:
   stacknet:
@@ -458,64 +463,71 @@ networks:
 """
 
 
-def test_a_stack_naming_pyoverlays_ipam_deploys_and_its_tasks_talk(
+def test_the_seed_app_as_a_stack_file_deploys_talks_and_leaves_nothing(
     swarm: Lab, tmp_path: Path
 ) -> None:
-    """What a user copies from the standalone examples into a stack file: the network's
-    driver *and* its IPAM driver pyoverlay. Swarm allocates on its leader, whose pyoverlay
-    IPAM serves it (it used to refuse: every task stayed "New", with no error anywhere);
-    each node records the addresses the leader chose. Every task runs, with an address of
-    the stack's subnet, and the client reaches both web tasks by address and by VIP."""
+    """The README's stack example: the seed's three services in a compose v3 file, whose
+    network names pyoverlay as driver *and* IPAM (what a user copies from the standalone
+    examples). Swarm allocates on its leader, whose pyoverlay IPAM serves it (it used to
+    refuse: every task stayed "New", with no error anywhere). Every task runs with an
+    address of the stack's subnet; front reaches web and web reaches kv by name, through
+    VIPs that pyoverlay balances (both web tasks answer); `docker stack rm` leaves no
+    network and no namespace on any node."""
     h1 = swarm.host(1)
     stack = tmp_path / "stack.yml"
     stack.write_text(STACK)
-    h1.docker("stack", "deploy", "--resolve-image", "never", "-c", str(stack), "ipam", timeout=120)
+    h1.docker("stack", "deploy", "--resolve-image", "never", "-c", str(stack), "seed", timeout=120)
+    nid = ""
     try:
-        webs: list[tuple[Host, str]] = []
+        tasks: dict[str, list[tuple[Host, str]]] = {}
 
-        def both_webs_run() -> bool:
-            webs[:] = [(h, c) for h in swarm.hosts for c in h.service_containers("ipam_web")]
-            return len(webs) == 2
+        def all_run() -> bool:
+            for svc in ("kv", "web", "front"):
+                tasks[svc] = [
+                    (h, c) for h in swarm.hosts for c in h.service_containers(f"seed_{svc}")
+                ]
+            return [len(tasks[s]) for s in ("kv", "web", "front")] == [1, 2, 1]
 
         try:
-            wait_for("both web tasks running", both_webs_run, timeout=180, interval=1.0)
+            wait_for("every task of the stack running", all_run, timeout=180, interval=1.0)
         except TimeoutError:
-            ps = h1.docker("service", "ps", "--no-trunc", "ipam_web", check=False)
-            print(f"docker service ps ipam_web:\n{ps.stdout}{ps.stderr}")
+            ps = h1.docker("stack", "ps", "--no-trunc", "seed", check=False)
+            print(f"docker stack ps seed:\n{ps.stdout}{ps.stderr}")
             raise
-        clients: list[tuple[Host, str]] = []
+        nid = json.loads(h1.docker("network", "inspect", "seed_stacknet").stdout)[0]["Id"]
+        fmt = '{{(index .NetworkSettings.Networks "seed_stacknet").IPAddress}}'
+        addrs = {h.docker("inspect", "-f", fmt, c).stdout.strip() for h, c in tasks["web"]}
+        assert all(a.startswith("100.0.9.") for a in addrs) and len(addrs) == 2, addrs
+        front_host = tasks["front"][0][0]
+        seen: set[str] = set()
 
-        def client_runs() -> bool:
-            clients[:] = [(h, c) for h in swarm.hosts for c in h.service_containers("ipam_client")]
-            return bool(clients)
+        def both_webs_answer() -> bool:
+            page = swarm.http_get(front_host, 1081, "/cgi-bin/app")
+            if "says hits=" in page:
+                seen.update(a for a in addrs if f"({a}/24)" in page)
+            return seen == addrs
 
-        wait_for("the client task running", client_runs, timeout=180, interval=1.0)
-        client_host, client = clients[0]
-        fmt = '{{(index .NetworkSettings.Networks "ipam_stacknet").IPAddress}}'
-        addrs = [h.docker("inspect", "-f", fmt, c).stdout.strip() for h, c in webs]
-        assert all(a.startswith("100.0.9.") for a in addrs) and len(set(addrs)) == 2, addrs
-        for a in addrs:
-            wait_for(f"client -> {a}", lambda a=a: ping(client_host, client, a), timeout=30)
-        names = {
-            h.docker("inspect", "-f", "{{.Config.Hostname}}", c).stdout.strip() for h, c in webs
-        }
         wait_for(
-            "both web tasks answer through the VIP",
-            lambda: set(hostnames_via(client_host, client, "ipam_web", 20)) == names,
-            timeout=60,
-            interval=1.0,
+            "front -> web VIP (both tasks) -> kv VIP", both_webs_answer, timeout=90, interval=0.2
         )
     finally:
-        h1.docker("stack", "rm", "ipam", check=False)
+        h1.docker("stack", "rm", "seed", check=False)
         wait_for(
             "the stack's network gone on every host",
             lambda: all(
-                "ipam_stacknet" not in h.docker("network", "ls", "--format", "{{.Name}}").stdout
+                "seed_stacknet" not in h.docker("network", "ls", "--format", "{{.Name}}").stdout
                 for h in swarm.hosts
             ),
             timeout=120,
             interval=1.0,
         )
+    if nid:
+        for h in swarm.hosts:
+            wait_for(
+                f"no namespace of the stack's network on {h.name}",
+                lambda h=h: f"1-{nid[:10]}" not in h.overlay_namespaces(),
+                timeout=30,
+            )
 
 
 def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> None:
