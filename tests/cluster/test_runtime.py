@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
 import resource
 import socket
@@ -30,10 +31,25 @@ from pyoverlay.core.errors import InvalidOption
 KEY = os.urandom(32)
 
 
+_PORTS = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 free for both TCP and UDP (a gossip runtime binds both),
+    outside the kernel's ephemeral range (any socket on the machine may take a port from
+    it at any moment: CI-16 had "address in use" on the UDP side of a port found free
+    for TCP), and apart per xdist worker (the two workers run such tests at once)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for _ in range(2000):
+        port = 20000 + (worker % 4) * 2000 + next(_PORTS) % 2000
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port for TCP and UDP in 20000-27999")
 
 
 async def wait_until(cond, timeout: float = 10.0) -> None:
