@@ -34,7 +34,7 @@ from pyoverlay.cli.commands import (
     cmd_services,
     cmd_status,
 )
-from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.errors import InvalidOption, PyoverlayError
 from pyoverlay.plugin import settings as plugin_settings
 
 
@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plugin":
             from pyoverlay.plugin.server import run
 
-            run(plugin_settings.from_namespace(args))
+            try:
+                run(plugin_settings.from_namespace(args))
+            except InvalidOption as exc:
+                if os.environ.get(plugin_settings.MANAGED_ENV) != "1":
+                    raise
+                refuse_misconfigured(args, exc)
             return 0
         if args.command == "options":
             return cmd_options()
@@ -108,6 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyoverlay: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def refuse_misconfigured(args: argparse.Namespace, exc: InvalidOption) -> None:
+    """A managed plugin whose settings are wrong stays up and says so to Docker (see
+    prebound.refuse_until_stopped): every call is answered with the error, which names
+    the setting as `docker plugin set` takes it, and how to fix it."""
+    from pyoverlay.plugin import handshake, prebound
+
+    error = (
+        f"pyoverlay cannot start: {plugin_settings.as_plugin_settings(str(exc))}; fix it with "
+        "`docker plugin disable PLUGIN`, `docker plugin set PLUGIN NAME=VALUE`, "
+        "`docker plugin enable PLUGIN`"
+    )
+    print(error, file=sys.stderr, flush=True)  # dockerd's log, tagged with the plugin's id
+    scope = args.scope if args.scope in handshake.SCOPES else "local"
+    prebound.refuse_until_stopped(args.socket, handshake.answers(scope), error)
 
 
 if __name__ == "__main__":

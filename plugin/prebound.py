@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import selectors
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pathlib import Path
 from pyoverlay.plugin.handshake import CONTENT_TYPE
 
 MAX_HEAD = 16 * 1024  # a handshake request is ~200 bytes; anything longer is the server's
+MAX_REFUSED = 1024 * 1024  # the largest request read (and refused) while misconfigured
 POLL = 0.02  # seconds between looks at a connection whose request is not complete yet
 
 
@@ -46,10 +48,13 @@ class Early:
 class _Doorman(threading.Thread):
     """Answers the handshake on `early.listener` until `stop()`."""
 
-    def __init__(self, early: Early, answers: dict[str, dict[str, object]]) -> None:
+    def __init__(
+        self, early: Early, answers: dict[str, dict[str, object]], refusal: str | None = None
+    ) -> None:
         super().__init__(name="pyoverlay-doorman", daemon=True)
         self.early = early
         self.answers = answers
+        self.refusal = refusal  # set: every other call gets it as Docker's error
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
 
@@ -62,7 +67,9 @@ class _Doorman(threading.Thread):
         self._wake_w.close()
 
     def run(self) -> None:
-        watching: list[socket.socket] = []  # accepted, request not complete yet
+        # accepted, request not complete yet (and any a refusing doorman inherits)
+        watching: list[socket.socket] = list(self.early.waiting)
+        self.early.waiting.clear()
         with selectors.DefaultSelector() as sel:
             sel.register(self.early.listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
@@ -99,23 +106,32 @@ class _Doorman(threading.Thread):
         if end < 0:
             return "wait" if len(data) < MAX_HEAD else "server"
         request = _parse_head(data[:end])
-        if request is None or request[0] not in self.answers:
+        refuse = self.refusal is not None and (request is None or request[0] not in self.answers)
+        if not refuse and (request is None or request[0] not in self.answers):
             return "server"
-        path, length = request
+        path, length = request or ("", 0)
         total = end + 4 + length
-        if len(data) < total:
-            return "wait" if total <= MAX_HEAD else "server"
+        if len(data) < total and total <= MAX_HEAD:
+            return "wait"
+        if total > (MAX_REFUSED if refuse else MAX_HEAD):
+            if not refuse:
+                return "server"
+            conn.close()  # a request this large is no Docker call: not read
+            return "done"
         try:
             conn.setblocking(True)
             conn.settimeout(5)
             _read_exactly(conn, total)  # unread bytes at close would reset the client
-            body = json.dumps(self.answers[path]).encode()
+            if refuse:
+                status, body = b"500 Internal Server Error", json.dumps({"Err": self.refusal})
+            else:
+                status, body = b"200 OK", json.dumps(self.answers[path])
+                self.early.answered.append(path.lstrip("/"))
             conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE.encode() + b"\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-                b"Connection: close\r\n\r\n" + body
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + CONTENT_TYPE.encode() + b"\r\n"
+                b"Content-Length: " + str(len(body.encode())).encode() + b"\r\n"
+                b"Connection: close\r\n\r\n" + body.encode()
             )
-            self.early.answered.append(path.lstrip("/"))
         except OSError:
             pass
         conn.close()
@@ -170,6 +186,30 @@ def listen_early(path: str, answers: dict[str, dict[str, object]] | None = None)
         doorman.start()
     _early[path] = (early, doorman)
     atexit.register(_forget, path)
+
+
+def refuse_until_stopped(path: str, answers: dict[str, dict[str, object]], error: str) -> None:
+    """The plugin cannot start on its own settings: answer Docker's handshake (so the
+    driver is registered and `docker plugin enable` returns) and every other call with
+    `error`, which Docker shows to the user (`docker network create` prints it), until
+    SIGTERM (`docker plugin disable`). Without this a managed plugin only exits: dockerd
+    restarts it and the user reads "could not resolve driver" or a failed dial."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    early = take(Path(path))
+    if early is None:  # nobody listened early (not `pyoverlay plugin`): listen now
+        listen_early(path)
+        early = take(Path(path))
+    assert early is not None  # its unanswered requests are refused too
+    for conn in early.waiting:
+        conn.setblocking(False)
+    early.listener.setblocking(False)
+    doorman = _Doorman(early, answers, refusal=error)
+    _early[path] = (early, doorman)
+    doorman.start()
+    while not stop.wait(3600):
+        pass
 
 
 def take(path: Path) -> Early | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -16,6 +17,9 @@ from pyoverlay.core.errors import InvalidOption
 from pyoverlay.plugin.handshake import SCOPES
 
 DEFAULT_SOCKET = "/run/docker/plugins/pyoverlay.sock"
+# set (=1) by config.json: a managed plugin answers Docker with a settings error rather
+# than exit (cli/main.py refuse_misconfigured)
+MANAGED_ENV = "PYOVERLAY_MANAGED"
 
 
 @dataclass(frozen=True)
@@ -288,3 +292,11 @@ def _seconds(flag: str, text: str) -> float:
     if not 0.5 <= value <= 3600:
         raise InvalidOption(f"{flag} {text!r} must be a number of seconds from 0.5 to 3600")
     return value
+
+
+def as_plugin_settings(message: str) -> str:
+    """An error about options, worded for a managed plugin's user: `--scope 'x'` reads
+    `PYOVERLAY_SCOPE='x'` (what `docker plugin set` takes)."""
+    for s in sorted(SETTINGS, key=lambda s: -len(s.flag)):
+        message = re.sub(rf"{re.escape(s.flag)}(?:[ =]|(?=[:,;.]|$))", f"{s.env}=", message)
+    return message.replace("=:", ":")

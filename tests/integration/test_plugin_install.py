@@ -42,6 +42,17 @@ def reg(lab: Lab) -> Iterator[LabRegistry]:
                 h.remove_plugin()
 
 
+@pytest.fixture(scope="module")
+def pushed(lab: Lab, reg: LabRegistry) -> list[str]:
+    """This checkout's plugin pushed to the lab registry (scripts/build-plugin --push):
+    the references it printed."""
+    t0 = time.monotonic()
+    refs = build_plugin(lab.host(1), "--push", reg.address)
+    print(f"built and pushed in {time.monotonic() - t0:.1f} s; registry holds "
+          f"{reg.stored_bytes() / 1e6:.1f} MB")  # fmt: skip
+    return refs
+
+
 def build_plugin(h: Host, *args: str) -> list[str]:
     env = {**os.environ, "DOCKER_HOST": f"unix://{h.docker_sock}"}
     r = subprocess.run(
@@ -91,14 +102,10 @@ def upgrade(h: Host, ref: str) -> None:
 
 
 def test_install_from_a_registry_then_upgrade_and_downgrade_in_place_lose_no_packet(
-    lab: Lab, reg: LabRegistry, scratch: Scratch
+    lab: Lab, reg: LabRegistry, pushed: list[str], scratch: Scratch
 ) -> None:
     h1, h2 = lab.host(1), lab.host(2)
-    t0 = time.monotonic()
-    pushed = build_plugin(h1, "--push", reg.address)
     assert pushed == [f"{reg.address}/pyoverlay:{VERSION}", f"{reg.address}/pyoverlay:latest"]
-    print(f"built and pushed in {time.monotonic() - t0:.1f} s; registry holds "
-          f"{reg.stored_bytes() / 1e6:.1f} MB")  # fmt: skip
     release = pushed[0]
     for h in lab.hosts:
         t0 = time.monotonic()
@@ -152,3 +159,52 @@ def test_install_from_a_registry_then_upgrade_and_downgrade_in_place_lose_no_pac
             lambda late=late: ping(h1, "ua", ip_of(h2, late, "up1")),  # type: ignore[misc]
             timeout=15,
         )
+
+
+def test_bad_install_input_gets_a_clear_message(
+    lab: Lab, reg: LabRegistry, pushed: list[str]
+) -> None:
+    """What a user gets wrong on the install line, and what each leaves (docs/design.md
+    "Distribution"): a registry that is down (nothing installed); a setting name the
+    plugin does not have and a mount source that does not exist (Docker's own checks:
+    the plugin stays installed, disabled, until `docker plugin rm`: docker CLI 20.10
+    never removes it, see README); a wrong value (pyoverlay's check: the plugin answers
+    every call with the setting to fix, and nothing is made on the host until it is)."""
+    h1 = lab.host(1)
+    h1.remove_plugin()
+    release = pushed[0]
+
+    def install(ref: str, *settings: str) -> subprocess.CompletedProcess[str]:
+        every = ["PYOVERLAY_GOSSIP_KEY_FILE=gossip.key", *h1.plugin_mounts(), *settings]
+        return h1.docker("plugin", "install", "--grant-all-permissions", "--alias", PLUGIN,
+                         ref, *every, check=False, timeout=600)  # fmt: skip
+
+    def left() -> str:
+        return h1.docker("plugin", "ls", "--format", "{{.Name}} {{.Enabled}}").stdout.strip()
+
+    down = f"{reg.address.rsplit(':', 1)[0]}:5999/pyoverlay:{VERSION}"
+    r = install(down)
+    assert r.returncode != 0 and "connection refused" in r.stderr, r.stderr
+    assert left() == ""
+    r = install(release, "PYOVERLAY_NO_SUCH=1")
+    assert r.returncode != 0 and 'setting "PYOVERLAY_NO_SUCH" not found' in r.stderr, r.stderr
+    assert left() == f"{PLUGIN} false"  # Docker's: installed, not enabled
+    h1.docker("plugin", "rm", PLUGIN)
+    r = install(release, "state.source=/nonexistent/pyoverlay")
+    assert r.returncode != 0 and "no such file or directory" in r.stderr, r.stderr
+    assert left() == f"{PLUGIN} false"
+    h1.docker("plugin", "rm", PLUGIN)
+    # a wrong value: Docker cannot check it, pyoverlay answers every call with it
+    h1.install_plugin("PYOVERLAY_SCOPE=both", remote=release)  # enabled: it answers
+    r = h1.docker("network", "create", "-d", PLUGIN, "--subnet", "100.0.62.0/24", "bad",
+                  check=False)  # fmt: skip
+    assert r.returncode != 0, r.stdout
+    assert "pyoverlay cannot start: PYOVERLAY_SCOPE='both' must be local" in r.stderr, r.stderr
+    assert "docker plugin set PLUGIN NAME=VALUE" in r.stderr, r.stderr
+    assert h1.overlay_namespaces() == [] and "bad" not in h1.docker("network", "ls").stdout
+    # fixed as the message says: the same plugin works
+    h1.docker("plugin", "disable", "-f", PLUGIN, timeout=120)
+    h1.docker("plugin", "set", PLUGIN, "PYOVERLAY_SCOPE=local")
+    h1.docker("plugin", "enable", PLUGIN, timeout=120)
+    nid = h1.create_network("good", "100.0.62.0/24")
+    h1.docker("network", "rm", nid)

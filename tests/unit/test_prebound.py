@@ -175,3 +175,44 @@ def test_other_calls_wait_unread_and_the_server_answers_them(tmp_path: Path) -> 
 
     asyncio.run(serve())
     assert got == {"reply": {"seen": "n1"}}
+
+
+def post_status(path: Path, call: str, body: bytes = b"{}") -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("plugin", timeout=10)
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(str(path))
+    conn.request("POST", call, body=body)
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def test_a_managed_plugin_with_a_wrong_setting_answers_docker_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    """As a managed plugin (PYOVERLAY_MANAGED=1, from config.json) a wrong setting does not
+    end the process (dockerd would restart it, and the user would read "could not resolve
+    driver"): the handshake is answered, and every other call gets the error, naming the
+    setting as `docker plugin set` takes it, which Docker prints (`docker network
+    create`). SIGTERM (`docker plugin disable`) ends it and removes the socket file."""
+    sock = tmp_path / "p.sock"
+    exe = Path(sys.executable).with_name("pyoverlay")
+    env = {"PYOVERLAY_MANAGED": "1", "PATH": "/usr/bin:/bin"}
+    cmd = [str(exe), "plugin", "--socket", str(sock), "--state-dir", str(tmp_path)]
+    proc = subprocess.Popen([*cmd, "--scope", "x"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        logged = proc.stderr.readline()  # written before it answers anything
+        assert "PYOVERLAY_SCOPE='x' must be local" in logged, logged
+        status, caps = post_status(sock, "/NetworkDriver.GetCapabilities")
+        assert status == 200 and caps["Scope"] == "local"
+        status, err = post_status(sock, "/NetworkDriver.CreateNetwork", b'{"NetworkID": "n1"}')
+        assert status == 500
+        assert err["Err"].startswith("pyoverlay cannot start: PYOVERLAY_SCOPE='x' must be")
+        assert "docker plugin set PLUGIN NAME=VALUE" in err["Err"]
+        status, err = post_status(sock, "/IpamDriver.RequestPool", b"x" * 100_000)
+        assert status == 500 and "PYOVERLAY_SCOPE" in err["Err"]
+        assert proc.poll() is None  # still there for the next call
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0 and not sock.exists()
