@@ -75,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             from pyoverlay.plugin.server import run
 
             try:
-                run(plugin_settings.from_namespace(args))
+                settings = plugin_settings.from_namespace(args)
             except InvalidOption as exc:
+                # a value that can never work (the check is pure: no state of the host);
+                # what depends on the host at start (an address, the key file) exits,
+                # and dockerd restarts the plugin: it may be there a moment later
                 if os.environ.get(plugin_settings.MANAGED_ENV) != "1":
                     raise
                 refuse_misconfigured(args, exc)
+                return 0
+            run(settings)
             return 0
         if args.command == "options":
             return cmd_options()

@@ -17,13 +17,15 @@ Timing: a member is checked from the moment it is suspected, every `interval`,
 each check given `timeout`; the suspicion lasts at least 2.5 s, so when it
 ends the answer is in, and purging a crashed host takes no longer than before.
 
-A host that answered is given up only after MISSES checks in a row went
-unanswered (one `interval` more than a single miss): on a busy machine one
+A host that answered (or is presumed up after our own restart) is given up
+only after MISSES checks in a row went unanswered (a check that times out is
+followed at once by the next: one `timeout` later than a single miss, 1 s):
+on a busy machine one
 check can time out while the host is up, and dropping its entries for that
 one miss cuts a live data path until the next answer, about half a second
 (the likely cause of 24 lost replies of a 20 ms ping in the IPsec tier's
-kill -9 test in CI). A host that never answered is not kept on its first
-miss, as before.
+kill -9 test in CI). A host suspected in this life that never answered is
+not kept on its first miss, as before.
 """
 
 from __future__ import annotations

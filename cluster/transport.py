@@ -175,7 +175,7 @@ class UdpTcpTransport:
             try:
                 sock.connect((host, port))
                 return True
-            except BlockingIOError:
+            except (BlockingIOError, InterruptedError):
                 pass  # in progress: the kernel finishes it
             except ConnectionRefusedError:
                 return True  # the host is up, nothing listens
@@ -362,8 +362,12 @@ class UdpTcpTransport:
 
 
 def connected_or_refused(sock: socket.socket) -> bool:
-    """Whether a non-blocking connect has completed or been refused by now."""
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED:
+    """Whether a non-blocking connect has completed or been refused by now (or completed
+    and was reset at once: a listener closed under kill -9; the host's kernel answered)."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+    ):
         return True
     try:
         sock.getpeername()

@@ -25,13 +25,17 @@ import selectors
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyoverlay.plugin.handshake import CONTENT_TYPE
 
 MAX_HEAD = 16 * 1024  # a handshake request is ~200 bytes; anything longer is the server's
-MAX_REFUSED = 1024 * 1024  # the largest request read (and refused) while misconfigured
+# while refusing (misconfigured): a request must be whole within MAX_HEAD (Docker's are a
+# few KiB) and within REFUSING_WAIT seconds; at most REFUSING_CONNS are watched at once
+REFUSING_WAIT = 10.0
+REFUSING_CONNS = 64
 POLL = 0.02  # seconds between looks at a connection whose request is not complete yet
 
 
@@ -67,8 +71,10 @@ class _Doorman(threading.Thread):
         self._wake_w.close()
 
     def run(self) -> None:
-        # accepted, request not complete yet (and any a refusing doorman inherits)
-        watching: list[socket.socket] = list(self.early.waiting)
+        # accepted, request not complete yet (and any a refusing doorman inherits), with
+        # when each was taken on
+        now = time.monotonic()
+        watching: dict[socket.socket, float] = {c: now for c in self.early.waiting}
         self.early.waiting.clear()
         with selectors.DefaultSelector() as sel:
             sel.register(self.early.listener, selectors.EVENT_READ)
@@ -77,15 +83,23 @@ class _Doorman(threading.Thread):
                 ready = sel.select(timeout=POLL if watching else None)
                 if self._stopping:
                     break
+                now = time.monotonic()
                 if any(key.fileobj is self.early.listener for key, _ in ready):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         conn, _ = self.early.listener.accept()
                         conn.setblocking(False)
-                        watching.append(conn)
-                for conn in list(watching):
+                        if self.refusal is not None and len(watching) >= REFUSING_CONNS:
+                            conn.close()  # refusing: a bounded number of callers at once
+                        else:
+                            watching[conn] = now
+                for conn, since in list(watching.items()):
                     verdict = self._look(conn)
+                    if verdict == "wait" and self.refusal is not None:
+                        if now - since > REFUSING_WAIT:
+                            conn.close()  # an idle or half-sent request: not waited for
+                            verdict = "done"
                     if verdict != "wait":
-                        watching.remove(conn)
+                        del watching[conn]
                     if verdict == "server":
                         self.early.waiting.append(conn)
         self.early.waiting.extend(watching)
@@ -103,35 +117,33 @@ class _Doorman(threading.Thread):
             conn.close()  # the client gave up
             return "done"
         end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return "wait" if len(data) < MAX_HEAD else "server"
-        request = _parse_head(data[:end])
-        refuse = self.refusal is not None and (request is None or request[0] not in self.answers)
-        if not refuse and (request is None or request[0] not in self.answers):
-            return "server"
-        path, length = request or ("", 0)
-        total = end + 4 + length
-        if len(data) < total and total <= MAX_HEAD:
-            return "wait"
-        if total > (MAX_REFUSED if refuse else MAX_HEAD):
-            if not refuse:
-                return "server"
-            conn.close()  # a request this large is no Docker call: not read
+        request = _parse_head(data[:end]) if end >= 0 else None
+        total = end + 4 + (request[1] if request else 0)
+        ours = request is not None and request[0] in self.answers and total <= MAX_HEAD
+        if not ours and self.refusal is None:
+            return "wait" if end < 0 and len(data) < MAX_HEAD else "server"
+        if end < 0 or len(data) < total:  # (whole requests only, all within MAX_HEAD)
+            if len(data) < MAX_HEAD and total <= MAX_HEAD:
+                return "wait"
+            conn.close()  # refusing: a request this large is no Docker call
             return "done"
+        if ours and request is not None:
+            status, body = b"200 OK", json.dumps(self.answers[request[0]])
+        else:
+            status, body = b"500 Internal Server Error", json.dumps({"Err": self.refusal})
         try:
+            # the whole request is in the socket's buffer: read without waiting (unread
+            # bytes at close would reset the client), then answer and close
+            _read_exactly(conn, total)
             conn.setblocking(True)
             conn.settimeout(5)
-            _read_exactly(conn, total)  # unread bytes at close would reset the client
-            if refuse:
-                status, body = b"500 Internal Server Error", json.dumps({"Err": self.refusal})
-            else:
-                status, body = b"200 OK", json.dumps(self.answers[path])
-                self.early.answered.append(path.lstrip("/"))
             conn.sendall(
                 b"HTTP/1.1 " + status + b"\r\nContent-Type: " + CONTENT_TYPE.encode() + b"\r\n"
                 b"Content-Length: " + str(len(body.encode())).encode() + b"\r\n"
                 b"Connection: close\r\n\r\n" + body.encode()
             )
+            if ours and request is not None:
+                self.early.answered.append(request[0].lstrip("/"))
         except OSError:
             pass
         conn.close()
@@ -194,9 +206,10 @@ def refuse_until_stopped(path: str, answers: dict[str, dict[str, object]], error
     `error`, which Docker shows to the user (`docker network create` prints it), until
     SIGTERM (`docker plugin disable`). Without this a managed plugin only exits: dockerd
     restarts it and the user reads "could not resolve driver" or a failed dial."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # the stop signals are waited for (sigwait), not handled: blocked before the doorman
+    # thread starts, so it inherits the mask and only this thread receives them
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     early = take(Path(path))
     if early is None:  # nobody listened early (not `pyoverlay plugin`): listen now
         listen_early(path)
@@ -208,8 +221,7 @@ def refuse_until_stopped(path: str, answers: dict[str, dict[str, object]], error
     doorman = _Doorman(early, answers, refusal=error)
     _early[path] = (early, doorman)
     doorman.start()
-    while not stop.wait(3600):
-        pass
+    signal.sigwait(stops)
 
 
 def take(path: Path) -> Early | None:

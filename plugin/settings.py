@@ -295,8 +295,10 @@ def _seconds(flag: str, text: str) -> float:
 
 
 def as_plugin_settings(message: str) -> str:
-    """An error about options, worded for a managed plugin's user: `--scope 'x'` reads
-    `PYOVERLAY_SCOPE='x'` (what `docker plugin set` takes)."""
+    """An error about options, worded for a managed plugin's user: each option is named
+    as `docker plugin set` takes it (`--scope 'x' must be` reads `PYOVERLAY_SCOPE 'x'
+    must be`), and an env name the message gives beside its option is not repeated."""
     for s in sorted(SETTINGS, key=lambda s: -len(s.flag)):
-        message = re.sub(rf"{re.escape(s.flag)}(?:[ =]|(?=[:,;.]|$))", f"{s.env}=", message)
-    return message.replace("=:", ":")
+        message = message.replace(f" ({s.env})", "")
+        message = re.sub(rf"{re.escape(s.flag)}(?![\w-])", s.env, message)
+    return message

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
 import re
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -253,35 +255,65 @@ def lost_report(out: str, sent: int) -> str:
 class KernelEvents:
     """What the kernel saw while a test ran: `ip -ts monitor` (neighbours, links, routes)
     and `bridge -ts monitor fdb` in namespaces of lab hosts (None: the host's own), and
-    `ip -ts xfrm monitor` where asked; read for a failure message. Each monitor is bounded
-    by `timeout` inside the host, so none outlives the test even if its pipe is lost."""
+    `ip -ts xfrm monitor` where asked; for a failure message. A thread per monitor keeps
+    its last lines (the pipe never fills); each monitor is bounded by `timeout` inside
+    the host, so none outlives the test even if it is not stopped. A context manager:
+    `stop()` on the way out whatever happened; `seen` holds the text."""
+
+    KEEP = 400  # lines kept per monitor (the newest)
 
     def __init__(self, where: list[tuple[Any, str | None]], xfrm: bool = False) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
-        for h, ns in where:
-            pre = ["timeout", "900"] + (["ip", "netns", "exec", ns] if ns else [])
-            cmds = [
-                ["ip", "-ts", "monitor", "neigh", "link", "route"],
-                ["bridge", "-ts", "monitor", "fdb"],
-            ]
-            if xfrm:
-                cmds.append(["ip", "-ts", "xfrm", "monitor"])
-            for cmd in cmds:
-                self.procs.append((f"{h.name}/{ns or 'host'}", h.popen(*pre, *cmd)))
+        self.where = where
+        self.xfrm = xfrm
+        self.procs: list[tuple[str, subprocess.Popen[str], collections.deque[str]]] = []
+        self.readers: list[threading.Thread] = []
+        self.seen = ""
+
+    def __enter__(self) -> KernelEvents:
+        try:
+            for h, ns in self.where:
+                pre = ["timeout", "900"] + (["ip", "netns", "exec", ns] if ns else [])
+                cmds = [
+                    ["ip", "-ts", "monitor", "neigh", "link", "route"],
+                    ["bridge", "-ts", "monitor", "fdb"],
+                ] + ([["ip", "-ts", "xfrm", "monitor"]] if self.xfrm else [])
+                for cmd in cmds:
+                    lines: collections.deque[str] = collections.deque(maxlen=self.KEEP)
+                    proc = h.popen(*pre, *cmd)
+                    name = f"{h.name}/{ns or 'host'}: {' '.join(cmd[:-1] if ns else cmd)}"
+                    self.procs.append((name, proc, lines))
+                    t = threading.Thread(target=self._read, args=(proc, lines), daemon=True)
+                    t.start()
+                    self.readers.append(t)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], lines: collections.deque[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
 
     def stop(self) -> str:
-        """Stop every monitor; what they printed, one block per monitor."""
-        out = []
-        for where, proc in self.procs:
-            proc.terminate()
+        """Stop every monitor (SIGTERM, which `timeout` passes on); what they printed."""
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for (_, proc, _), reader in zip(self.procs, self.readers, strict=False):
+            reader.join(timeout=10)
             try:
-                text, _ = proc.communicate(timeout=10)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                text, _ = proc.communicate()
-            name = " ".join(proc.args[-4:]) if isinstance(proc.args, list) else ""
-            out.append(f"--- {where}: {name} ---\n{(text or '').strip()[-6000:]}")
-        return "\n".join(out)
+                proc.kill()  # (its monitor ends at its `timeout` at the latest)
+        self.seen = "\n".join(
+            f"--- {name} ---\n" + "\n".join(lines) for name, _, lines in self.procs
+        )
+        return self.seen
 
 
 PLUGIN_EVENTS = re.compile(

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import itertools
 import os
+import random
 import resource
 import socket
 import struct
@@ -31,7 +32,7 @@ from pyoverlay.core.errors import InvalidOption
 KEY = os.urandom(32)
 
 
-_PORTS = itertools.count()
+_PORTS = itertools.count(random.randrange(2000))  # two runs at once start apart
 
 
 def free_port() -> int:

@@ -79,9 +79,31 @@ def test_plugin_kill9_and_restart_loses_no_packet(
     victim = h2 if side == "sender" else h1
     other = h1 if victim is h2 else h2
     mine = f"{net}b" if victim is h2 else f"{net}a"
-    events = KernelEvents([(h, nss[h.name]) for h in (h1, h2)])
     logged = {h.name: len(h.plugin_log()) for h in (h1, h2)}
-    pinger = Pinger(h2, f"{net}b", target)
+    with KernelEvents([(h, nss[h.name]) for h in (h1, h2)]) as events:
+        out, sent, got = outage_under_ping(lab, scratch, net, target, victim, other, mine, outage)
+    assert got == sent, "\n".join(
+        [
+            lost_report(out, sent),
+            *(plugin_events(h, logged[h.name]) for h in (h1, h2)),
+            events.seen,
+        ]
+    )
+
+
+def outage_under_ping(
+    lab: Lab,
+    scratch: Scratch,
+    net: str,
+    target: str,
+    victim: Host,
+    other: Host,
+    mine: str,
+    outage: str,
+) -> tuple[str, int, int]:
+    """The plugin on `victim` killed and started again under a 20 ms ping from h2 to
+    `target`, a container started on `other` meanwhile; the ping's (output, sent, got)."""
+    pinger = Pinger(lab.host(2), f"{net}b", target)
     try:
         victim.stop_plugin(signal.SIGKILL)
         down_at = time.monotonic()
@@ -111,13 +133,9 @@ def test_plugin_kill9_and_restart_loses_no_packet(
             ),
             timeout=15 * lab.slow,
         )
-        out, sent, got = pinger.stop()
+        return pinger.stop()
     finally:
         pinger.kill()
-        seen = events.stop()
-    assert got == sent, "\n".join(
-        [lost_report(out, sent), *(plugin_events(h, logged[h.name]) for h in (h1, h2)), seen]
-    )
 
 
 def test_networks_without_a_user_given_identity_are_refused_in_a_cluster(

@@ -242,13 +242,25 @@ networks:
 """
 
 
-def compose(h: Host, file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def compose(
+    h: Host, file: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Debian's docker-compose (1.29, a client nobody here wrote) against `h`'s dockerd."""
     env = {**os.environ, "DOCKER_HOST": f"unix://{h.docker_sock}", "COMPOSE_NO_COLOR": "1"}
     cmd = ["docker-compose", "--no-ansi", "-p", "seed", "-f", str(file), *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180 * Lab.slow)
-    assert r.returncode == 0, f"{' '.join(cmd[1:])} on {h.name}:\n{r.stdout}{r.stderr}"
+    assert not check or r.returncode == 0, f"{' '.join(cmd[1:])} on {h.name}:\n{r.stdout}{r.stderr}"
     return r
+
+
+def compose_down(file: Path, *hosts: Host) -> list[str]:
+    """`docker-compose down` on every host, whatever fails; what failed, per host."""
+    failed = []
+    for h in hosts:
+        r = compose(h, file, "down", check=False)
+        if r.returncode != 0:
+            failed.append(f"down on {h.name}: {r.stdout}{r.stderr}")
+    return failed
 
 
 def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: Path) -> None:
@@ -259,6 +271,7 @@ def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: P
     h1, h2 = lab.host(1), lab.host(2)
     file = tmp_path / "docker-compose.yml"
     file.write_text(COMPOSE)
+    nids: dict[str, str] = {}
     try:
         compose(h1, file, "up", "-d", "--no-build", "kv", "web")
         compose(h2, file, "up", "-d", "--no-build", "front")
@@ -266,6 +279,7 @@ def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: P
             info = json.loads(h.docker("network", "inspect", "seed_appnet").stdout)[0]
             assert info["Driver"] == "pyoverlay" and info["IPAM"]["Driver"] == "pyoverlay"
             assert info["Options"] == {"vni": "7070", "com.docker.network.driver.mtu": "1400"}
+            nids[h.name] = info["Id"]
             vtep = h.ns_exec(f"1-{info['Id'][:10]}", "ip", "-d", "link", "show", "type", "vxlan")
             assert "vxlan id 7070 " in vtep.stdout, vtep.stdout
         mtu = h1.docker("exec", "seed_kv_1", "cat", "/sys/class/net/eth0/mtu").stdout
@@ -276,19 +290,21 @@ def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: P
             timeout=30 * lab.slow,
         )
     finally:
-        for h in (h2, h1):
-            compose(h, file, "down")
+        failed = compose_down(file, h2, h1)
+    assert not failed, failed
+    project = "label=com.docker.compose.project=seed"
     for h in (h1, h2):
-        assert h.docker("ps", "-aq").stdout.strip() == "", h.name
+        assert h.docker("ps", "-aq", "--filter", project).stdout.strip() == "", h.name
         names = h.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
         assert "seed_appnet" not in names, (h.name, names)
-        assert not [ns for ns in h.overlay_namespaces()], h.name
+        assert f"1-{nids[h.name][:10]}" not in h.overlay_namespaces(), h.name
     # nothing of it left in pyoverlay's IPAM: the same file runs again at once, same addresses
     try:
         compose(h1, file, "up", "-d", "--no-build", "kv")
         assert ip_of(h1, "seed_kv_1", "seed_appnet") == "100.0.70.10"
     finally:
-        compose(h1, file, "down")
+        failed = compose_down(file, h1)
+    assert not failed, failed
 
 
 def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> None:

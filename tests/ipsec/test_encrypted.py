@@ -251,9 +251,33 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: Nets) -> No
     h1, h2 = lab.host(1), lab.host(2)
     c2 = nets.c2
     cap = Capture(lab, "kill9")
-    events = KernelEvents([(h1, None), (h2, None)], xfrm=True)
     logged = {h.name: len(h.plugin_log()) for h in (h1, h2)}
-    pinger = Pinger(h1, "c1", c2["enc"])
+    try:
+        with KernelEvents([(h1, None), (h2, None)], xfrm=True) as events:
+            out, sent, got = kill9_under_ping(h1, c2["enc"])
+    finally:
+        lines = cap.stop()
+    # every request reached h2 and every reply came back
+    assert got == sent, "\n".join(
+        [
+            lost_report(out, sent),
+            *esp_gaps(lines),
+            *(plugin_events(h, logged[h.name]) for h in (h1, h2)),
+            "what the kernels saw:",
+            events.seen,
+        ]
+    )
+    # ... encrypted: not one plain VXLAN frame of the network on the wire (the guard drops
+    # them, so a reply could not have come back that way); ESP in both directions. (A
+    # capture on a busy machine misses packets: counts are not compared with `sent`.)
+    assert nets.vni_enc not in vxlan_vnis(lines), "plain VXLAN of the encrypted network"
+    assert esp_spis(lines, h1.address, h2.address) and esp_spis(lines, h2.address, h1.address)
+
+
+def kill9_under_ping(h1: Host, target: str) -> tuple[str, int, int]:
+    """h1's plugin killed and started under a 20 ms ping from c1 to `target`, until the
+    plugin answers and c1 reaches it again; the ping's (output, sent, got)."""
+    pinger = Pinger(h1, "c1", target)
     try:
         h1.stop_plugin(signal.SIGKILL)
         h1.start_plugin()
@@ -268,27 +292,10 @@ def test_kill9_of_the_plugin_keeps_traffic_encrypted(lab: Lab, nets: Nets) -> No
             ),
             timeout=240,
         )
-        wait_for("encrypted again, both ways", lambda: ping(h1, "c1", c2["enc"]), timeout=120)
-        out, sent, got = pinger.stop(timeout=120)
+        wait_for("encrypted again, both ways", lambda: ping(h1, "c1", target), timeout=120)
+        return pinger.stop(timeout=120)
     finally:
         pinger.kill()
-        seen = events.stop()
-    lines = cap.stop()
-    # every request reached h2 and every reply came back
-    assert got == sent, "\n".join(
-        [
-            lost_report(out, sent),
-            *esp_gaps(lines),
-            *(plugin_events(h, logged[h.name]) for h in (h1, h2)),
-            "what the kernels saw:",
-            seen,
-        ]
-    )
-    # ... encrypted: not one plain VXLAN frame of the network on the wire (the guard drops
-    # them, so a reply could not have come back that way); ESP in both directions. (A
-    # capture on a busy machine misses packets: counts are not compared with `sent`.)
-    assert nets.vni_enc not in vxlan_vnis(lines), "plain VXLAN of the encrypted network"
-    assert esp_spis(lines, h1.address, h2.address) and esp_spis(lines, h2.address, h1.address)
 
 
 def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(

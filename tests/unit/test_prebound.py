@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +183,31 @@ def post_status(path: Path, call: str, body: bytes = b"{}") -> tuple[int, Any]:
     conn = http.client.HTTPConnection("plugin", timeout=10)
     conn.sock = socket.socket(socket.AF_UNIX)
     conn.sock.connect(str(path))
-    conn.request("POST", call, body=body)
-    r = conn.getresponse()
-    return r.status, json.loads(r.read())
+    try:
+        conn.request("POST", call, body=body)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def stderr_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> str:
+    """The first line of the child's stderr holding `pattern`, waited for at most
+    `timeout` seconds (a child stalled before printing fails the test, not hangs it)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+        if pattern in line:
+            return line
+    raise AssertionError(f"no {pattern!r} on stderr within {timeout} s: {seen!r}")
 
 
 def test_a_managed_plugin_with_a_wrong_setting_answers_docker_with_the_fix(
@@ -193,26 +217,73 @@ def test_a_managed_plugin_with_a_wrong_setting_answers_docker_with_the_fix(
     end the process (dockerd would restart it, and the user would read "could not resolve
     driver"): the handshake is answered, and every other call gets the error, naming the
     setting as `docker plugin set` takes it, which Docker prints (`docker network
-    create`). SIGTERM (`docker plugin disable`) ends it and removes the socket file."""
+    create`). A request too large for a Docker call is closed, not read. SIGTERM (`docker
+    plugin disable`) ends it and removes the socket file."""
     sock = tmp_path / "p.sock"
     exe = Path(sys.executable).with_name("pyoverlay")
     env = {"PYOVERLAY_MANAGED": "1", "PATH": "/usr/bin:/bin"}
     cmd = [str(exe), "plugin", "--socket", str(sock), "--state-dir", str(tmp_path)]
     proc = subprocess.Popen([*cmd, "--scope", "x"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        logged = proc.stderr.readline()  # written before it answers anything
-        assert "PYOVERLAY_SCOPE='x' must be local" in logged, logged
+        # written before it answers anything
+        stderr_line(proc, "pyoverlay cannot start: PYOVERLAY_SCOPE 'x' must be local")
         status, caps = post_status(sock, "/NetworkDriver.GetCapabilities")
         assert status == 200 and caps["Scope"] == "local"
         status, err = post_status(sock, "/NetworkDriver.CreateNetwork", b'{"NetworkID": "n1"}')
         assert status == 500
-        assert err["Err"].startswith("pyoverlay cannot start: PYOVERLAY_SCOPE='x' must be")
-        assert "docker plugin set PLUGIN NAME=VALUE" in err["Err"]
-        status, err = post_status(sock, "/IpamDriver.RequestPool", b"x" * 100_000)
-        assert status == 500 and "PYOVERLAY_SCOPE" in err["Err"]
-        assert proc.poll() is None  # still there for the next call
+        assert err["Err"].startswith("pyoverlay cannot start: PYOVERLAY_SCOPE 'x' must be")
+        assert "docker plugin set PLUGIN NAME=VALUE" in err["Err"] and "--" not in err["Err"]
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            post_status(sock, "/IpamDriver.RequestPool", b"x" * 100_000)
+        status, err = post_status(sock, "/IpamDriver.RequestPool", b"{}")
+        assert status == 500 and "PYOVERLAY_SCOPE" in err["Err"]  # still answering
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0 and not sock.exists()
+
+
+def test_a_wrong_value_on_the_host_side_still_exits_so_dockerd_retries(tmp_path: Path) -> None:
+    """What depends on the host at start (a key file not there yet, an address not yet
+    assigned) is not a permanent refusal: the process exits with the error, dockerd
+    restarts it, and a moment later it may start."""
+    sock = tmp_path / "p.sock"
+    exe = Path(sys.executable).with_name("pyoverlay")
+    env = {"PYOVERLAY_MANAGED": "1", "PATH": "/usr/bin:/bin"}
+    missing = tmp_path / "no-such.key"
+    r = subprocess.run(
+        [str(exe), "plugin", "--socket", str(sock), "--state-dir", str(tmp_path / "s"),
+         "--gossip-key-file", str(missing), "--advertise-addr", "127.0.0.1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0 and f"--gossip-key-file {missing}" in r.stderr, r.stderr
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--scope", "x"),
+        ("--gossip-port", "4789"),
+        ("--join", "10.0.0.1"),
+        ("--advertise-addr", "nope"),
+        ("--log-format", "xml"),
+        ("--vxlan-port", "99999"),
+        ("--network-setup", "slow"),
+    ],
+)
+def test_every_settings_error_reads_in_plugin_setting_names(flag: str, value: str) -> None:
+    import argparse
+
+    from pyoverlay.core.errors import InvalidOption
+    from pyoverlay.plugin import settings
+
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    with pytest.raises(InvalidOption) as exc:
+        settings.from_namespace(parser.parse_args([flag, value]))
+    text = settings.as_plugin_settings(str(exc.value))
+    env = "PYOVERLAY_" + flag[2:].replace("-", "_").upper()
+    assert "--" not in text and text.startswith(env), text
+    assert f"{env} (" not in text and "=" not in text.split(" ")[0], text
