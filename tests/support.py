@@ -275,7 +275,7 @@ class KernelEvents:
                 pre = ["timeout", "900"] + (["ip", "netns", "exec", ns] if ns else [])
                 cmds = [
                     ["ip", "-ts", "monitor", "neigh", "link", "route"],
-                    ["bridge", "-ts", "monitor", "fdb"],
+                    ["bridge", "-timestamp", "monitor", "fdb"],
                 ] + ([["ip", "-ts", "xfrm", "monitor"]] if self.xfrm else [])
                 for cmd in cmds:
                     lines: collections.deque[str] = collections.deque(maxlen=self.KEEP)

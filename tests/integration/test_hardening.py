@@ -80,7 +80,9 @@ def test_plugin_kill9_and_restart_loses_no_packet(
     other = h1 if victim is h2 else h2
     mine = f"{net}b" if victim is h2 else f"{net}a"
     logged = {h.name: len(h.plugin_log()) for h in (h1, h2)}
-    with KernelEvents([(h, nss[h.name]) for h in (h1, h2)]) as events:
+    # the overlay namespaces, and each host's own (the underlay's neighbours)
+    watched = [(h, nss[h.name]) for h in (h1, h2)] + [(h, None) for h in (h1, h2)]
+    with KernelEvents(watched) as events:
         out, sent, got = outage_under_ping(lab, scratch, net, target, victim, other, mine, outage)
     assert got == sent, "\n".join(
         [
