@@ -280,7 +280,7 @@ class KernelEvents:
                 for cmd in cmds:
                     lines: collections.deque[str] = collections.deque(maxlen=self.KEEP)
                     proc = h.popen(*pre, *cmd)
-                    name = f"{h.name}/{ns or 'host'}: {' '.join(cmd[:-1] if ns else cmd)}"
+                    name = f"{h.name}/{ns or 'host'}: {' '.join(cmd)}"
                     self.procs.append((name, proc, lines))
                     t = threading.Thread(target=self._read, args=(proc, lines), daemon=True)
                     t.start()
@@ -310,6 +310,8 @@ class KernelEvents:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()  # (its monitor ends at its `timeout` at the latest)
+            if proc.stdout is not None and not reader.is_alive():
+                proc.stdout.close()
         self.seen = "\n".join(
             f"--- {name} ---\n" + "\n".join(lines) for name, _, lines in self.procs
         )
