@@ -290,7 +290,7 @@ def print_mesh(mesh: dict[str, Any]) -> int:
             p["service"],
             str(p["target"]),
             " ".join(p["local"]) or "-",
-            " ".join(p["via"]) or "-",
+            (" ".join(p["via"]) or "-") + (" (ESP)" if p.get("encrypted") and p["via"] else ""),
         ]
         for p in mesh["ports"]
     ]

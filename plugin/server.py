@@ -109,6 +109,8 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
             parts.keeper = await wiring.make_encryption(settings, driver, gossip)
             driver.encryption = syncer.keeper = parts.keeper
             if parts.keeper is not None:
+                if parts.mesh is not None:
+                    wiring.secure_mesh(parts.mesh, parts.keeper)
                 await parts.keeper.sync()  # the guard rules before anything else
         driver.publish_joined()  # into the table before joining: our rows win over old ones
         driver.prune_peers = gossip is None

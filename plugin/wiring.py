@@ -258,6 +258,20 @@ async def make_encryption(
     return enc
 
 
+def secure_mesh(mesh: MeshKeeper, keeper: Encryption) -> None:
+    """The routing mesh's hop for services on encrypted networks goes ESP with the
+    keeper's SAs: the keeper learns when that hop exists, the mesh whether it can be."""
+
+    def esp() -> str | None:
+        if keeper.unsupported:
+            return "this kernel cannot do ESP"
+        return None if keeper.inputs.ring() else "no cluster key is set"
+
+    mesh.esp = esp
+    mesh.on_secure = keeper.wake.set
+    keeper.inputs.mesh = mesh.secure_hop
+
+
 def _is_ipv4(text: object) -> bool:
     try:
         IPv4Address(str(text))

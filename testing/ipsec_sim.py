@@ -9,7 +9,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from pyoverlay.driver.secure.sa import InstalledSa
+from pyoverlay.driver.secure.sa import MESH_PORT, InstalledSa
+
+
+def _policy(w: list[str]) -> tuple[IPv4Address, IPv4Address, int]:
+    """(local, peer, port) of a policy line's words (sa.policy_line); the mesh's has no
+    protocol (port MESH_PORT)."""
+    port = int(w[12]) if w[9] == "proto" else MESH_PORT
+    return (IPv4Address(w[6].split("/")[0]), IPv4Address(w[8].split("/")[0]), port)
 
 
 class SimXfrm:
@@ -42,13 +49,9 @@ class SimXfrm:
             elif w[:3] == ["xfrm", "state", "delete"]:
                 self.states.pop((IPv4Address(w[4]), IPv4Address(w[6]), int(w[10], 16)), None)
             elif w[:3] == ["xfrm", "policy", "update"]:
-                self.policies.add(
-                    (IPv4Address(w[6].split("/")[0]), IPv4Address(w[8].split("/")[0]), int(w[12]))
-                )
+                self.policies.add(_policy(w))
             elif w[:3] == ["xfrm", "policy", "delete"]:
-                self.policies.discard(
-                    (IPv4Address(w[6].split("/")[0]), IPv4Address(w[8].split("/")[0]), int(w[12]))
-                )
+                self.policies.discard(_policy(w))
         return errors
 
     async def probe(self) -> str | None:

@@ -21,13 +21,13 @@ from datetime import datetime
 from ipaddress import IPv4Address
 
 from pyoverlay.core.errors import PyoverlayError
-from pyoverlay.driver.secure.sa import MARK, REQID, InstalledSa
+from pyoverlay.driver.secure.sa import MARK, MESH_MARK, MESH_PORT, REQID, InstalledSa
 
 _HEAD = re.compile(r"^src (\S+) dst (\S+)$")
 _SPI = re.compile(r"proto esp spi 0x([0-9a-f]+)\(\d+\) reqid (\d+)")
 _COUNT = re.compile(r"^\s*(\d+)\(bytes\), (\d+)\(packets\)")
 _ADDED = re.compile(r"^\s*add (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
-_POLICY = re.compile(r"^src (\S+)/32 dst (\S+)/32 proto udp dport (\d+)")
+_POLICY = re.compile(r"^src (\S+)/32 dst (\S+)/32 (?:proto udp dport (\d+) )?$")
 _MARK = re.compile(r"^\s+mark 0x([0-9a-f]+)/0xffffffff")
 _TIMEOUT = 30.0
 
@@ -96,16 +96,19 @@ def parse_states(text: str) -> list[InstalledSa]:
 
 
 def parse_policies(text: str) -> list[tuple[IPv4Address, IPv4Address, int]]:
-    """`ip xfrm policy list dir out` -> (local, peer, port) of ours (mark MARK)."""
+    """`ip xfrm policy list dir out` -> (local, peer, port) of ours: VXLAN's (mark MARK,
+    the UDP port) and the mesh's (mark MESH_MARK, no protocol: port MESH_PORT)."""
     out = []
     cur: tuple[IPv4Address, IPv4Address, int] | None = None
     for line in text.splitlines():
-        if m := _POLICY.match(line):
-            cur = (IPv4Address(m[1]), IPv4Address(m[2]), int(m[3]))
+        if m := _POLICY.match(line.rstrip() + " "):
+            port = MESH_PORT if m[3] is None else int(m[3])
+            cur = (IPv4Address(m[1]), IPv4Address(m[2]), port)
         elif line[:1] != "\t" and line.strip() and not line.startswith(" "):
-            cur = None  # another policy (not a VXLAN one)
-        elif cur is not None and (m := _MARK.search(line)) and int(m[1], 16) == MARK:
-            out.append(cur)
+            cur = None  # another policy (not one of ours)
+        elif cur is not None and (m := _MARK.search(line)):
+            if int(m[1], 16) == (MESH_MARK if cur[2] == MESH_PORT else MARK):
+                out.append(cur)
             cur = None
     return out
 

@@ -61,6 +61,9 @@ class Inputs:
     encrypted_vnis: Callable[[], Iterable[int]] = lambda: ()
     vnis: Callable[[], Iterable[int]] = lambda: ()  # every pyoverlay network's (admission)
     any_network: Callable[[], bool] = lambda: False
+    # the routing mesh forwards connections of a service on an encrypted network between
+    # nodes: SAs with every peer and one mesh policy each, even with no such network here
+    mesh: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -199,7 +202,8 @@ class Encryption:
 
     async def _sync(self, now: float) -> list[str]:
         vnis = sorted(set(self.inputs.encrypted_vnis()))
-        if not self.inputs.any_network():
+        mesh = self.inputs.mesh()
+        if not self.inputs.any_network() and not mesh:
             await self._remove_all()
             return []
         members = None if self.inputs.members is None else set(self.inputs.members())
@@ -212,7 +216,7 @@ class Encryption:
             self._applied, self._applied_at = cmds, now
         if self.unsupported or not self.salt:
             return []  # no ESP here: nothing of ours can be in the kernel
-        if not vnis:
+        if not vnis and not mesh:
             await self._remove_sas()
             return []
         ring = list(self.inputs.ring())
@@ -265,6 +269,8 @@ class Encryption:
         lines = [ipsec.state_add_line(sa, self.hard_packets) for sa in changes.add]
         have_pol = set(await self.xfrm.policies())
         want_pol = {(self.local, p, self.port) for p in sending}
+        if mesh:
+            want_pol |= {(self.local, p, ipsec.MESH_PORT) for p in sending}
         lines += [
             ipsec.policy_line("update", loc, p, port)
             for loc, p, port in sorted(want_pol - have_pol)

@@ -39,8 +39,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-REQID = 0x7079E5  # ours; Docker's overlay owns mark 0xD0C4E3 and deletes states carrying it
+from pyoverlay.driver.core.marks import MESH_MARK as MESH_MARK  # (re-exported)
+from pyoverlay.driver.core.marks import REQID as REQID
+
 MARK = 0x7079E500  # fwmark of encrypted VXLAN (full mask) that the xfrm policies select
+MESH_PORT = 0  # a policy "port" of 0: the mesh's (any protocol), not VXLAN's
 AEAD = "rfc4106(gcm(aes))"
 KEY_BYTES = 36  # AES-256 key + 4-byte salt (RFC 4106)
 ICV_BITS = 128
@@ -275,7 +278,14 @@ def diff_sas(
 
 
 def policy_line(verb: str, local: IPv4Address, peer: IPv4Address, port: int) -> str:
-    sel = f"src {local}/32 dst {peer}/32 proto udp dport {port} mark {MARK:#x} mask 0xffffffff"
+    """VXLAN to `port` (marked MARK) goes ESP to the peer; port MESH_PORT: any packet
+    marked MESH_MARK. The selector names our own address as the source: a forwarded
+    packet matches only once masquerade made it ours (the NAT hook looks the policy up
+    again then), so a client's address never asks for an SA that cannot exist."""
+    if port == MESH_PORT:
+        sel = f"src {local}/32 dst {peer}/32 mark {MESH_MARK:#x} mask 0xffffffff"
+    else:
+        sel = f"src {local}/32 dst {peer}/32 proto udp dport {port} mark {MARK:#x} mask 0xffffffff"
     if verb == "delete":
         return f"xfrm policy delete dir out {sel}"
     return (

@@ -12,9 +12,12 @@ starts, stops or moves reaches every node's table within a tick of gossip
 whose plugin is silent while the host answers keeps its last row here (a
 manager's plugin restart must not take every published port off every node).
 
-A service on an `-o encrypted` network is served only by the tasks on the node
-that receives the connection (the hop between nodes would cross the underlay
-unencrypted), and `pyoverlay services` says so.
+A service on an `-o encrypted` network is balanced the same way, but its hop
+between nodes is ESP: the mesh marks it SECURE (meshrules.py), and the IPsec
+keeper (secure/keeper.py), told by `secure_hop`, keeps SAs with every peer and
+a policy that selects that mark. Where this host cannot encrypt (no cluster
+key, no ESP in the kernel: `esp`), such a service is served by the tasks on
+the node that receives the connection only, and `pyoverlay services` says so.
 
 Until the plugin has synced with the cluster after a start, the table the
 kernel holds stays as it is (the sync gate: it still balances every running
@@ -83,6 +86,10 @@ class MeshKeeper:
         self.docker_user = "unknown"
         self.listeners = listeners  # (protocol, address, port) a process here listens on
         self.taken: tuple[str, ...] = ()  # published ports one of them also wants
+        # why this host cannot put the hop between nodes in ESP (None: it can); set by
+        # the plugin from the IPsec keeper
+        self.esp: Callable[[], str | None] = lambda: "IPsec is off here (not clustered)"
+        self.on_secure: Callable[[], None] = lambda: None  # secure_hop() changed
 
     # -- what this host knows -------------------------------------------------------
 
@@ -202,22 +209,30 @@ class MeshKeeper:
             s: tuple(self.gateways[e] for e in eids if e in self.gateways)
             for s, eids in self.local_tasks().items()
         }
-        # the hop between nodes crosses the underlay in the clear: a service on an
-        # encrypted network is served by its local tasks only, and says so
+        # a service on an encrypted network: its hop between nodes is ESP, or, where this
+        # host cannot encrypt, there is no such hop (served by its local tasks only)
+        why = self.esp()
         view = rules.MeshInput(
             ports={s: p for s, (_, p) in newest.items()},
             local=local,
-            remote={s: tuple(a) for s, a in remote.items() if s not in encrypted},
+            remote={s: tuple(a) for s, a in remote.items() if why is None or s not in encrypted},
             members=tuple(members),
+            secure=frozenset(encrypted) if why is None else frozenset(),
         )
         mesh = rules.balance(view)
         notes = [
-            f"{s} is on an encrypted network: its published ports are served by the tasks "
-            "on the node that receives the connection only (the hop between nodes is not "
-            "encrypted yet)"
+            f"{s} is on an encrypted network and {why}: its published ports are served by "
+            "the tasks on the node that receives the connection only"
             for s in sorted(encrypted & set(newest))
+            if why is not None
         ]
         return replace(mesh, conflicts=mesh.conflicts + tuple(notes))
+
+    def secure_hop(self) -> bool:
+        """A published port of a service on an encrypted network exists (anywhere): this
+        host needs SAs with every peer and the mesh's xfrm policies, to send that hop and
+        to answer it."""
+        return any(b.secure for b in self.mesh.ports)
 
     # -- the kernel ------------------------------------------------------------------
 
@@ -226,7 +241,10 @@ class MeshKeeper:
         mesh = self.wanted()
         for conflict in set(mesh.conflicts) - set(self.mesh.conflicts):
             log.error("published port not balanced", why=conflict)
+        secure = self.secure_hop()
         self.mesh = mesh
+        if self.secure_hop() != secure:
+            self.on_secure()
         if not self.driver.prune_peers:
             return 0  # not synced since start: the kernel's table keeps serving
         if verify or self.have is _UNKNOWN:
@@ -295,6 +313,7 @@ class MeshKeeper:
                     "service": b.service,
                     "port": f"{b.port.published}/{b.port.protocol}",
                     "target": b.port.target,
+                    "encrypted": b.secure,
                     "local": [str(t.address) for t in b.targets if t.local],
                     "via": [str(t.address) for t in b.targets if not t.local],
                 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pyoverlay.driver.servicelb.meshrules import MARK, Commands, PublishedPort, is_
+from pyoverlay.driver.servicelb.meshrules import MARK, SECURE, Commands, PublishedPort, is_
 
 
 def published_ports(service: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
@@ -32,13 +32,15 @@ def published_ports(service: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
 # -- Docker's FORWARD chain ------------------------------------------------------------
 
 DOCKER_USER = ("ip", "filter", "DOCKER-USER")
-DOCKER_USER_COMMENT = "pyoverlay mesh"
+DOCKER_USER_COMMENT = "pyoverlay mesh 2"  # the rule's version: 2 accepts SECURE too
+_OURS = "pyoverlay mesh"  # every version's comment starts so
 
 
 def docker_user_handles(listing: Mapping[str, Any] | None) -> tuple[int, ...] | None:
-    """Handles of our accept rule in DOCKER-USER (`nft -j list table ip filter`);
-    None when Docker has no such chain here (iptables-legacy, or dockerd without
-    iptables): then nothing can be added, and FORWARD's own policy decides."""
+    """Handles of our accept rule in DOCKER-USER (`nft -j list table ip filter`), an
+    older version's as a negative handle (to be replaced); None when Docker has no
+    such chain here (iptables-legacy, or dockerd without iptables): then nothing can be
+    added, and FORWARD's own policy decides."""
     if listing is None:
         return None
     chain_seen = False
@@ -49,8 +51,10 @@ def docker_user_handles(listing: Mapping[str, Any] | None) -> tuple[int, ...] | 
         if item.get("chain", {}).get("name") == DOCKER_USER[2]:
             chain_seen = True
         rule = item.get("rule") or {}
-        if rule.get("chain") == DOCKER_USER[2] and rule.get("comment") == DOCKER_USER_COMMENT:
-            handles.append(int(rule.get("handle", 0)))
+        comment = str(rule.get("comment", ""))
+        if rule.get("chain") == DOCKER_USER[2] and comment.startswith(_OURS):
+            handle = int(rule.get("handle", 0))
+            handles.append(handle if comment == DOCKER_USER_COMMENT else -handle)
     return tuple(handles) if chain_seen else None
 
 
@@ -61,14 +65,14 @@ def docker_user_plan(handles: tuple[int, ...] | None, wanted: bool) -> Commands:
     family, table, chain = DOCKER_USER
     if handles is None:
         return []
-    if wanted and len(handles) == 1:
+    if wanted and len(handles) == 1 and handles[0] > 0:
         return []
     cmds: Commands = [
-        {"delete": {"rule": {"family": family, "table": table, "chain": chain, "handle": h}}}
+        {"delete": {"rule": {"family": family, "table": table, "chain": chain, "handle": abs(h)}}}
         for h in handles
     ]
     if wanted:
-        mark = is_({"meta": {"key": "mark"}}, MARK)
+        mark = is_({"meta": {"key": "mark"}}, {"set": [MARK, SECURE]})
         rule: dict[str, Any] = {"family": family, "table": table, "chain": chain}
         rule["expr"] = [mark, {"counter": None}, {"accept": None}]
         rule["comment"] = DOCKER_USER_COMMENT

@@ -17,9 +17,16 @@ table in the host's namespace, on every node:
             ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @ports
             ip daddr @members meta l4proto . th dport vmap @ports }
         chain forwarded { type filter hook prerouting priority dstnat + 10
-            ct mark MARK meta mark set MARK }    # what DOCKER-USER accepts (see below)
+            ct mark SECURE ip saddr @members jump esp-in   # encrypted service: ESP only
+            ct mark { MARK, SECURE } meta mark set ct mark }  # DOCKER-USER accepts these
+        chain marked { type route hook output priority dstnat + 10
+            ct mark SECURE meta mark set SECURE }  # this host's own: rerouted into ESP
         chain postrouting { type nat hook postrouting priority srcnat - 10
-            ct mark MARK ip daddr @members masquerade comment "<digest of the content>" }
+            ct mark { MARK, SECURE } ip daddr @members masquerade comment "<digest>" }
+        chain esp-out { type filter hook postrouting priority srcnat + 50
+            meta mark SECURE ip daddr @members meta l4proto { tcp, udp } jump esp-check }
+        chain esp-in  { ipsec in reqid REQID return; counter name plain_drops drop }
+        chain esp-check { ipsec out reqid REQID return; counter name plain_drops drop }
         chain port-tcp-1080 { ct mark set MARK
             numgen random mod 3 vmap { 0 : goto to-tcp-1080-0, 1 : ..., 2 : ... } }
         chain local-tcp-1080 { ct mark set MARK
@@ -27,6 +34,15 @@ table in the host's namespace, on every node:
         chain to-tcp-1080-0 { meta l4proto tcp dnat to 172.18.0.3:80 }     # a local task
         chain to-tcp-1080-1 { meta l4proto tcp dnat to 192.168.99.2:1080 } # a host with one
     }
+
+A service on an `-o encrypted` network (`Balanced.secure`) is marked SECURE
+instead of MARK: its hop between nodes (both ways) is selected by the xfrm
+policy the IPsec keeper installs per peer (secure/sa.py, MESH_MARK) and so
+crosses the underlay as ESP, with the SAs of the encrypted networks.  Fail
+closed, as the VXLAN guard: a SECURE packet to a member that is not
+protected (no SA yet, a peer without ESP) is dropped after NAT, and one from
+a member that did not arrive in ESP is dropped before it is delivered; both
+counted in `plain_drops`.
 
 A connection to any local address (or, from this host, to another member's)
 on a published port is balanced over every task: a local one directly on its
@@ -55,10 +71,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from pyoverlay.driver.core.marks import MESH_MARK, REQID
+
 TABLE = "pyoverlay_mesh"
 FAMILY = "ip"
 PROTOCOLS = ("tcp", "udp")
 MARK = 0x6D657368  # "mesh": the connections this table balanced (accepted in DOCKER-USER)
+SECURE = MESH_MARK  # those of a service on an encrypted network (their hop is ESP)
+PLAIN_COUNTER = "plain_drops"  # SECURE packets to or from a member that were not ESP
 DSTNAT = -100
 SRCNAT = 100
 PRIORITY = -10  # before Docker's iptables nat (a node with IPVS programs its own DNAT)
@@ -96,6 +116,7 @@ class Balanced:
     service: str
     port: PublishedPort
     targets: tuple[Target, ...]  # locals first, then remote hosts; each sorted
+    secure: bool = False  # on an encrypted network: the hop between nodes is ESP
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,7 @@ class MeshInput:
     local: Mapping[str, tuple[IPv4Address, ...]]  # service -> local tasks (gwbridge address)
     remote: Mapping[str, tuple[IPv4Address, ...]]  # service -> hosts with tasks (underlay)
     members: tuple[IPv4Address, ...]  # every other host's underlay address
+    secure: frozenset[str] = frozenset()  # services on an encrypted network
 
 
 @dataclass(frozen=True)
@@ -137,7 +159,7 @@ def balance(view: MeshInput) -> Mesh:
             Target(a, port.published, False)
             for a in sorted(set(view.remote.get(service, ())) & set(view.members))
         ]
-        out.append(Balanced(service, port, tuple(local + remote)))
+        out.append(Balanced(service, port, tuple(local + remote), service in view.secure))
     return Mesh(tuple(out), tuple(sorted(set(view.members))), tuple(conflicts))
 
 
@@ -191,8 +213,22 @@ _NOT_LOOPBACK = {
 }
 _FROM_MEMBER = is_({"payload": {"protocol": "ip", "field": "saddr"}}, "@members")
 _TO_MEMBER = is_({"payload": {"protocol": "ip", "field": "daddr"}}, "@members")
-_MARKED = is_({"ct": {"key": "mark"}}, MARK)
-_SET_MARK = {"mangle": {"key": {"ct": {"key": "mark"}}, "value": MARK}}
+_META_MARK = {"meta": {"key": "mark"}}
+_MARKED = is_({"ct": {"key": "mark"}}, {"set": [MARK, SECURE]})
+_SECURE = is_({"ct": {"key": "mark"}}, SECURE)
+
+
+def _set_mark(b: Balanced) -> dict[str, Any]:
+    return {"mangle": {"key": {"ct": {"key": "mark"}}, "value": SECURE if b.secure else MARK}}
+
+
+def _ipsec(direction: str) -> dict[str, Any]:
+    return is_({"ipsec": {"key": "reqid", "dir": direction, "spnum": 0}}, REQID)
+
+
+def _base(name: str, hook: str, prio: int, kind: str = "nat") -> dict[str, Any]:
+    chain = _obj(name=name, hook=hook, prio=prio, type=kind, policy="accept")
+    return {"add": {"chain": chain}}
 
 
 def _balance_rule(chain: str, b: Balanced, indexes: list[int]) -> dict[str, Any]:
@@ -200,7 +236,7 @@ def _balance_rule(chain: str, b: Balanced, indexes: list[int]) -> dict[str, Any]
         return _rule(chain, {"accept": None})
     numgen = {"numgen": {"mode": "random", "mod": len(indexes), "offset": 0}}
     pairs = [[n, {"goto": {"target": target_chain(b, i)}}] for n, i in enumerate(indexes)]
-    return _rule(chain, _SET_MARK, {"vmap": {"key": numgen, "data": {"set": pairs}}})
+    return _rule(chain, _set_mark(b), {"vmap": {"key": numgen, "data": {"set": pairs}}})
 
 
 def _element(b: Balanced, chain: str) -> list[Any]:
@@ -215,25 +251,27 @@ def build(mesh: Mesh) -> Commands:
         return []
     concat = ["inet_proto", "inet_service"]
 
-    def base(name: str, hook: str, prio: int, kind: str = "nat") -> dict[str, Any]:
-        chain = _obj(name=name, hook=hook, prio=prio, type=kind, policy="accept")
-        return {"add": {"chain": chain}}
-
     cmds: Commands = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"set": _obj(name="members", type="ipv4_addr")}},
         {"add": {"map": _obj(name="ports", type=concat, map="verdict")}},
         {"add": {"map": _obj(name="member_ports", type=concat, map="verdict")}},
-        base("prerouting", "prerouting", DSTNAT + PRIORITY),
-        base("output", "output", DSTNAT + PRIORITY),
-        base("forwarded", "prerouting", DSTNAT - PRIORITY, "filter"),
-        base("postrouting", "postrouting", SRCNAT + PRIORITY),
+        _base("prerouting", "prerouting", DSTNAT + PRIORITY),
+        _base("output", "output", DSTNAT + PRIORITY),
+        _base("forwarded", "prerouting", DSTNAT - PRIORITY, "filter"),
+        _base("postrouting", "postrouting", SRCNAT + PRIORITY),
         _rule("prerouting", _FROM_MEMBER, _LOCAL_DST, _vmap("member_ports")),
         _rule("prerouting", _LOCAL_DST, _vmap("ports")),
         _rule("prerouting", _TO_MEMBER, _vmap("ports")),
         _rule("output", _NOT_LOOPBACK, _LOCAL_DST, _vmap("ports")),
         _rule("output", _TO_MEMBER, _vmap("ports")),
-        _rule("forwarded", _MARKED, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": MARK}}),
+    ]
+    if any(b.secure for b in live):
+        cmds += _esp_rules()
+    cmds += [
+        _rule(
+            "forwarded", _MARKED, {"mangle": {"key": _META_MARK, "value": {"ct": {"key": "mark"}}}}
+        ),
         _rule("postrouting", _MARKED, _TO_MEMBER, {"masquerade": None}),
     ]
     cmds[-1]["add"]["rule"]["comment"] = digest(mesh)  # names the content (see `parse`)
@@ -258,6 +296,29 @@ def build(mesh: Mesh) -> Commands:
     return cmds
 
 
+def _esp_rules() -> Commands:
+    """Encrypted services' hop: this host's own connections rerouted with their mark (the
+    xfrm policy selects it), and the fail-closed checks both ways."""
+    drop: list[dict[str, Any]] = [{"counter": PLAIN_COUNTER}, {"drop": None}]
+    proto = is_({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]})  # not the ESP itself
+    return [
+        {"add": {"counter": _obj(name=PLAIN_COUNTER)}},
+        _base("marked", "output", DSTNAT - PRIORITY, "route"),
+        _base("esp-out", "postrouting", SRCNAT + 50, "filter"),
+        {"add": {"chain": _obj(name="esp-in")}},
+        {"add": {"chain": _obj(name="esp-check")}},
+        _rule("esp-in", _ipsec("in"), {"return": None}),
+        _rule("esp-in", *drop),
+        _rule("esp-check", _ipsec("out"), {"return": None}),
+        _rule("esp-check", *drop),
+        _rule("marked", _SECURE, {"mangle": {"key": _META_MARK, "value": SECURE}}),
+        _rule(
+            "esp-out", is_(_META_MARK, SECURE), _TO_MEMBER, proto, {"jump": {"target": "esp-check"}}
+        ),
+        _rule("forwarded", _SECURE, _FROM_MEMBER, {"jump": {"target": "esp-in"}}),
+    ]
+
+
 def delete_table() -> Commands:
     return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
 
@@ -265,7 +326,7 @@ def delete_table() -> Commands:
 def digest(mesh: Mesh) -> str:
     """A short digest of the balanced content (it names the table's state in its comment)."""
     doc = [
-        [b.service, b.port.protocol, b.port.published, b.port.target]
+        [b.service, b.port.protocol, b.port.published, b.port.target, b.secure]
         + [[str(t.address), t.port, t.local] for t in b.targets]
         for b in mesh.ports
         if b.targets

@@ -50,13 +50,18 @@ def kernel_has_esp() -> bool:
     return add.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+@pytest.fixture(scope="session")
+def esp() -> None:
+    """Skips outside the IPsec tier's VM; fails inside it if the kernel cannot do ESP."""
     require_root()
     if os.environ.get("PYOVERLAY_IPSEC_TIER") != "1" or not kernel_has_esp():
         if os.environ.get("PYOVERLAY_IPSEC_TIER") == "1":
             pytest.fail("this kernel cannot do ESP with AES-GCM (esp4, xfrm_user)")
         pytest.skip("needs a kernel with ESP: run scripts/test-ipsec-vm")
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest, esp: None) -> Iterator[Lab]:
     lab = Lab(
         "e" + secrets.token_hex(2),
         hosts=3,

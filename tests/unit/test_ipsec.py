@@ -137,7 +137,15 @@ def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:
         "src 10.0.0.1/32 dst 10.0.0.3/32 proto udp dport 4789 \n\tdir out priority 0 \n"
         "\tmark 0xd0c4e3/0xffffffff \n"  # Docker's, not ours
     )
-    assert parse_policies(pol) == [(A, B, 4789)]
+    mesh = (
+        "src 10.0.0.1/32 dst 10.0.0.3/32 \n\tdir out priority 0 \n"
+        f"\tmark {ipsec.MESH_MARK:#x}/0xffffffff \n\ttmpl src 10.0.0.1 dst 10.0.0.3\n"
+        "src 10.0.0.1/32 dst 10.0.0.2/32 \n\tdir out priority 0 \n"
+        f"\tmark {ipsec.MARK:#x}/0xffffffff \n"  # VXLAN's mark without VXLAN's port: not ours
+    )
+    assert parse_policies(pol + mesh) == [(A, B, 4789), (A, C, ipsec.MESH_PORT)]
+    line = ipsec.policy_line("update", A, C, ipsec.MESH_PORT)
+    assert f"src {A}/32 dst {C}/32 mark {ipsec.MESH_MARK:#x} " in line and "proto udp" not in line
 
 
 # -- two keepers, simulated kernels, a fake clock --------------------------------------
@@ -384,5 +392,38 @@ def test_the_keeper_reads_the_kernel_when_something_changed_not_every_tick(
         a._read_interval([out], 100.0)
         sent = ipsec.InstalledSa(out.src, out.dst, out.spi, out.packets + 1000, out.added)
         assert a._read_interval([sent], 101.0) == pytest.approx((10_000 - 1000) / 1000 / 2)
+
+    asyncio.run(main())
+
+
+def test_the_routing_mesh_alone_brings_sas_and_its_policy_to_every_peer(tmp_path: Path) -> None:
+    """A node with no encrypted network of its own, in a cluster where an encrypted
+    service publishes a port: it forwards that service's connections (mesh), so it needs
+    SAs with the peer and the mesh's policy; none of that once the port is gone."""
+    rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
+    a = keeper(tmp_path, "a", A, sa, rows, [K1])
+    b = keeper(tmp_path, "b", B, sb, rows, [K1])
+    mesh = [True]
+    a.inputs.encrypted_vnis = lambda: []  # no task of the service here
+    a.inputs.any_network = lambda: False  # nor any network at all
+    a.inputs.mesh = b.inputs.mesh = lambda: mesh[0]
+
+    async def main() -> None:
+        await a.start()
+        await b.start()
+        for _ in range(2):
+            await a.sync(1000.0)
+            await b.sync(1000.0)
+        assert (A, B, ipsec.MESH_PORT) in sa.policies and (B, A, ipsec.MESH_PORT) in sb.policies
+        mine = {(s.src, s.dst) for s in await sa.states_()}
+        assert {(A, B), (B, A)} <= mine  # sends to b and reads b's
+        assert sa.send(A, B, sb) and sb.send(B, A, sa)
+        mesh[0] = False
+        for _ in range(2):
+            await a.sync(1001.0)
+            await b.sync(1001.0)
+        assert not sa.policies and not await sa.states_()  # nothing encrypted is left here
+        assert (B, A, ipsec.MESH_PORT) not in sb.policies  # b keeps its network's only
+        assert (B, A, 4789) in sb.policies
 
     asyncio.run(main())

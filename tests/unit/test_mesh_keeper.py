@@ -206,7 +206,7 @@ def test_a_worker_publishes_no_ports_and_the_sync_gate_keeps_the_table(tmp_path:
     asyncio.run(scenario())
 
 
-def test_a_service_on_an_encrypted_network_is_not_forwarded_in_the_clear(
+def test_a_service_on_an_encrypted_network_is_forwarded_in_esp_or_not_at_all(
     tmp_path: Path,
 ) -> None:
     k, _, _ = keeper(tmp_path, manager=False)
@@ -215,9 +215,19 @@ def test_a_service_on_an_encrypted_network_is_not_forwarded_in_the_clear(
     d.directory.put(SCOPE, "mgr", {"addr": "192.168.1.9", "tasks": {}, "ports": ports}, (1, "mgr"))
     row = {"addr": "192.168.1.2", "tasks": {"front": 1}, "encrypted": ["front"]}
     d.directory.put(SCOPE, "node2", row, (1, "node2"))
+    # this host cannot encrypt (the default until the plugin wires the IPsec keeper)
     mesh = k.wanted()
     assert [b.targets for b in mesh.ports] == [()]  # no local task here: refused, not sent
-    assert any("front is on an encrypted network" in c for c in mesh.conflicts)
+    assert any("front is on an encrypted network and IPsec is off" in c for c in mesh.conflicts)
+    # it can: forwarded, marked for ESP, and the keeper is told the hop exists
+    woken: list[bool] = []
+    k.esp, k.on_secure = (lambda: None), (lambda: woken.append(True))
+    assert not k.secure_hop()
+    asyncio.run(k.sync())
+    (front,) = k.mesh.ports
+    assert front.secure and [str(t.address) for t in front.targets] == ["192.168.1.2"]
+    assert k.secure_hop() and woken == [True] and not k.mesh.conflicts
+    assert k.view()["ports"][0]["encrypted"] is True
 
 
 def test_a_task_whose_gateway_dockerd_does_not_list_is_not_announced(tmp_path: Path) -> None:

@@ -114,10 +114,18 @@ def test_the_docker_user_rule_is_added_once_and_removed_when_unwanted() -> None:
     assert meshdocker.docker_user_handles(None) is None
     assert meshdocker.docker_user_handles({"nftables": [other]}) is None  # no chain: nothing
     assert meshdocker.docker_user_handles({"nftables": [chain, other]}) == ()
-    assert meshdocker.docker_user_handles({"nftables": [chain, other, ours]}) == (7,)
+    assert meshdocker.docker_user_handles({"nftables": [chain, other, ours]}) == (-7,)  # old
     (insert,) = meshdocker.docker_user_plan((), wanted=True)
     assert insert["insert"]["rule"]["chain"] == "DOCKER-USER"
+    assert insert["insert"]["rule"]["comment"] == meshdocker.DOCKER_USER_COMMENT
+    assert (
+        "SECURE" not in repr(insert)
+        and mesh.SECURE in insert["insert"]["rule"]["expr"][0]["match"]["right"]["set"]
+    )  # the encrypted services' connections are accepted too
     assert meshdocker.docker_user_plan((7,), wanted=True) == []
+    # an older version's rule (accepting MARK only) is replaced, not kept beside
+    (gone, new) = meshdocker.docker_user_plan((-7,), wanted=True)
+    assert gone["delete"]["rule"]["handle"] == 7 and "insert" in new
     assert meshdocker.docker_user_plan(None, wanted=True) == []  # iptables-legacy: say so
     gone = meshdocker.docker_user_plan((7, 9), wanted=False)
     assert [c["delete"]["rule"]["handle"] for c in gone] == [7, 9]
@@ -142,3 +150,31 @@ def test_proc_net_listeners_are_parsed() -> None:
     assert procnet.parse(tcp, "tcp") == {("tcp", "0.0.0.0", 1080)}
     tcp6 = "  sl  local\n   0: 00000000000000000000000000000000:0438 0000:0000 0A 0\n"
     assert procnet.parse(tcp6, "tcp", v6=True) == {("tcp", "::", 1080)}
+
+
+def _rules(cmds: mesh.Commands, chain: str) -> list[list[object]]:
+    return [
+        c["add"]["rule"]["expr"]
+        for c in cmds
+        if c.get("add", {}).get("rule", {}).get("chain") == chain
+    ]
+
+
+def test_an_encrypted_services_hop_is_marked_for_esp_and_checked_both_ways() -> None:
+    plain = mesh.build(mesh.balance(view()))
+    secure = mesh.build(mesh.balance(view(secure=frozenset({"web"}))))
+    assert not _rules(plain, "esp-out") and not _rules(plain, "marked")  # no ESP: no cost
+    (port,) = _rules(secure, "port-tcp-1080")
+    assert {"mangle": {"key": {"ct": {"key": "mark"}}, "value": mesh.SECURE}} in port
+    (out,) = _rules(secure, "esp-out")  # SECURE to a member, TCP or UDP (not the ESP)
+    assert {"jump": {"target": "esp-check"}} in out and repr(mesh.SECURE) in repr(out)
+    assert [r[-1] for r in _rules(secure, "esp-check")] == [{"return": None}, {"drop": None}]
+    assert [r[-1] for r in _rules(secure, "esp-in")] == [{"return": None}, {"drop": None}]
+    assert "'dir': 'out'" in repr(_rules(secure, "esp-check")[0])
+    assert "'dir': 'in'" in repr(_rules(secure, "esp-in")[0])
+    # a member's SECURE packet is checked before the mark DOCKER-USER accepts is set
+    first, _ = _rules(secure, "forwarded")
+    assert first[-1] == {"jump": {"target": "esp-in"}}
+    assert mesh.digest(mesh.balance(view(secure=frozenset({"web"})))) != mesh.digest(
+        mesh.balance(view())
+    )

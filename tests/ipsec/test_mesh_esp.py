@@ -1,0 +1,122 @@
+"""The routing mesh's hop between nodes for a service on an `-o encrypted` network, on a
+kernel with ESP: namespaced nodes (tests/meshnodes.py), the mesh table as the plugin
+builds it, and the SAs and policies as the IPsec keeper writes them (sa.py's lines).
+
+What a user checks: the published port answers through a node without the task; on the
+wire between the nodes there is ESP and no TCP or UDP of the service; without an SA the
+hop is dropped, never sent in the clear; a clear packet from a member to an encrypted
+service is dropped by the receiving node.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from meshnodes import NODES, UDP, Cluster, mesh_nodes, program, sh, view
+
+from pyoverlay.driver.kernel.nft import Nft
+from pyoverlay.driver.secure import sa as ipsec
+from pyoverlay.driver.servicelb import meshrules as mesh
+
+SECRET = b"pyoverlay-mesh-esp-test-key-0001"
+A, B = NODES["a"], NODES["b"]
+
+
+@pytest.fixture
+def cluster(prefix: str, esp: None) -> Iterator[Cluster]:
+    with mesh_nodes(prefix) as c:
+        yield c
+
+
+@pytest.fixture
+def nft() -> Iterator[Nft]:
+    adapter = Nft()
+    yield adapter
+    adapter.close()
+
+
+def xfrm(c: Cluster, node: str, lines: list[str]) -> None:
+    """Feed `ip -batch` in a node's namespace on stdin (keys never on a command line)."""
+    cmd = ["ip", "-n", c.ns(node), "-force", "-batch", "-"]
+    subprocess.run(cmd, input="\n".join(lines) + "\n", text=True, check=True)
+
+
+def keyed(c: Cluster) -> None:
+    """What each node's keeper installs for the other: its outbound SA, the peer's
+    inbound one, and the mesh's policy towards the peer."""
+    for node, local, peer in (("a", A, B), ("b", B, A)):
+        out = ipsec.derive(SECRET, local, peer, "00" * 8, 0)
+        inn = ipsec.derive(SECRET, peer, local, "00" * 8, 0)
+        xfrm(
+            c,
+            node,
+            [
+                ipsec.state_add_line(inn, 2**31),
+                ipsec.state_add_line(out, 2**31),
+                ipsec.policy_line("update", local, peer, ipsec.MESH_PORT),
+            ],
+        )
+
+
+class Wire:
+    """tcpdump on the underlay bridge: what crossed between the two nodes."""
+
+    def __init__(self, c: Cluster) -> None:
+        cmd = ["ip", "netns", "exec", c.ns("ul"), "tcpdump", "-lni", "br-ul", "-U"]
+        cmd += [f"host {A} and host {B}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self.proc.stderr.readline()  # "listening on br-ul": capturing from here on
+
+    def stop(self) -> list[str]:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        return out.splitlines()
+
+
+def clear(lines: list[str]) -> list[str]:
+    """The service's packets between the nodes in the clear (TCP or UDP, not ESP)."""
+    return [x for x in lines if re.search(r": (Flags|UDP)|\.1080 |\.1053 ", x)]
+
+
+def plain_drops(c: Cluster, node: str) -> int:
+    out = sh("ip", "netns", "exec", c.ns(node), "nft", "list", "counter", "ip", mesh.TABLE,
+             mesh.PLAIN_COUNTER)  # fmt: skip
+    m = re.search(r"packets (\d+)", out)
+    return int(m[1]) if m else 0
+
+
+async def test_an_encrypted_services_hop_between_nodes_is_esp_or_nothing(
+    cluster: Cluster, nft: Nft
+) -> None:
+    # node a has no task of its own (every connection it receives goes to b's task)
+    await program(nft, cluster, "a", view("a", local=False, secure=True))
+    await program(nft, cluster, "b", view("b", secure=True))
+    # no SA yet: a drops the hop rather than send it in the clear
+    wire = Wire(cluster)
+    assert all(a.startswith("error") for a in cluster.connect("c", A, 2)), "answered in clear"
+    lines = wire.stop()
+    assert clear(lines) == [], lines
+    assert plain_drops(cluster, "a") >= 2
+    # the keepers' SAs and policies: the hop goes ESP, both ways
+    keyed(cluster)
+    wire = Wire(cluster)
+    answers = cluster.connect("c", A, 10)
+    udp = cluster.connect("c", A, 5, UDP)
+    own = cluster.connect("a", A, 3)  # node a's own connection (output path)
+    lines = wire.stop()
+    assert answers == [f"task-b {A}"] * 10, answers  # b's task sees node a's address
+    assert udp == [f"task-b {A}"] * 5, udp
+    assert own == [f"task-b {A}"] * 3, own
+    assert clear(lines) == [], lines
+    esp = [x for x in lines if "ESP(spi=" in x]
+    assert any(f"{A} > {B}: ESP" in x for x in esp) and any(f"{B} > {A}: ESP" in x for x in esp)
+    # a member's clear connection to the encrypted service: b drops it before delivery
+    before = plain_drops(cluster, "b")
+    sh("ip", "netns", "exec", cluster.ns("a"), "nft", "delete", "table", "ip", mesh.TABLE)
+    assert all(a.startswith("error") for a in cluster.connect("a", B, 2))
+    assert plain_drops(cluster, "b") >= before + 2
