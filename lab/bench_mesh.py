@@ -1,70 +1,161 @@
 """Bench `mesh`: a published port reached through a node that does not run the task vs
-straight to the task over the overlay, in one run, alternating rounds.
+straight to the task over the overlay, in one run, the paths' order rotated each round.
 
-A two-node lab swarm (the managed plugin), one service task on h2 published as
-7000 (connection setup) and 5301 (iperf3).  Through the mesh: a client on the
-underlay (not a node) connects to h1's address, which forwards to h2 (DNAT,
-masquerade) and h2 to its task.  Direct: a container on h1 connects to the
-task's overlay address (VXLAN).  Docker's own IPVS mesh cannot run on this
-kernel (no IPVS), so it is not beside it here.
+A two-node lab swarm (the managed plugin), one service task on h2 published as 7000
+(connection setup) and 5301 (iperf3).
+
+    mesh          a client on the underlay (not a node) connects to h1's address, which
+                  forwards to h2 (DNAT, masquerade) and h2 to its task
+    direct        a container on h1 connects to the task's overlay address (VXLAN)
+
+Inside the IPsec tier's VM (`scripts/test-ipsec-vm --bench-mesh`: a kernel with IPVS
+and ESP), the same run adds, same shape, task on h2, client on the underlay through h1:
+
+    docker-mesh   Docker's own routing mesh (ingress network, IPVS) for a service on
+                  Docker's `overlay` driver, published as 7100 and 5401
+    mesh-esp      pyoverlay's mesh for a service on an `-o encrypted` pyoverlay network
+                  (7200, 5501): the hop between the nodes is ESP, checked on the wire
+                  before the rounds (ESP seen, none of the service's TCP in the clear)
+
+This machine's kernel has no IPVS, so Docker's mesh is only beside ours in the VM.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 from lab.hosts import IMAGE, Host, Lab, overlay_ip, wait_for
-from lab.measure import side_by_side
+from lab.measure import CONNECT_CLIENT, Way, compare
+
+SERVICES = {
+    # name: (network, published setup port, published iperf port)
+    "meshsrv": ("bm", 7000, 5301),
+    "dockersrv": ("bdocker", 7100, 5401),
+    "esrv": ("benc", 7200, 5501),
+}
 
 
-def run(report: Callable[..., None], rounds: int = 5) -> None:
+def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> None:
     lab = Lab("bms" + secrets.token_hex(1), hosts=2)
+    slow = lab.slow
     with lab.running(plugin=False):
         h1, h2 = lab.host(1), lab.host(2)
         for h in lab.hosts:
             h.install_plugin("PYOVERLAY_SCOPE=global")
         lab.swarm(managers=1)
+        names = ["meshsrv", "dockersrv", "esrv"] if guest else ["meshsrv"]
         try:
             h1.create_swarm_network("bm", "100.14.0.0/24")
-            h1.docker("run", "-d", "--name", "probe", "--network", "bm", IMAGE, "sleep", "3600")
-            ports = ("-p", "7000:7000", "-p", "5301:5301")
-            h1.create_service("meshsrv", "bm", h2, *ports, IMAGE, "sleep", "3600")
-            task: list[str] = []
-
-            def started() -> bool:
-                task[:] = h2.service_containers("meshsrv")
-                return bool(task)
-
-            wait_for("meshsrv's task", started, timeout=120, interval=0.5)
-
-            def table(h: Host) -> str:
-                r = h.run("nft", "list", "table", "ip", "pyoverlay_mesh", check=False)
-                return r.stdout
-
-            wait_for(
-                "h1 forwards both ports to h2, h2 delivers them to its task",
-                lambda: all(
-                    "to-tcp-7000-0" in table(h) and "to-tcp-5301-0" in table(h) for h in lab.hosts
+            h1.docker("run", "-d", "--name", "probe", "--network", "bm", IMAGE, "sleep", "3600",
+                      timeout=300 * slow)  # fmt: skip
+            if guest:
+                h1.docker("network", "create", "-d", "overlay", "--subnet", "100.16.0.0/24",
+                          "bdocker")  # fmt: skip
+                h1.docker("network", "create", "-d", h1.driver, "--scope", "swarm",
+                          "--subnet", "100.15.0.0/24", "-o", "encrypted", "benc")  # fmt: skip
+            tasks = {}
+            for name in names:
+                net, setup_port, iperf_port = SERVICES[name]
+                ports = ("-p", f"{setup_port}:7000", "-p", f"{iperf_port}:5301")
+                h1.create_service(name, net, h2, *ports, IMAGE, "sleep", "3600")
+            for name in names:
+                wait_for(
+                    f"{name}'s task on h2",
+                    lambda name=name: bool(h2.service_containers(name)),
+                    timeout=300 * slow,
+                    interval=1,
+                )
+                tasks[name] = h2.service_containers(name)[0]
+            server = {
+                n: ["nsenter", f"--net=/proc/{h2.container_pid(t)}/ns/net"]
+                for n, t in tasks.items()
+            }
+            underlay = ["ip", "netns", "exec", lab.underlay_ns]
+            ways = [
+                Way("mesh", server["meshsrv"], underlay, h1.address),
+                Way(
+                    "direct",
+                    server["meshsrv"],
+                    ["nsenter", f"--net=/proc/{h1.container_pid('probe')}/ns/net"],
+                    overlay_ip(h2, tasks["meshsrv"], "bm"),
                 ),
-                timeout=120,
-                interval=0.5,
-            )
-            server = ["nsenter", f"--net=/proc/{h2.container_pid(task[0])}/ns/net"]
-            direct_client = ["nsenter", f"--net=/proc/{h1.container_pid('probe')}/ns/net"]
-            mesh_client = ["ip", "netns", "exec", lab.underlay_ns]
-            task_ip = overlay_ip(h2, task[0], "bm")
-            setup, gbps = side_by_side(
-                server,
-                ("mesh", (mesh_client, h1.address)),
-                ("direct", (direct_client, task_ip)),
-                rounds,
-            )
-            report("mesh-setup", **setup)
-            report("mesh-throughput", **gbps)
+            ]
+            if guest:
+                ways.append(
+                    Way("docker-mesh", server["dockersrv"], underlay, h1.address, 7100, 5401)
+                )
+                ways.append(Way("mesh-esp", server["esrv"], underlay, h1.address, 7200, 5501))
+            for way in ways:  # every path answers before any is measured
+                wait_for(
+                    f"{way.name} answers",
+                    lambda way=way: _answers(way),
+                    timeout=300 * slow,
+                    interval=2,
+                )
+            esp = _esp_on_the_wire(lab, h1, h2, ways[-1]) if guest else {}
+            setup, gbps = compare(ways, rounds, connects=500 if not guest else 200)
+            for figures, unit in ((setup, "_us"), (gbps, "_gbps")):
+                mesh = figures[f"mesh{unit}"]
+                assert isinstance(mesh, float)
+                for other in [w.name for w in ways if w.name != "mesh"]:
+                    value = figures[f"{other}{unit}"]
+                    assert isinstance(value, float)
+                    figures[f"mesh_over_{other}"] = round(mesh / value, 3)
+            report("mesh-setup", rounds=rounds, **setup)
+            report("mesh-throughput", rounds=rounds, **gbps, **esp)
         finally:
-            h1.docker("service", "rm", "meshsrv", check=False)
+            for name in names:
+                h1.docker("service", "rm", name, check=False)
             h1.docker("rm", "-f", "probe", check=False)
             for h in lab.hosts:
                 h.docker("swarm", "leave", "--force", check=False, timeout=120)
                 h.remove_plugin()
+
+
+def _answers(way: Way) -> bool:
+    cmd = [*way.client, sys.executable, "-c", CONNECT_CLIENT, way.target, "3", str(way.setup_port)]
+    return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+
+
+def _esp_on_the_wire(lab: Lab, h1: Host, h2: Host, way: Way) -> dict[str, object]:
+    """20 connections through the encrypted service's port while tcpdump watches the
+    underlay: ESP between the nodes both ways, none of the service's TCP in the clear."""
+    cmd = ["ip", "netns", "exec", lab.underlay_ns, "tcpdump", "-lni", "br-ul", "-U"]
+    cmd += [f"host {h1.address} and host {h2.address}"]
+    cap = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert cap.stderr is not None
+    cap.stderr.readline()  # listening
+    try:
+        client = [*way.client, sys.executable, "-c", CONNECT_CLIENT, way.target, "20"]
+        subprocess.run([*client, str(way.setup_port)], check=True, capture_output=True, timeout=300)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        out, _ = cap.communicate(timeout=30)
+    lines = out.splitlines()
+    esp = [x for x in lines if "ESP(spi=" in x]
+    clear = [x for x in lines if re.search(r": Flags \[", x)]
+    both = {(h1.address, h2.address), (h2.address, h1.address)}
+    seen = {(m[1], m[2]) for x in esp if (m := re.search(r"IP (\S+) > (\S+): ESP", x))}
+    if clear or seen != both:
+        raise AssertionError(f"the encrypted service's hop is not ESP only: {lines[:20]}")
+    return {"mesh_esp_wire": f"{len(esp)} ESP packets between the nodes, 0 in the clear"}
+
+
+def main() -> int:
+    from lab.bench import report
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    run(report, args.rounds, guest=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.docker_verbs import PLUGIN as PLUGIN
 from lab.docker_verbs import DockerVerbs, form_swarm
@@ -664,6 +665,8 @@ class Lab:
         self.hosts = [Host(self, i + 1) for i in range(hosts)]
         self.keep_data = keep_data
         self._up = False
+        self.cleanups: list[Callable[[], None]] = []  # run by down(), newest first
+        self.registry: Any = None  # lab/registry.py's LabRegistry, when one serves this lab
 
     @property
     def underlay_ns(self) -> str:
@@ -739,6 +742,11 @@ class Lab:
 
     def down(self) -> list[str]:
         problems: list[str] = []
+        while self.cleanups:
+            try:
+                self.cleanups.pop()()
+            except Exception as exc:  # the rest is still taken down
+                problems.append(f"lab clean-up: {exc!r}")
         with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
             for found in pool.map(lambda h: h.down(), self.hosts):
                 problems += found

@@ -8,25 +8,33 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from lab.hosts import sh, wait_for
 
 
 def iperf_gbps(
-    server: list[str], client: list[str], target: str, port: int, seconds: int = 5
+    server: list[str],
+    client: list[str],
+    target: str,
+    port: int,
+    seconds: int = 5,
+    server_port: int | None = None,
 ) -> float:
     """Gbit/s from client to server; `server`/`client` prefix iperf3 with how to enter a netns.
-    The client starts once the server listens (seen by `ss` in the server's namespace)."""
+    The client starts once the server listens (seen by `ss` in the server's namespace). The
+    server listens on `server_port` (default: `port`, what the client dials)."""
+    listen = port if server_port is None else server_port
     srv = subprocess.Popen(
-        [*server, "iperf3", "-s", "-1", "-p", str(port)],
+        [*server, "iperf3", "-s", "-1", "-p", str(listen)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(
-            f"iperf3 listening on {port}",
-            lambda: f":{port}" in sh(*server, "ss", "-Hltn", f"sport = :{port}").stdout,
+            f"iperf3 listening on {listen}",
+            lambda: f":{listen}" in sh(*server, "ss", "-Hltn", f"sport = :{listen}").stdout,
             timeout=20,
             interval=0.02,
         )
@@ -44,18 +52,33 @@ s.bind(("0.0.0.0", 7000)); s.listen(512); print("ready", flush=True)
 while True:
     c, _ = s.accept(); c.sendall(b"x"); c.close()
 """
-# argv: address, count; prints the median seconds of connect + first byte
+# argv: address, count[, port]; prints the median seconds of connect + first byte
 CONNECT_CLIENT = """
 import socket, sys, time
 target, n = sys.argv[1], int(sys.argv[2])
+port = int(sys.argv[3]) if len(sys.argv) > 3 else 7000
 t = []
 for _ in range(n):
     t0 = time.perf_counter()
-    c = socket.create_connection((target, 7000)); c.recv(1); c.close()
+    c = socket.create_connection((target, port)); c.recv(1); c.close()
     t.append(time.perf_counter() - t0)
 t.sort(); print(t[len(t) // 2])
 """
 Route = tuple[list[str], str]  # (the command that enters the client's namespace, the target)
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way to one server: `server` enters the namespace that runs the servers (ports
+    7000 and 5301 there), `client` the client's; `target` and its ports are what the
+    client dials (a published port may differ from the server's)."""
+
+    name: str
+    server: list[str]
+    client: list[str]
+    target: str
+    setup_port: int = 7000
+    iperf_port: int = 5301
 
 
 def side_by_side(
@@ -64,34 +87,59 @@ def side_by_side(
     """Connection setup (median of 500 connect + first byte, port 7000) and iperf3
     throughput (port 5301) to one server (`server` enters its namespace) along two named
     paths, alternating which goes first each round. Ratios are first / second."""
-    srv = subprocess.Popen(
-        [*server, sys.executable, "-c", ACCEPT_SERVER], stdout=subprocess.PIPE, text=True
-    )
-    names = (first[0], second[0])
-    setup: dict[str, list[float]] = {n: [] for n in names}
-    gbps: dict[str, list[float]] = {n: [] for n in names}
+    paths = [Way(n, server, client, target) for n, (client, target) in (first, second)]
+    setup, gbps = compare(paths, rounds)
+    a, b = first[0], second[0]
+    return _with_ratio(setup, "_us", a, b), _with_ratio(gbps, "_gbps", a, b)
+
+
+def compare(
+    paths: Sequence[Way], rounds: int = 5, connects: int = 500, seconds: int = 3
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Setup (median of `connects` connect + first byte) and iperf3 throughput along each
+    path, one server per distinct server namespace, the paths' order rotated every round
+    (drift hits all alike). Medians and every round's figure, per path."""
+    servers = {}
+    setup: dict[str, list[float]] = {p.name: [] for p in paths}
+    gbps: dict[str, list[float]] = {p.name: [] for p in paths}
     try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+        for p in paths:
+            key = tuple(p.server)
+            if key not in servers:
+                srv = subprocess.Popen(
+                    [*p.server, sys.executable, "-c", ACCEPT_SERVER], stdout=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+                servers[key] = srv
+                assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
         for r in range(rounds):
-            order = [first, second]
-            for name, (client, target) in order if r % 2 == 0 else order[::-1]:
-                out = sh(*client, sys.executable, "-c", CONNECT_CLIENT, target, "500").stdout
-                setup[name].append(float(out))
-                gbps[name].append(iperf_gbps(server, client, target, 5301, seconds=3))
+            for p in [*paths[r % len(paths) :], *paths[: r % len(paths)]]:
+                cmd = [*p.client, sys.executable, "-c", CONNECT_CLIENT, p.target]
+                out = sh(*cmd, str(connects), str(p.setup_port), timeout=600).stdout
+                setup[p.name].append(float(out))
+                gbps[p.name].append(
+                    iperf_gbps(p.server, p.client, p.target, p.iperf_port, seconds, 5301)
+                )
     finally:
-        srv.kill()
-        srv.wait()
-        if srv.stdout is not None:
-            srv.stdout.close()
-    med = {n: (statistics.median(setup[n]), statistics.median(gbps[n])) for n in names}
-    a, b = names
-    setup_out: dict[str, object] = {f"{n}_us": round(med[n][0] * 1e6, 1) for n in names}
-    setup_out["ratio"] = round(med[a][0] / med[b][0], 3)
-    setup_out |= {f"{n}_runs_us": [round(x * 1e6) for x in setup[n]] for n in names}
-    gbps_out: dict[str, object] = {f"{n}_gbps": round(med[n][1], 2) for n in names}
-    gbps_out["ratio"] = round(med[a][1] / med[b][1], 3)
-    gbps_out |= {f"{n}_runs": [round(x, 1) for x in gbps[n]] for n in names}
+        for srv in servers.values():
+            srv.kill()
+            srv.wait()
+            if srv.stdout is not None:
+                srv.stdout.close()
+    setup_out: dict[str, object] = {}
+    gbps_out: dict[str, object] = {}
+    for p in paths:
+        setup_out[f"{p.name}_us"] = round(statistics.median(setup[p.name]) * 1e6, 1)
+        setup_out[f"{p.name}_runs_us"] = [round(x * 1e6) for x in setup[p.name]]
+        gbps_out[f"{p.name}_gbps"] = round(statistics.median(gbps[p.name]), 2)
+        gbps_out[f"{p.name}_runs"] = [round(x, 1) for x in gbps[p.name]]
     return setup_out, gbps_out
+
+
+def _with_ratio(figures: dict[str, object], unit: str, a: str, b: str) -> dict[str, object]:
+    x, y = figures[f"{a}{unit}"], figures[f"{b}{unit}"]
+    assert isinstance(x, float) and isinstance(y, float)
+    return {**figures, "ratio": round(x / y, 3)}
 
 
 def rss_mib(pid: int) -> float:

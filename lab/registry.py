@@ -20,19 +20,51 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from lab.hosts import LIB_ROOT, Host, Lab, sh, wait_for
+from lab.hosts import LIB_ROOT, ROOT, Host, Lab, sh, wait_for
 
 CERTS_D = Path("/etc/docker/certs.d")
 PORT = 5443
 
 
+def prepare(where: Path, ip: str, store: Path, name: str) -> Path:
+    """A registry's TLS (a CA made for it alone, a server certificate for `ip`) and its
+    config (listening on ip:PORT, blobs under `store`) in `where`; the config's path.
+    `docker-registry serve CONFIG` then runs it (no systemd)."""
+    tls = where / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls, 0o700)
+    store.mkdir(parents=True, exist_ok=True)
+    ca, key = tls / "ca.crt", tls / "ca.key"
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", f"/CN=pyoverlay {name} CA", "-keyout", str(key), "-out", str(ca))  # fmt: skip
+    (tls / "san.cnf").write_text(f"subjectAltName=IP:{ip}\n")
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={ip}",
+       "-keyout", str(tls / "server.key"), "-out", str(tls / "server.csr"))  # fmt: skip
+    sh("openssl", "x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(ca),
+       "-CAkey", str(key), "-CAcreateserial", "-days", "2",
+       "-extfile", str(tls / "san.cnf"), "-out", str(tls / "server.crt"))  # fmt: skip
+    config = where / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {store}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: {ip}:{PORT}\n"
+        f"  tls:\n    certificate: {tls / 'server.crt'}\n"
+        f"    key: {tls / 'server.key'}\n"
+    )
+    return config
+
+
 class LabRegistry:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, store: Path | None = None) -> None:
         self.lab = lab
         self.dir = LIB_ROOT / lab.prefix / "registry"
+        self.store = store or self.dir / "data"  # blobs and manifests (shared: Release)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,34 +76,8 @@ class LabRegistry:
         """What a plugin name starts with: `docker plugin install ADDRESS/pyoverlay:V`."""
         return f"{self.ip}:{PORT}"
 
-    def _certificates(self) -> None:
-        tls = self.dir / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
-        os.chmod(tls, 0o700)
-        ca, key = tls / "ca.crt", tls / "ca.key"
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-           "-subj", f"/CN=pyoverlay lab {self.lab.prefix} CA", "-keyout", str(key),
-           "-out", str(ca))  # fmt: skip
-        (tls / "san.cnf").write_text(f"subjectAltName=IP:{self.ip}\n")
-        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={self.ip}",
-           "-keyout", str(tls / "server.key"), "-out", str(tls / "server.csr"))  # fmt: skip
-        sh("openssl", "x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(ca),
-           "-CAkey", str(key), "-CAcreateserial", "-days", "2",
-           "-extfile", str(tls / "san.cnf"), "-out", str(tls / "server.crt"))  # fmt: skip
-
     def start(self) -> None:
-        (self.dir / "data").mkdir(parents=True, exist_ok=True)
-        self._certificates()
-        config = self.dir / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
-            "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.address}\n"
-            f"  tls:\n    certificate: {self.dir / 'tls' / 'server.crt'}\n"
-            f"    key: {self.dir / 'tls' / 'server.key'}\n"
-        )
+        config = prepare(self.dir, self.ip, self.store, f"lab {self.lab.prefix}")
         with open(self.dir / "registry.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -132,7 +138,7 @@ class LabRegistry:
     def stored_bytes(self) -> int:
         """Bytes of every blob the registry holds (for one plugin: what an install
         downloads, the compressed rootfs layer and the config)."""
-        blobs = self.dir / "data" / "docker" / "registry" / "v2" / "blobs"
+        blobs = self.store / "docker" / "registry" / "v2" / "blobs"
         return sum(p.stat().st_size for p in blobs.rglob("data"))
 
 
@@ -144,3 +150,50 @@ def registry(lab: Lab) -> Iterator[LabRegistry]:
         yield reg
     finally:
         reg.stop()
+
+
+class Release:
+    """This checkout's plugin build, published once into `store` (no dockerd: lab/publish.py)
+    and served to each lab by a registry of its own over that store: every integration
+    host installs pyoverlay with `docker plugin install`, as a user does, while the
+    rootfs is packed and uploaded once per session."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+
+    def serve(self, lab: Lab) -> str:
+        """The reference to install on `lab`'s hosts; its registry runs until lab.down()."""
+        reg = lab.registry
+        if not isinstance(reg, LabRegistry):
+            reg = LabRegistry(lab, self.store)
+            lab.cleanups.append(reg.stop)
+            reg.start()
+            lab.registry = reg
+        tree = plugin_tree()
+        tag = "build-" + tree.name.rsplit("-", 1)[-1]  # the build's content key
+        tags = self.store / "docker/registry/v2/repositories/pyoverlay/_manifests/tags"
+        if not (tags / tag).exists():
+            ca = reg.dir / "tls" / "ca.crt"
+            lab.underlay(sys.executable, "-m", "lab.publish", str(tree), f"https://{reg.address}",
+                         "pyoverlay", tag, "--cacert", str(ca), timeout=900)  # fmt: skip
+        return f"{reg.address}/pyoverlay:{tag}"
+
+
+def plugin_tree() -> Path:
+    """The plugin's directory (config.json + rootfs) for this checkout, built if needed."""
+    r = sh(str(ROOT / "scripts" / "build-plugin"), "--dir", timeout=1800)
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    """`python -m lab.registry prepare DIR IP`: the Vagrant tier's registry on the host
+    side (scripts/test-vm starts it): prints the config's path, then the build's tag."""
+    _, verb, where, ip = sys.argv
+    assert verb == "prepare", verb
+    print(prepare(Path(where), ip, Path(where) / "data", "vm tier"))
+    print("build-" + plugin_tree().name.rsplit("-", 1)[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

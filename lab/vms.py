@@ -145,8 +145,9 @@ class VmHost(DockerVerbs):
         self.driver = "pyoverlay" if mode == "legacy" else PLUGIN
         self.running_as = mode
 
-    def install_plugin(self, *settings: str) -> None:
-        """The managed plugin with `settings` (e.g. PYOVERLAY_SCOPE=global for swarm)."""
+    def install_plugin(self, *settings: str, remote: str = "") -> None:
+        """The managed plugin with `settings` (e.g. PYOVERLAY_SCOPE=global for swarm),
+        installed from the registry the VM's provisioning names (`remote` is a lab's)."""
         self.provision("managed", *settings)
 
     def remove_plugin(self) -> None:

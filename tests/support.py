@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netprobe import SERVER, TCP_LOOP, UDP_LOOP
 
 from lab.hosts import IMAGE, Host, Lab, overlay_ip
+from lab.registry import Release
 from pyoverlay.driver.core.interfaces import UnderlayInfo
 from pyoverlay.driver.core.model import Underlay
 from pyoverlay.driver.overlay.driver import OverlayDriver
@@ -39,13 +41,31 @@ def require_root() -> None:
 ip_of = overlay_ip  # the address of a container on a network
 # a task that answers every TCP connection on port 7000 with its hostname
 HOSTNAME_SERVER = (IMAGE, "nc", "-ll", "-p", "7000", "-e", "/bin/hostname")
+# a task that answers TCP on 7000 and UDP on 7053 with "<its hostname> <the client's
+# address as it sees it>" (netprobe.SERVER): the host's own python3, bind-mounted read-only
+# into the busybox image (which has no UDP server)
+PROBE_SERVER = (
+    "--mount", "type=bind,source=/usr,target=/usr,readonly",
+    "--mount", "type=bind,source=/usr/lib,target=/lib,readonly",
+    "--mount", "type=bind,source=/usr/lib64,target=/lib64,readonly",
+    IMAGE, "sh", "-c", 'exec /usr/bin/python3 -c "$0" "$(hostname)"', SERVER,
+)  # fmt: skip
 
 
-def plugin_swarm(lab: Lab) -> Iterator[Lab]:
+def probe(lab: Lab, protocol: str, address: str, port: int, n: int) -> list[str]:
+    """n TCP connections (or UDP datagrams, each from a new port) from a client on the
+    underlay to address:port: one answer each ("refused", "lost", "error ..." if none)."""
+    loop = TCP_LOOP if protocol == "tcp" else UDP_LOOP
+    out = lab.underlay("python3", "-c", loop, str(n), address, str(port), timeout=30 + 5 * n)
+    return out.stdout.splitlines()
+
+
+def plugin_swarm(lab: Lab, release: Release) -> Iterator[Lab]:
     """Body of a module-scoped `swarm` fixture: every host runs the managed plugin at
-    global scope in one swarm (h1 the manager); afterwards services, swarm and plugin go."""
+    global scope, installed from the session's release (`docker plugin install` from a
+    registry), in one swarm (h1 the manager); afterwards services, swarm and plugin go."""
     for h in lab.hosts:
-        h.install_plugin("PYOVERLAY_SCOPE=global")
+        install(h, lab, release, "PYOVERLAY_SCOPE=global")
     lab.swarm(managers=1)
     yield lab
     h1 = lab.host(1)
@@ -55,6 +75,16 @@ def plugin_swarm(lab: Lab) -> Iterator[Lab]:
         h.docker("swarm", "leave", "--force", check=False, timeout=120)
     for h in lab.hosts:
         h.remove_plugin()
+
+
+def install(h: Host, lab: Lab, release: Release, *settings: str) -> None:
+    """pyoverlay as a managed plugin on h, as users install it: `docker plugin install`
+    from a registry (a lab host: the session's release; a Vagrant VM: the registry its
+    provisioning uses)."""
+    if isinstance(lab, Lab):
+        h.install_plugin(*settings, remote=release.serve(lab))
+    else:
+        h.install_plugin(*settings)
 
 
 class Services:

@@ -7,5 +7,5 @@ interfaces.py  the Protocols the subsystems are written against: Kernel, RuleTab
                NetworkGuard, ServiceRules
 directory.py   PeerDirectory: the replicated table as the driver sees it (LocalDirectory
                on a single host)
-marks.py       kernel ids two parts share: the xfrm reqid, the mesh's ESP fwmark
+marks.py       kernel ids two parts share: the xfrm reqid, the mesh's fwmarks
 """

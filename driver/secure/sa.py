@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-from pyoverlay.driver.core.marks import MESH_MARK as MESH_MARK  # (re-exported)
-from pyoverlay.driver.core.marks import REQID as REQID
+from pyoverlay.driver.core.marks import MESH_ESP
+from pyoverlay.driver.core.marks import REQID as REQID  # (re-exported)
 
 MARK = 0x7079E500  # fwmark of encrypted VXLAN (full mask) that the xfrm policies select
+MESH_MARK = MESH_ESP  # the routing mesh's encrypted hop (one policy per peer selects it)
 MESH_PORT = 0  # a policy "port" of 0: the mesh's (any protocol), not VXLAN's
 AEAD = "rfc4106(gcm(aes))"
 KEY_BYTES = 36  # AES-256 key + 4-byte salt (RFC 4106)

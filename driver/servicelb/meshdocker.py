@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pyoverlay.driver.servicelb.meshrules import MARK, SECURE, Commands, PublishedPort, is_
+from pyoverlay.driver.core.marks import MESH_MASK
+from pyoverlay.driver.servicelb.meshrules import MARK, Commands, PublishedPort, is_
 
 
 def published_ports(service: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
@@ -72,7 +73,9 @@ def docker_user_plan(handles: tuple[int, ...] | None, wanted: bool) -> Commands:
         for h in handles
     ]
     if wanted:
-        mark = is_({"meta": {"key": "mark"}}, {"set": [MARK, SECURE]})
+        # MARK and SECURE (MARK + 1) under one mask: a set of marks would be a rule that
+        # iptables-nft cannot print (it shows it as an accept of everything)
+        mark = is_({"&": [{"meta": {"key": "mark"}}, MESH_MASK]}, MARK)
         rule: dict[str, Any] = {"family": family, "table": table, "chain": chain}
         rule["expr"] = [mark, {"counter": None}, {"accept": None}]
         rule["comment"] = DOCKER_USER_COMMENT

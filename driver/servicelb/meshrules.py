@@ -71,13 +71,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from pyoverlay.driver.core.marks import MESH_MARK, REQID
+from pyoverlay.driver.core.marks import MESH, MESH_ESP, REQID
 
 TABLE = "pyoverlay_mesh"
 FAMILY = "ip"
 PROTOCOLS = ("tcp", "udp")
-MARK = 0x6D657368  # "mesh": the connections this table balanced (accepted in DOCKER-USER)
-SECURE = MESH_MARK  # those of a service on an encrypted network (their hop is ESP)
+MARK = MESH  # the connections this table balanced (accepted in DOCKER-USER)
+SECURE = MESH_ESP  # those of a service on an encrypted network (their hop is ESP)
 PLAIN_COUNTER = "plain_drops"  # SECURE packets to or from a member that were not ESP
 DSTNAT = -100
 SRCNAT = 100

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import Scratch, require_root
 
-from lab.hosts import DOCKERD, Host, Lab
+from lab.hosts import DOCKERD, LIB_ROOT, Host, Lab
+from lab.registry import Release
 from lab.vms import VmCluster
 
 
@@ -26,6 +29,17 @@ def require_docker() -> None:
         if __import__("os").environ.get("CI") == "true":
             pytest.fail(f"{DOCKERD} is missing; scripts/install installs docker.io")
         pytest.skip("dockerd is not installed (scripts/install)")
+
+
+@pytest.fixture(scope="session")
+def release() -> Iterator[Release]:
+    """This checkout's plugin, published once for the session; each lab that asks gets a
+    registry of its own serving it (hosts then `docker plugin install` it)."""
+    store = Path(tempfile.mkdtemp(prefix="release-", dir=LIB_ROOT))
+    try:
+        yield Release(store)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

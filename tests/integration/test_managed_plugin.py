@@ -14,9 +14,10 @@ import subprocess
 import time
 
 import pytest
-from support import Scratch, ip_of, ping
+from support import Scratch, install, ip_of, ping
 
 from lab.hosts import DOCKER, IMAGE, PLUGIN, Host, Lab, wait_for
+from lab.registry import Release
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -25,10 +26,10 @@ DOCKERD_ARGS = ("--live-restore",)
 
 
 @pytest.fixture(scope="module")
-def plugins(lab: Lab):
+def plugins(lab: Lab, release: Release):
     for h in lab.hosts:
         others = ",".join(o.address for o in lab.hosts if o is not h)
-        h.install_plugin(f"PYOVERLAY_JOIN={others}")
+        install(h, lab, release, f"PYOVERLAY_JOIN={others}")
     yield
     for h in lab.hosts:
         h.remove_plugin()

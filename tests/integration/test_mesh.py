@@ -19,6 +19,8 @@ import pytest
 from support import HOSTNAME_SERVER, cli, managed_plugin_pid, plugin_swarm
 
 from lab.hosts import IMAGE, PLUGIN, Host, Lab, wait_for
+from lab.registry import Release
+from pyoverlay.driver.servicelb import meshdocker
 
 pytestmark = pytest.mark.integration
 HOSTS = 2
@@ -27,8 +29,8 @@ SUBNET = "100.0.0.0/24"
 
 
 @pytest.fixture(scope="module")
-def swarm(lab: Lab) -> Iterator[Lab]:
-    yield from plugin_swarm(lab)
+def swarm(lab: Lab, release: Release) -> Iterator[Lab]:
+    yield from plugin_swarm(lab, release)
 
 
 def mesh_table(h: Host) -> str:
@@ -89,7 +91,8 @@ def test_the_seed_on_two_nodes_answers_on_every_node(swarm: Lab) -> None:
     for h in swarm.hosts:
         table = mesh_table(h)
         assert "tcp . 1080 : goto port-tcp-1080" in table, (h.name, table)
-        assert "pyoverlay mesh" in docker_user(h), docker_user(h)
+        # one rule iptables can print (Docker's own iptables calls read this chain)
+        assert "-m mark --mark 0x6d657368/0xfffffffe" in docker_user(h), docker_user(h)
     print(f"nft list table ip pyoverlay_mesh on h1:\n{mesh_table(h1)}")
     assert nid
 
@@ -153,24 +156,19 @@ def test_the_mesh_survives_a_plugin_kill_and_drift_is_repaired(swarm: Lab) -> No
     assert out.count("says hits=") == 100, out[-2000:]  # not one connection lost
     # deleted by hand, table and DOCKER-USER rule: the plugin puts them back
     h1.run("nft", "delete", "table", "ip", "pyoverlay_mesh")
-    h1.run(
-        "iptables",
-        "-D",
-        "DOCKER-USER",
-        "-m",
-        "mark",
-        "--mark",
-        "0x6d657368",
-        "-m",
-        "comment",
-        "--comment",
-        "pyoverlay mesh",
-        "-j",
-        "ACCEPT",
-    )
+    rule = ("-m", "mark", "--mark", "0x6d657368/0xfffffffe")  # (and SECURE: mark + 1)
+    h1.run("iptables", "-D", "DOCKER-USER", *rule, "-m", "comment", "--comment",
+           meshdocker.DOCKER_USER_COMMENT, "-j", "ACCEPT")  # fmt: skip
+    # an older plugin's rule (it accepted the plain mark only) is replaced, not kept beside
+    h1.run("nft", "insert", "rule", "ip", "filter", "DOCKER-USER", "meta", "mark",
+           "0x6d657368", "counter", "accept", "comment", '"pyoverlay mesh"')  # fmt: skip
     wait_for(
         "the mesh table and the DOCKER-USER rule back on h1",
-        lambda: "port-tcp-1080" in mesh_table(h1) and "pyoverlay mesh" in docker_user(h1),
+        lambda: (
+            "port-tcp-1080" in mesh_table(h1)
+            and docker_user(h1).count("pyoverlay mesh") == 1
+            and "0x6d657368/0xfffffffe" in docker_user(h1)
+        ),
         timeout=30 * swarm.slow,
         interval=0.5,
     )

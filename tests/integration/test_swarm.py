@@ -21,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import HOSTNAME_SERVER, api, cli, managed_plugin_pid, ping, plugin_swarm
+from support import (
+    HOSTNAME_SERVER,
+    PROBE_SERVER,
+    api,
+    cli,
+    managed_plugin_pid,
+    ping,
+    plugin_swarm,
+    probe,
+)
 
 from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
+from lab.registry import Release
 
 pytestmark = pytest.mark.integration
 HOSTS = 3
@@ -32,8 +42,8 @@ SUBNET = "100.0.0.0/24"
 
 
 @pytest.fixture(scope="module")
-def swarm(lab: Lab) -> Iterator[Lab]:
-    yield from plugin_swarm(lab)
+def swarm(lab: Lab, release: Release) -> Iterator[Lab]:
+    yield from plugin_swarm(lab, release)
 
 
 def task_on(h: Host, service_name: str, timeout: float = 90) -> str:
@@ -433,6 +443,43 @@ def test_a_service_on_two_networks_has_a_vip_on_each(swarm: Lab) -> None:
         h1.docker("service", "rm", "dual", check=False)
         wait_for("dual gone", lambda: not h2.service_containers("dual"), timeout=60)
         h1.docker("network", "rm", "net3", check=False)
+
+
+def test_a_published_port_answers_on_all_three_nodes_over_tcp_and_udp(swarm: Lab) -> None:
+    """The routing mesh on three nodes: one task, on h3, published over TCP and UDP. h1
+    and h2 forward to h3, and the task sees the forwarding node's address; h3 serves
+    the client itself, and the task sees the client's. Gone from every node with the
+    service."""
+    h1, h2, h3 = swarm.hosts
+    client = f"{swarm.subnet_base}.254"
+    ports = ("-p", "1090:7000", "-p", "1091:7053/udp")
+    h1.create_service("echo", "net1", h3, *ports, *PROBE_SERVER)
+    try:
+        wait_for(
+            "echo's ports in every node's mesh table",
+            lambda: all("udp . 1091" in mesh_of(h) for h in swarm.hosts),
+            timeout=120 * swarm.slow,
+            interval=0.5,
+        )
+        for h in swarm.hosts:
+            seen = client if h is h3 else h.address
+            for protocol, port in (("tcp", 1090), ("udp", 1091)):
+                got = probe(swarm, protocol, h.address, port, 5)
+                assert len(got) == 5 and {a.split()[-1] for a in got} == {seen}, (h.name, got)
+                assert len({a.split()[0] for a in got}) == 1, got  # the one task
+    finally:
+        h1.docker("service", "rm", "echo", check=False)
+    wait_for(
+        "echo's ports gone from every node",
+        lambda: not any("1090" in mesh_of(h) for h in swarm.hosts),
+        timeout=60 * swarm.slow,
+        interval=0.5,
+    )
+    assert probe(swarm, "tcp", h1.address, 1090, 1) == ["refused"]
+
+
+def mesh_of(h: Host) -> str:
+    return h.run("nft", "list", "table", "ip", "pyoverlay_mesh", check=False).stdout
 
 
 STACK = """
