@@ -35,6 +35,7 @@ def require_docker() -> None:
 def release() -> Iterator[Release]:
     """This checkout's plugin, published once for the session; each lab that asks gets a
     registry of its own serving it (hosts then `docker plugin install` it)."""
+    LIB_ROOT.mkdir(parents=True, exist_ok=True)
     store = Path(tempfile.mkdtemp(prefix="release-", dir=LIB_ROOT))
     try:
         yield Release(store)
