@@ -30,8 +30,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from lab.hosts import IMAGE, Host, Lab, overlay_ip, wait_for
+from lab.hosts import IMAGE, LIB_ROOT, Host, Lab, overlay_ip, wait_for
 from lab.measure import CONNECT_CLIENT, Way, compare
+from lab.registry import Release
 
 SERVICES = {
     # name: (network, published setup port, published iperf port)
@@ -46,8 +47,9 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
     slow = lab.slow
     with lab.running(plugin=False):
         h1, h2 = lab.host(1), lab.host(2)
-        for h in lab.hosts:
-            h.install_plugin("PYOVERLAY_SCOPE=global")
+        release = Release(LIB_ROOT / lab.prefix / "release")  # goes with the lab
+        for h in lab.hosts:  # as users install it: from a registry
+            h.install_plugin("PYOVERLAY_SCOPE=global", remote=release.serve(lab))
         lab.swarm(managers=1)
         names = ["meshsrv", "dockersrv", "esrv"] if guest else ["meshsrv"]
         try:

@@ -180,7 +180,11 @@ class Release:
 
 
 def plugin_tree() -> Path:
-    """The plugin's directory (config.json + rootfs) for this checkout, built if needed."""
+    """The plugin's directory (config.json + rootfs) for this checkout, built if needed;
+    PYOVERLAY_PLUGIN_TREE names one built beforehand (the IPsec tier's VM, whose view of
+    the checkout is read-only, gets it from scripts/test-ipsec-vm)."""
+    if given := os.environ.get("PYOVERLAY_PLUGIN_TREE"):
+        return Path(given)
     r = sh(str(ROOT / "scripts" / "build-plugin"), "--dir", timeout=1800)
     return Path(r.stdout.strip().splitlines()[-1])
 
