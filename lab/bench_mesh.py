@@ -28,6 +28,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from lab.hosts import IMAGE, LIB_ROOT, Host, Lab, overlay_ip, wait_for
@@ -42,6 +43,12 @@ SERVICES = {
 }
 
 
+def step(what: str) -> None:
+    """Where the run is (a run in the emulated VM takes many minutes, and shows nothing
+    else until its report)."""
+    print(f"bench mesh: {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
 def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> None:
     lab = Lab("bms" + secrets.token_hex(1), hosts=2)
     slow = lab.slow
@@ -50,7 +57,9 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
         release = Release(LIB_ROOT / lab.prefix / "release")  # goes with the lab
         for h in lab.hosts:  # as users install it: from a registry
             h.install_plugin("PYOVERLAY_SCOPE=global", remote=release.serve(lab))
+            step(f"plugin installed on {h.name}")
         lab.swarm(managers=1)
+        step("swarm formed")
         names = ["meshsrv", "dockersrv", "esrv"] if guest else ["meshsrv"]
         try:
             h1.create_swarm_network("bm", "100.14.0.0/24")
@@ -74,6 +83,7 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
                     interval=1,
                 )
                 tasks[name] = h2.service_containers(name)[0]
+                step(f"{name}'s task runs on h2")
             server = {
                 n: ["nsenter", f"--net=/proc/{h2.container_pid(t)}/ns/net"]
                 for n, t in tasks.items()
@@ -97,10 +107,12 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
                 wait_for(
                     f"{way.name} answers",
                     lambda way=way: _answers(way),
-                    timeout=300 * slow,
+                    timeout=120 * slow,
                     interval=2,
                 )
+                step(f"{way.name} answers")
             esp = _esp_on_the_wire(lab, h1, h2, ways[-1]) if guest else {}
+            step("measuring")
             setup, gbps = compare(ways, rounds, connects=500 if not guest else 200)
             for figures, unit in ((setup, "_us"), (gbps, "_gbps")):
                 mesh = figures[f"mesh{unit}"]

@@ -79,9 +79,25 @@ def layer(tree: Path) -> Layer:
     if meta.exists() and path.exists():
         d = json.loads(meta.read_text())
         return Layer(path, d["diff_id"], d["digest"], d["size"])
-    rootfs = tree / "rootfs"
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as raw:
+    try:
+        plain, blob = _pack(tree / "rootfs", tmp)
+        out = Layer(path, plain.digest, blob.digest, blob.size)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta_tmp = meta.with_suffix(f".{os.getpid()}.tmp")
+    meta_tmp.write_text(
+        json.dumps({"diff_id": out.diff_id, "digest": out.digest, "size": out.size})
+    )
+    os.replace(meta_tmp, meta)
+    return out
+
+
+def _pack(rootfs: Path, into: Path) -> tuple[Hashing, Hashing]:
+    """tar (names relative to the rootfs, `.` first, directories before their contents,
+    owned by root) -> gzip -> `into`; the hashes of the tar and of the gzip."""
+    with open(into, "wb") as raw:
         blob = Hashing(raw)
         with gzip.GzipFile(fileobj=blob, mode="wb", mtime=0, compresslevel=6) as gz:
             plain = Hashing(gz)
@@ -93,14 +109,7 @@ def layer(tree: Path) -> Layer:
                         full = Path(top) / name
                         arc = str(full.relative_to(rootfs))
                         tar.add(full, arcname=arc, recursive=False, filter=_owned_by_root)
-    out = Layer(path, plain.digest, blob.digest, blob.size)
-    os.replace(tmp, path)
-    meta_tmp = meta.with_suffix(f".{os.getpid()}.tmp")
-    meta_tmp.write_text(
-        json.dumps({"diff_id": out.diff_id, "digest": out.digest, "size": out.size})
-    )
-    os.replace(meta_tmp, meta)
-    return out
+    return plain, blob
 
 
 def config_blob(tree: Path, diff_id: str) -> bytes:
@@ -119,14 +128,21 @@ class Registry:
         self.tls = ssl.create_default_context(cafile=str(cacert) if cacert else None)
 
     def request(
-        self, method: str, path: str, body: bytes | IO[bytes] | None = None, **headers: str
+        self,
+        method: str,
+        path: str,
+        body: bytes | IO[bytes] | None = None,
+        host: str = "",
+        **headers: str,
     ) -> http.client.HTTPResponse:
-        conn = http.client.HTTPSConnection(self.host, context=self.tls, timeout=600)
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
-        return resp
+        conn = http.client.HTTPSConnection(host or self.host, context=self.tls, timeout=600)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp
+        finally:
+            conn.close()
 
     def has_blob(self, repo: str, digest: str) -> bool:
         return self.request("HEAD", f"/v2/{repo}/blobs/{digest}").status == 200
@@ -137,12 +153,15 @@ class Registry:
         start = self.request("POST", f"/v2/{repo}/blobs/uploads/", b"", **{"Content-Length": "0"})
         if start.status != 202:
             raise RuntimeError(f"{self.host}: starting an upload of {repo}: HTTP {start.status}")
-        loc = urlsplit(start.headers["Location"])
+        if not start.headers.get("Location"):
+            raise RuntimeError(f"{self.host}: an upload of {repo} without a Location")
+        loc = urlsplit(start.headers["Location"])  # absolute (its host) or a path
         target = f"{loc.path}?{loc.query + '&' if loc.query else ''}digest={digest}"
         done = self.request(
             "PUT",
             target,
             body,
+            loc.netloc,
             **{"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
         if done.status != 201 or done.headers.get("Docker-Content-Digest") != digest:

@@ -160,6 +160,7 @@ class Release:
 
     def __init__(self, store: Path) -> None:
         self.store = store
+        self.tree: Path | None = None  # resolved once: every host of the run gets one build
 
     def serve(self, lab: Lab) -> str:
         """The reference to install on `lab`'s hosts; its registry runs until lab.down()."""
@@ -169,13 +170,14 @@ class Release:
             lab.cleanups.append(reg.stop)
             reg.start()
             lab.registry = reg
-        tree = plugin_tree()
+        tree = self.tree = self.tree or plugin_tree()
         tag = "build-" + tree.name.rsplit("-", 1)[-1]  # the build's content key
         tags = self.store / "docker/registry/v2/repositories/pyoverlay/_manifests/tags"
         if not (tags / tag).exists():
             ca = reg.dir / "tls" / "ca.crt"
-            lab.underlay(sys.executable, "-m", "lab.publish", str(tree), f"https://{reg.address}",
-                         "pyoverlay", tag, "--cacert", str(ca), timeout=900)  # fmt: skip
+            lab.underlay("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "lab.publish",
+                         str(tree), f"https://{reg.address}", "pyoverlay", tag,
+                         "--cacert", str(ca), timeout=900)  # fmt: skip
         return f"{reg.address}/pyoverlay:{tag}"
 
 
@@ -191,11 +193,14 @@ def plugin_tree() -> Path:
 
 def main() -> int:
     """`python -m lab.registry prepare DIR IP`: the Vagrant tier's registry on the host
-    side (scripts/test-vm starts it): prints the config's path, then the build's tag."""
+    side (scripts/test-vm starts it): prints the config's path, the build's tag and its
+    directory (what is published under that tag)."""
     _, verb, where, ip = sys.argv
     assert verb == "prepare", verb
     print(prepare(Path(where), ip, Path(where) / "data", "vm tier"))
-    print("build-" + plugin_tree().name.rsplit("-", 1)[-1])
+    tree = plugin_tree()
+    print("build-" + tree.name.rsplit("-", 1)[-1])
+    print(tree)
     return 0
 
 

@@ -62,8 +62,10 @@ class Inputs:
     vnis: Callable[[], Iterable[int]] = lambda: ()  # every pyoverlay network's (admission)
     any_network: Callable[[], bool] = lambda: False
     # the routing mesh forwards connections of a service on an encrypted network between
-    # nodes: SAs with every peer and one mesh policy each, even with no such network here
-    mesh: Callable[[], bool] = lambda: False
+    # nodes: SAs with every peer and one mesh policy each, even with no such network here;
+    # None: not known yet (the mesh has no view since the plugin synced): nothing of the
+    # kernel's is removed meanwhile (a restart must not cut the hop it still marks)
+    mesh: Callable[[], bool | None] = lambda: False
 
 
 @dataclass
@@ -203,8 +205,11 @@ class Encryption:
     async def _sync(self, now: float) -> list[str]:
         vnis = sorted(set(self.inputs.encrypted_vnis()))
         mesh = self.inputs.mesh()
+        # removals wait until both the cluster's table and the mesh's view are known
+        may_remove = self.prune and mesh is not None
         if not self.inputs.any_network() and not mesh:
-            await self._remove_all()
+            if may_remove:
+                await self._remove_all()
             return []
         members = None if self.inputs.members is None else set(self.inputs.members())
         if members is not None:
@@ -217,7 +222,8 @@ class Encryption:
         if self.unsupported or not self.salt:
             return []  # no ESP here: nothing of ours can be in the kernel
         if not vnis and not mesh:
-            await self._remove_sas()
+            if may_remove:
+                await self._remove_sas()
             return []
         ring = list(self.inputs.ring())
         if not ring:
@@ -280,7 +286,7 @@ class Encryption:
         lines += [
             ipsec.policy_line("delete", loc, p, port)
             for loc, p, port in sorted(have_pol - want_pol)
-            if p not in keep and self.prune
+            if p not in keep and self.prune and (port != ipsec.MESH_PORT or mesh is False)
         ]
         if lines:
             self._maybe_sas = True

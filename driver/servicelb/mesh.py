@@ -90,6 +90,7 @@ class MeshKeeper:
         # the plugin from the IPsec keeper
         self.esp: Callable[[], str | None] = lambda: "IPsec is off here (not clustered)"
         self.on_secure: Callable[[], None] = lambda: None  # secure_hop() changed
+        self.viewed = False  # a view was made from the cluster's rows (after the sync)
 
     # -- what this host knows -------------------------------------------------------
 
@@ -164,6 +165,8 @@ class MeshKeeper:
         row: dict[str, Any] = {"addr": str(self.address), "tasks": tasks}
         if encrypted := self.encrypted_services():
             row["encrypted"] = encrypted
+        if self.esp() is None:
+            row["esp"] = True  # this host sends and answers the encrypted hop in ESP
         if self.manager:
             row["ports"] = {
                 s: [[p.protocol, p.published, p.target] for p in ps]
@@ -189,6 +192,7 @@ class MeshKeeper:
         remote: dict[str, list[IPv4Address]] = {}
         members: list[IPv4Address] = []
         encrypted: set[str] = set()
+        esp_hosts: set[IPv4Address] = set()  # hosts that do the encrypted hop in ESP
         for key, value, version in self.rows():
             try:
                 addr = IPv4Address(str(value.get("addr")))
@@ -200,6 +204,8 @@ class MeshKeeper:
                 if key == self.driver.node_id:
                     continue
                 members.append(addr)
+                if value.get("esp") is True:
+                    esp_hosts.add(addr)
                 for svc, n in (value.get("tasks") or {}).items():
                     if int(n) > 0:
                         remote.setdefault(str(svc), []).append(addr)
@@ -209,13 +215,16 @@ class MeshKeeper:
             s: tuple(self.gateways[e] for e in eids if e in self.gateways)
             for s, eids in self.local_tasks().items()
         }
-        # a service on an encrypted network: its hop between nodes is ESP, or, where this
-        # host cannot encrypt, there is no such hop (served by its local tasks only)
+        # a service on an encrypted network: its hop between nodes is ESP, to the hosts
+        # that say they do it (a host that cannot, or an older plugin, would answer in the
+        # clear) or, where this host cannot encrypt, there is no such hop
         why = self.esp()
+        for s in encrypted & set(remote):
+            remote[s] = [a for a in remote[s] if why is None and a in esp_hosts]
         view = rules.MeshInput(
             ports={s: p for s, (_, p) in newest.items()},
             local=local,
-            remote={s: tuple(a) for s, a in remote.items() if why is None or s not in encrypted},
+            remote={s: tuple(a) for s, a in remote.items()},
             members=tuple(members),
             secure=frozenset(encrypted) if why is None else frozenset(),
         )
@@ -228,10 +237,12 @@ class MeshKeeper:
         ]
         return replace(mesh, conflicts=mesh.conflicts + tuple(notes))
 
-    def secure_hop(self) -> bool:
+    def secure_hop(self) -> bool | None:
         """A published port of a service on an encrypted network exists (anywhere): this
         host needs SAs with every peer and the mesh's xfrm policies, to send that hop and
-        to answer it."""
+        to answer it. None until a view was made from the synced cluster's rows."""
+        if not self.viewed:
+            return None
         return any(b.secure for b in self.mesh.ports)
 
     # -- the kernel ------------------------------------------------------------------
@@ -243,6 +254,7 @@ class MeshKeeper:
             log.error("published port not balanced", why=conflict)
         secure = self.secure_hop()
         self.mesh = mesh
+        self.viewed = self.viewed or self.driver.prune_peers
         if self.secure_hop() != secure:
             self.on_secure()
         if not self.driver.prune_peers:

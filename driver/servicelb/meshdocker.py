@@ -4,6 +4,7 @@ forwarded connections through (meshrules.py has the mesh's own table)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ def published_ports(service: Mapping[str, Any]) -> tuple[PublishedPort, ...]:
 
 DOCKER_USER = ("ip", "filter", "DOCKER-USER")
 DOCKER_USER_COMMENT = "pyoverlay mesh 2"  # the rule's version: 2 accepts SECURE too
-_OURS = "pyoverlay mesh"  # every version's comment starts so
+_VERSIONS = re.compile(r"pyoverlay mesh( \d+)?")  # every version's comment, and nothing else
 
 
 def docker_user_handles(listing: Mapping[str, Any] | None) -> tuple[int, ...] | None:
@@ -53,7 +54,7 @@ def docker_user_handles(listing: Mapping[str, Any] | None) -> tuple[int, ...] | 
             chain_seen = True
         rule = item.get("rule") or {}
         comment = str(rule.get("comment", ""))
-        if rule.get("chain") == DOCKER_USER[2] and comment.startswith(_OURS):
+        if rule.get("chain") == DOCKER_USER[2] and _VERSIONS.fullmatch(comment):
             handle = int(rule.get("handle", 0))
             handles.append(handle if comment == DOCKER_USER_COMMENT else -handle)
     return tuple(handles) if chain_seen else None

@@ -24,7 +24,7 @@ table in the host's namespace, on every node:
         chain postrouting { type nat hook postrouting priority srcnat - 10
             ct mark { MARK, SECURE } ip daddr @members masquerade comment "<digest>" }
         chain esp-out { type filter hook postrouting priority srcnat + 50
-            meta mark SECURE ip daddr @members meta l4proto { tcp, udp } jump esp-check }
+            ct mark SECURE ip daddr @members meta l4proto != esp jump esp-check }
         chain esp-in  { ipsec in reqid REQID return; counter name plain_drops drop }
         chain esp-check { ipsec out reqid REQID return; counter name plain_drops drop }
         chain port-tcp-1080 { ct mark set MARK
@@ -300,7 +300,10 @@ def _esp_rules() -> Commands:
     """Encrypted services' hop: this host's own connections rerouted with their mark (the
     xfrm policy selects it), and the fail-closed checks both ways."""
     drop: list[dict[str, Any]] = [{"counter": PLAIN_COUNTER}, {"drop": None}]
-    proto = is_({"meta": {"key": "l4proto"}}, {"set": ["tcp", "udp"]})  # not the ESP itself
+    # every packet of the connection and those related to it (ICMP errors quote its
+    # headers), by its conntrack mark (another firewall may rewrite the packet's), but
+    # not the ESP that carries them (its own conntrack has no mark)
+    proto = {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "esp"}}
     return [
         {"add": {"counter": _obj(name=PLAIN_COUNTER)}},
         _base("marked", "output", DSTNAT - PRIORITY, "route"),
@@ -312,9 +315,7 @@ def _esp_rules() -> Commands:
         _rule("esp-check", _ipsec("out"), {"return": None}),
         _rule("esp-check", *drop),
         _rule("marked", _SECURE, {"mangle": {"key": _META_MARK, "value": SECURE}}),
-        _rule(
-            "esp-out", is_(_META_MARK, SECURE), _TO_MEMBER, proto, {"jump": {"target": "esp-check"}}
-        ),
+        _rule("esp-out", _SECURE, _TO_MEMBER, proto, {"jump": {"target": "esp-check"}}),
         _rule("forwarded", _SECURE, _FROM_MEMBER, {"jump": {"target": "esp-in"}}),
     ]
 

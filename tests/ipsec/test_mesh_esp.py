@@ -45,21 +45,21 @@ def xfrm(c: Cluster, node: str, lines: list[str]) -> None:
     subprocess.run(cmd, input="\n".join(lines) + "\n", text=True, check=True)
 
 
-def keyed(c: Cluster) -> None:
-    """What each node's keeper installs for the other: its outbound SA, the peer's
-    inbound one, and the mesh's policy towards the peer."""
-    for node, local, peer in (("a", A, B), ("b", B, A)):
-        out = ipsec.derive(SECRET, local, peer, "00" * 8, 0)
-        inn = ipsec.derive(SECRET, peer, local, "00" * 8, 0)
-        xfrm(
-            c,
-            node,
-            [
-                ipsec.state_add_line(inn, 2**31),
-                ipsec.state_add_line(out, 2**31),
-                ipsec.policy_line("update", local, peer, ipsec.MESH_PORT),
-            ],
-        )
+def keyed(c: Cluster, sender: str) -> None:
+    """One direction as the keepers install it: the sender's outbound SA and its mesh
+    policy towards the other node, the same SA inbound on the other node."""
+    receiver = "b" if sender == "a" else "a"
+    local, peer = NODES[sender], NODES[receiver]
+    sa = ipsec.derive(SECRET, local, peer, "00" * 8, 0)
+    xfrm(c, receiver, [ipsec.state_add_line(sa, 2**31)])
+    xfrm(
+        c,
+        sender,
+        [
+            ipsec.state_add_line(sa, 2**31),
+            ipsec.policy_line("update", local, peer, ipsec.MESH_PORT),
+        ],
+    )
 
 
 class Wire:
@@ -70,7 +70,8 @@ class Wire:
         cmd += [f"host {A} and host {B}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        self.proc.stderr.readline()  # "listening on br-ul": capturing from here on
+        first = self.proc.stderr.readline()  # "listening on br-ul": capturing from here on
+        assert "listening on" in first, first
 
     def stop(self) -> list[str]:
         self.proc.send_signal(signal.SIGINT)
@@ -102,8 +103,18 @@ async def test_an_encrypted_services_hop_between_nodes_is_esp_or_nothing(
     lines = wire.stop()
     assert clear(lines) == [], lines
     assert plain_drops(cluster, "a") >= 2
-    # the keepers' SAs and policies: the hop goes ESP, both ways
-    keyed(cluster)
+    # a -> b only: b's task gets the connection in ESP, but b has nothing to answer with
+    # in ESP: its replies are dropped, never sent in the clear
+    keyed(cluster, "a")
+    before = plain_drops(cluster, "b")
+    wire = Wire(cluster)
+    assert all(a.startswith("error") for a in cluster.connect("c", A, 2)), "answered in clear"
+    lines = wire.stop()
+    assert clear(lines) == [], lines
+    assert any(f"{A} > {B}: ESP" in x for x in lines), lines
+    assert plain_drops(cluster, "b") > before
+    # both ways, as the keepers install them: the hop goes ESP
+    keyed(cluster, "b")
     wire = Wire(cluster)
     answers = cluster.connect("c", A, 10)
     udp = cluster.connect("c", A, 5, UDP)

@@ -427,3 +427,42 @@ def test_the_routing_mesh_alone_brings_sas_and_its_policy_to_every_peer(tmp_path
         assert (B, A, 4789) in sb.policies
 
     asyncio.run(main())
+
+
+def test_a_restart_removes_nothing_before_the_mesh_and_the_cluster_are_known(
+    tmp_path: Path,
+) -> None:
+    """A node with no encrypted network of its own that forwards the encrypted hop, its
+    plugin restarted: until the cluster is synced and the mesh has a view again, its SAs
+    and mesh policies stay (the kernel's mesh table still marks the hop)."""
+    rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
+    a = keeper(tmp_path, "a", A, sa, rows, [K1])
+    b = keeper(tmp_path, "b", B, sb, rows, [K1])
+    a.inputs.encrypted_vnis = lambda: []
+    a.inputs.any_network = lambda: False
+    mesh: list[bool | None] = [True]
+    a.inputs.mesh = b.inputs.mesh = lambda: mesh[0]
+
+    async def main() -> None:
+        await a.start()
+        await b.start()
+        for _ in range(2):
+            await a.sync(1000.0)
+            await b.sync(1000.0)
+        before = (set(sa.policies), {s.ident for s in await sa.states_()})
+        assert (A, B, ipsec.MESH_PORT) in before[0]
+        # restarted: the cluster not synced yet, the mesh without a view
+        again = keeper(tmp_path, "a", A, sa, rows, [K1])
+        again.inputs = a.inputs
+        again.prune, mesh[0] = False, None
+        await again.start()
+        await again.sync(1001.0)
+        assert (set(sa.policies), {s.ident for s in await sa.states_()}) == before
+        again.prune = True  # synced, the mesh still without a view: still kept
+        await again.sync(1002.0)
+        assert (A, B, ipsec.MESH_PORT) in sa.policies
+        mesh[0] = True
+        await again.sync(1003.0)
+        assert (A, B, ipsec.MESH_PORT) in sa.policies and sa.send(A, B, sb)
+
+    asyncio.run(main())
