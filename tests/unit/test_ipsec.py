@@ -466,3 +466,31 @@ def test_a_restart_removes_nothing_before_the_mesh_and_the_cluster_are_known(
         assert (A, B, ipsec.MESH_PORT) in sa.policies and sa.send(A, B, sb)
 
     asyncio.run(main())
+
+
+def test_the_plugin_wires_the_mesh_and_the_ipsec_keeper_together(tmp_path: Path) -> None:
+    """plugin/wiring.secure_mesh: the keeper asks the mesh whether the hop exists, the
+    mesh wakes the keeper when that changes and asks it whether ESP can be done here."""
+    from support import UNDERLAY
+
+    from pyoverlay.driver.core.model import Underlay
+    from pyoverlay.driver.overlay.driver import OverlayDriver
+    from pyoverlay.driver.servicelb.mesh import MeshKeeper
+    from pyoverlay.plugin.wiring import secure_mesh
+    from testing.fakes import FakeKernel
+
+    ring: list[bytes] = []
+    enc = keeper(tmp_path, "a", A, SimXfrm(), SharedRows(), ring)
+    underlay = Underlay(UNDERLAY.address, 4789, 1500)
+    driver = OverlayDriver(FakeKernel(UNDERLAY), tmp_path / "driver.json", "a", underlay)
+    mesh = MeshKeeper(driver, NoTables(), None, A)  # type: ignore[arg-type]
+    secure_mesh(mesh, enc)
+    assert enc.inputs.mesh() is mesh.secure_hop()
+    assert mesh.esp() == "no cluster key is set"
+    ring.append(K1)
+    assert mesh.esp() is None
+    enc.unsupported = "no esp4"
+    assert mesh.esp() == "this kernel cannot do ESP"
+    assert not enc.wake.is_set()
+    mesh.on_secure()
+    assert enc.wake.is_set()
