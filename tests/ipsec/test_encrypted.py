@@ -240,7 +240,10 @@ def test_rotation_and_rekeying_under_a_20ms_ping_lose_nothing(lab: Lab, nets: Ne
     assert got == sent == 1000, out
     n_after = ipsec_of(lab, h1)["sending"][h2.address]["n"]  # type: ignore[index]
     spis = set(esp_spis(lines, h1.address, h2.address))
-    assert n_after - n_before >= 4 and len(spis) >= 4, (n_before, n_after, spis)
+    # at least 4 new SAs during the ping, and the wire saw it move from SA to SA; not one
+    # SPI per SA: on a busy machine two moves can fall between two pings (CI-21: n moved
+    # 6 times, 3 SPIs on the wire, every reply back)
+    assert n_after - n_before >= 4 and len(spis) >= 2, (n_before, n_after, spis)
     assert nets.vni_enc not in vxlan_vnis(lines)
 
 
