@@ -70,8 +70,8 @@ class Wire:
         cmd += [f"host {A} and host {B}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        first = self.proc.stderr.readline()  # "listening on br-ul": capturing from here on
-        assert "listening on" in first, first
+        said = [self.proc.stderr.readline() for _ in range(2)]  # (a notice, then:)
+        assert any("listening on" in x for x in said), said  # capturing from here on
 
     def stop(self) -> list[str]:
         self.proc.send_signal(signal.SIGINT)
