@@ -70,8 +70,10 @@ class Wire:
         cmd += [f"host {A} and host {B}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        said = [self.proc.stderr.readline() for _ in range(2)]  # (a notice, then:)
-        assert any("listening on" in x for x in said), said  # capturing from here on
+        said: list[str] = []  # a notice may come first; "listening on": capturing now
+        while len(said) < 3 and not any("listening on" in x for x in said):
+            said.append(self.proc.stderr.readline())
+        assert "listening on" in said[-1], said
 
     def stop(self) -> list[str]:
         self.proc.send_signal(signal.SIGINT)
