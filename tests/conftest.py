@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import Services
+
+from pyoverlay.driver.kernel.nft import Nft
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +39,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep = [i for i in items if i.get_closest_marker("vm")]
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     items[:] = keep
+
+
+@pytest.fixture
+def nft() -> Iterator[Nft]:
+    """libnftables for a kernel test (its tables are in the test's own namespaces)."""
+    adapter = Nft()
+    yield adapter
+    adapter.close()
 
 
 @pytest.fixture

@@ -32,13 +32,6 @@ def cluster(prefix: str, esp: None) -> Iterator[Cluster]:
         yield c
 
 
-@pytest.fixture
-def nft() -> Iterator[Nft]:
-    adapter = Nft()
-    yield adapter
-    adapter.close()
-
-
 def xfrm(c: Cluster, node: str, lines: list[str]) -> None:
     """Feed `ip -batch` in a node's namespace on stdin (keys never on a command line)."""
     cmd = ["ip", "-n", c.ns(node), "-force", "-batch", "-"]

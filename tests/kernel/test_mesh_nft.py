@@ -31,13 +31,6 @@ def cluster(prefix: str) -> Iterator[Cluster]:
         yield c
 
 
-@pytest.fixture
-def nft() -> Iterator[Nft]:
-    adapter = Nft()
-    yield adapter
-    adapter.close()
-
-
 async def test_a_published_port_answers_on_every_node_over_every_task(
     cluster: Cluster, nft: Nft
 ) -> None:

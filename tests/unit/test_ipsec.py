@@ -396,17 +396,26 @@ def test_the_keeper_reads_the_kernel_when_something_changed_not_every_tick(
     asyncio.run(main())
 
 
+def mesh_only_pair(
+    tmp: Path, rows: SharedRows, sa: SimXfrm, sb: SimXfrm, mesh: list[bool | None]
+) -> tuple[Encryption, Encryption]:
+    """a: no network at all, only the mesh's encrypted hop (`mesh[0]`); b: an encrypted
+    network of its own and the same hop."""
+    a = keeper(tmp, "a", A, sa, rows, [K1])
+    b = keeper(tmp, "b", B, sb, rows, [K1])
+    a.inputs.encrypted_vnis = lambda: []  # no task of the service here
+    a.inputs.any_network = lambda: False  # nor any network at all
+    a.inputs.mesh = b.inputs.mesh = lambda: mesh[0]
+    return a, b
+
+
 def test_the_routing_mesh_alone_brings_sas_and_its_policy_to_every_peer(tmp_path: Path) -> None:
     """A node with no encrypted network of its own, in a cluster where an encrypted
     service publishes a port: it forwards that service's connections (mesh), so it needs
     SAs with the peer and the mesh's policy; none of that once the port is gone."""
     rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
-    a = keeper(tmp_path, "a", A, sa, rows, [K1])
-    b = keeper(tmp_path, "b", B, sb, rows, [K1])
-    mesh = [True]
-    a.inputs.encrypted_vnis = lambda: []  # no task of the service here
-    a.inputs.any_network = lambda: False  # nor any network at all
-    a.inputs.mesh = b.inputs.mesh = lambda: mesh[0]
+    mesh: list[bool | None] = [True]
+    a, b = mesh_only_pair(tmp_path, rows, sa, sb, mesh)
 
     async def main() -> None:
         await a.start()
@@ -436,12 +445,8 @@ def test_a_restart_removes_nothing_before_the_mesh_and_the_cluster_are_known(
     plugin restarted: until the cluster is synced and the mesh has a view again, its SAs
     and mesh policies stay (the kernel's mesh table still marks the hop)."""
     rows, sa, sb = SharedRows(), SimXfrm(), SimXfrm()
-    a = keeper(tmp_path, "a", A, sa, rows, [K1])
-    b = keeper(tmp_path, "b", B, sb, rows, [K1])
-    a.inputs.encrypted_vnis = lambda: []
-    a.inputs.any_network = lambda: False
     mesh: list[bool | None] = [True]
-    a.inputs.mesh = b.inputs.mesh = lambda: mesh[0]
+    a, b = mesh_only_pair(tmp_path, rows, sa, sb, mesh)
 
     async def main() -> None:
         await a.start()
