@@ -15,6 +15,7 @@ import aiohttp
 
 from pyoverlay.cli.describe import describe_entry
 from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.ip import addr_key
 from pyoverlay.core.store import JsonDocument
 from pyoverlay.plugin import settings as plugin_settings
 from pyoverlay.plugin.admin import ADMIN_SOCKET, MEMBERS_FILE
@@ -196,7 +197,8 @@ async def _offline_peers(state_dir: Path, network: str) -> list[dict[str, Any]]:
                 continue
             stale = [{"kind": "fdb", "mac": m, "dst": str(d)} for m, d in sorted(have.fdb.items())]
             stale += [
-                {"kind": "neigh", "ip": str(i), "mac": m} for i, m in sorted(have.neigh.items())
+                {"kind": "neigh", "ip": str(i), "mac": m}
+                for i, m in sorted(have.neigh.items(), key=lambda kv: addr_key(kv[0]))
             ]
             views.append({**network_summary(net), "peers": [], "kernel_only": stale})
     finally:
@@ -232,8 +234,15 @@ def cmd_peers(state_dir: Path, network: str, as_json: bool) -> int:
             print("  no sandbox on this host: its endpoints are received only while a local")
             print("  container is on the network (--network-setup eager changes that)\n")
             continue
-        rows = [[p["endpoint"], p["ip"], p["mac"], p["vtep"], p["state"]] for p in v["peers"]]
-        print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
+        if any("ip6" in p for p in v["peers"]):  # a dual-stack network
+            rows = [
+                [p["endpoint"], p["ip"], p.get("ip6", "-"), p["mac"], p["vtep"], p["state"]]
+                for p in v["peers"]
+            ]
+            print(_table(rows, ["ENDPOINT", "IP", "IPV6", "MAC", "VTEP", "KERNEL"]))
+        else:
+            rows = [[p["endpoint"], p["ip"], p["mac"], p["vtep"], p["state"]] for p in v["peers"]]
+            print(_table(rows, ["ENDPOINT", "IP", "MAC", "VTEP", "KERNEL"]))
         for s in v["stale"]:
             print(f"  ! stale {describe_entry(s)} (no row in the table)")
         for s in v.get("kept") or ():

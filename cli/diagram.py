@@ -118,10 +118,13 @@ def draw(
     if local:
         out.append(_row(["      |eth0"] + ["     |eth0"] * (n - 1)))
         out.append(_row(["  " + p["ip"] for p in local]))
+        if any("ip6" in p for p in local):
+            out.append(_row(["  " + p.get("ip6", "") for p in local]))
     gw: dict[str, Any] = next(
         (net for net in status["networks"] if net["network"] == view["network"]), {}
     )
-    out.append(bar + f"br0 {view.get('gateway') or view['subnet']} in netns {view['namespace']}")
+    br0 = " ".join(str(view.get(k)) for k in ("gateway", "gateway6") if view.get(k))
+    out.append(bar + f"br0 {br0 or view['subnet']} in netns {view['namespace']}")
     out.append(" " * 11 + "|")
     out.append(
         " " * 11

@@ -7,4 +7,5 @@ here, never the other way round.
     logs.py     structlog set-up (stdout for info, stderr for warnings)
     metrics.py  counters and histograms for /metrics
     tasks.py    TaskSet: background tasks with a strong reference, closed together
+    ip.py       addresses of either family (dual stack): types, sort key, limits
 """

@@ -7,11 +7,12 @@ remote host may still hold an ARP/FDB entry for it (moby#33789).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 
 from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption
+from pyoverlay.core.ip import IPAddr, IPNet
 
 GATEWAY = "gateway"
 ENDPOINT = "endpoint"
@@ -22,10 +23,10 @@ LENT = "lent:"  # + node id: an address of our block another host uses (--ip the
 @dataclass
 class Pool:
     pool_id: str
-    subnet: IPv4Network
-    ip_range: IPv4Network | None = None
-    allocated: dict[IPv4Address, str] = field(default_factory=dict)
-    cursor: IPv4Address | None = None
+    subnet: IPNet
+    ip_range: IPNet | None = None
+    allocated: dict[IPAddr, str] = field(default_factory=dict)
+    cursor: IPAddr | None = None
     # False between RequestPool and the network's CreateNetwork: addresses asked
     # for then are the network's own (--gateway, --aux-address), not claims.
     live: bool = True
@@ -34,11 +35,12 @@ class Pool:
     # the leader chose); "": a pyoverlay network of standalone engines
     swarm: str = ""
 
-    def usable(self, ip: IPv4Address) -> bool:
-        """Inside the subnet and neither its network nor broadcast address."""
+    def usable(self, ip: IPAddr) -> bool:
+        """Inside the subnet and neither its network nor broadcast address (IPv6: neither
+        the subnet-router anycast address nor the last one, as Docker's IPAM)."""
         if ip not in self.subnet:
             return False
-        if self.subnet.prefixlen >= 31:
+        if self.subnet.num_addresses <= 2:
             return True
         return ip not in (self.subnet.network_address, self.subnet.broadcast_address)
 
@@ -47,7 +49,9 @@ class Pool:
             "pool_id": self.pool_id,
             "subnet": str(self.subnet),
             "ip_range": str(self.ip_range) if self.ip_range else None,
-            "allocated": {str(k): v for k, v in sorted(self.allocated.items())},
+            "allocated": {
+                str(k): v for k, v in sorted(self.allocated.items(), key=lambda kv: int(kv[0]))
+            },
             "cursor": str(self.cursor) if self.cursor else None,
             "live": self.live,
             **({"swarm": self.swarm} if self.swarm else {}),
@@ -59,22 +63,22 @@ class Pool:
         assert isinstance(alloc, dict)
         return cls(
             pool_id=str(d["pool_id"]),
-            subnet=IPv4Network(str(d["subnet"])),
-            ip_range=IPv4Network(str(d["ip_range"])) if d.get("ip_range") else None,
-            allocated={IPv4Address(k): str(v) for k, v in alloc.items()},
-            cursor=IPv4Address(str(d["cursor"])) if d.get("cursor") else None,
+            subnet=ip_network(str(d["subnet"])),
+            ip_range=ip_network(str(d["ip_range"])) if d.get("ip_range") else None,
+            allocated={ip_address(k): str(v) for k, v in alloc.items()},
+            cursor=ip_address(str(d["cursor"])) if d.get("cursor") else None,
             live=bool(d.get("live", True)),
             swarm=str(d.get("swarm") or ""),
         )
 
 
-def first_host(subnet: IPv4Network) -> IPv4Address:
-    if subnet.prefixlen >= 31:
+def first_host(subnet: IPNet) -> IPAddr:
+    if subnet.num_addresses <= 2:
         return subnet.network_address
     return subnet.network_address + 1
 
 
-def claim(pool: Pool, ip: IPv4Address, purpose: str) -> IPv4Address:
+def claim(pool: Pool, ip: IPAddr, purpose: str) -> IPAddr:
     """Take a specific address (--ip, --gateway, --aux-address)."""
     if not pool.usable(ip):
         what = "network or broadcast address of" if ip in pool.subnet else "outside"
@@ -90,21 +94,36 @@ def claim(pool: Pool, ip: IPv4Address, purpose: str) -> IPv4Address:
 
 
 def next_free(
-    pool: Pool, purpose: str, allowed: Callable[[IPv4Address], bool] = lambda _: True
-) -> IPv4Address:
-    """The next usable, unallocated, allowed address after the cursor (wrapping around)."""
-    span = pool.ip_range or pool.subnet
-    first = int(span.network_address)
-    size = span.num_addresses
+    pool: Pool,
+    purpose: str,
+    allowed: Callable[[IPAddr], bool] = lambda _: True,
+    spans: Sequence[IPNet] | None = None,
+) -> IPAddr:
+    """The next usable, unallocated, allowed address after the cursor (wrapping around),
+    looked for only in `spans` (the blocks this host owns; None: the whole pool)."""
+    parts = _parts(pool.ip_range or pool.subnet, spans)
+    total = sum(p.num_addresses for p in parts)
     start = 0
-    if pool.cursor is not None and pool.cursor in span:
-        start = int(pool.cursor) - first + 1
-    for i in range(size):
-        ip = IPv4Address(first + (start + i) % size)
+    if pool.cursor is not None:
+        offset = 0
+        for p in parts:
+            if pool.cursor in p:
+                start = offset + int(pool.cursor) - int(p.network_address) + 1
+                break
+            offset += p.num_addresses
+    i = 0
+    while i < total:
+        pos = (start + i) % total
+        for p in parts:  # the part holding position `pos`, and the address there
+            if pos < p.num_addresses:
+                break
+            pos -= p.num_addresses
+        ip = p.network_address + pos
         if pool.usable(ip) and ip not in pool.allocated and allowed(ip):
             pool.allocated[ip] = purpose
             pool.cursor = ip
             return ip
+        i += 1
     where = f"range {pool.ip_range} of " if pool.ip_range else ""
     raise Exhausted(
         f"no free address left in {where}{pool.subnet} ({len(pool.allocated)} in use); "
@@ -112,5 +131,17 @@ def next_free(
     )
 
 
-def release(pool: Pool, ip: IPv4Address) -> bool:
+def _parts(span: IPNet, spans: Sequence[IPNet] | None) -> list[IPNet]:
+    """`span` cut down to `spans` (CIDR blocks: one holds the other, or they are apart)."""
+    if spans is None:
+        return [span]
+    out: list[IPNet] = []
+    for s in spans:
+        if s.version != span.version or not s.overlaps(span):
+            continue
+        out.append(s if s.prefixlen >= span.prefixlen else span)
+    return sorted(set(out), key=lambda n: int(n.network_address))
+
+
+def release(pool: Pool, ip: IPAddr) -> bool:
     return pool.allocated.pop(ip, None) is not None

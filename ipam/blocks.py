@@ -31,22 +31,45 @@ never claims.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_network
 
-BLOCK_PREFIX = 28  # 16 addresses
+from pyoverlay.core.ip import IPAddr, IPNet
+
+BLOCK_PREFIX = 28  # IPv4: 16 addresses
+# IPv6: 256 addresses. A /64 has 2**56 such blocks, so they are never listed, only walked
+# from the start (`candidates` stops after CANDIDATES free ones); 256 keeps a host's first
+# block as small as an IPv4 /24 while a busy host still claims rarely.
+BLOCK_PREFIX6 = 120
+CANDIDATES = 64  # free blocks looked at per claim (concurrent claimers pick among them)
 
 
-def block_prefix(subnet: IPv4Network) -> int:
-    return max(subnet.prefixlen, BLOCK_PREFIX)
+def block_prefix(subnet: IPNet) -> int:
+    return max(subnet.prefixlen, BLOCK_PREFIX if subnet.version == 4 else BLOCK_PREFIX6)
 
 
-def block_of(subnet: IPv4Network, ip: IPv4Address) -> IPv4Network:
-    return IPv4Network((ip, block_prefix(subnet)), strict=False)
+def block_of(subnet: IPNet, ip: IPAddr) -> IPNet:
+    return ip_network((ip, block_prefix(subnet)), strict=False)
 
 
-def blocks(subnet: IPv4Network) -> list[IPv4Network]:
-    return list(subnet.subnets(new_prefix=block_prefix(subnet)))
+def blocks(subnet: IPNet) -> Iterator[IPNet]:
+    """Every block of `subnet`, in address order (lazily: an IPv6 /64 has 2**56)."""
+    return subnet.subnets(new_prefix=block_prefix(subnet))
+
+
+def is_block(subnet: IPNet, text: str) -> bool:
+    """`text` names one of `subnet`'s blocks."""
+    try:
+        block = ip_network(text)
+    except ValueError:
+        return False
+    return (
+        block.version == subnet.version
+        and block.prefixlen == block_prefix(subnet)
+        and block.subnet_of(subnet)  # type: ignore[arg-type]
+    )
 
 
 def quorum(voters: int) -> int:
@@ -67,7 +90,7 @@ class Ownership:
     lent: dict[tuple[str, str], str] = field(default_factory=dict)  # (subnet, ip) -> borrower
     borrowed: dict[tuple[str, str], str] = field(default_factory=dict)  # (subnet, ip) -> owner
 
-    def owns(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
+    def owns(self, subnet: IPNet, ip: IPAddr) -> bool:
         if (str(subnet), str(ip)) in self.borrowed:
             return True
         if (str(subnet), str(ip)) in self.lent:
@@ -92,16 +115,33 @@ class Ownership:
         for k in [k for k, v in self.grants.items() if v == name]:
             del self.grants[k]
 
-    def owner_of(self, subnet: IPv4Network, block: IPv4Network) -> str | None:
+    def owner_of(self, subnet: IPNet, block: IPNet) -> str | None:
         key = (str(subnet), str(block))
         if key in self.owned:
             return self.me
         return self.others.get(key)
 
-    def candidates(self, subnet: IPv4Network, full: set[IPv4Network]) -> list[IPv4Network]:
-        """Blocks worth claiming: nobody owns them as far as we know, nobody holds a grant."""
-        out = []
-        for b in blocks(subnet):
+    def owned_blocks(self, subnet: IPNet) -> list[IPNet]:
+        """The blocks of `subnet` this host owns, in address order."""
+        s = str(subnet)
+        mine = [ip_network(b) for n, b in self.owned if n == s]
+        return sorted(mine, key=lambda b: int(b.network_address))
+
+    def candidates(
+        self, subnet: IPNet, full: set[IPNet], within: IPNet | None = None
+    ) -> list[IPNet]:
+        """Blocks worth claiming (the first CANDIDATES, in address order, inside `within`
+        if given): nobody owns them as far as we know, nobody holds a grant."""
+        out: list[IPNet] = []
+        walk: Iterator[IPNet] = blocks(subnet)
+        if within is not None and within.version == subnet.version:
+            if within.prefixlen >= block_prefix(subnet):  # a range inside one block
+                walk = iter([block_of(subnet, within.network_address)])
+            else:
+                walk = within.subnets(new_prefix=block_prefix(subnet))
+        for b in itertools.islice(walk, 1 << 20):  # a bound, for a subnet owned all over
+            if len(out) >= CANDIDATES:
+                break
             key = (str(subnet), str(b))
             if b in full or key in self.owned or key in self.others:
                 continue

@@ -22,13 +22,14 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 from typing import Any, Protocol
 
 import structlog
 
 from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption
-from pyoverlay.ipam.blocks import Ownership, block_of, blocks, quorum
+from pyoverlay.core.ip import IPAddr, IPNet
+from pyoverlay.ipam.blocks import Ownership, block_of, is_block, quorum
 
 log = structlog.get_logger("pyoverlay.ipam")
 CLAIM = "ipam-claim"
@@ -41,7 +42,7 @@ CLAIM_TIMEOUT = 2.0
 LIVE = ("alive", "suspect")
 
 
-def scope(subnet: IPv4Network | str) -> str:
+def scope(subnet: IPNet | str) -> str:
     return f"ipam/{subnet}"
 
 
@@ -63,7 +64,7 @@ class ClaimTransport(Protocol):
     def rows(self, scope: str) -> list[tuple[str, dict[str, Any], tuple[int, str]]]: ...
 
 
-LendHook = Callable[[IPv4Network, IPv4Address, str], str | None]
+LendHook = Callable[[IPNet, IPAddr, str], str | None]
 
 
 class ClusterGuard:
@@ -85,7 +86,7 @@ class ClusterGuard:
         self._synced = asyncio.Event()  # claims only after the first sync with the cluster
         # set by the IPAM service: reserve/free an address in our pool for a borrower
         self.lend_hook: LendHook = lambda subnet, ip, who: "no pool"
-        self.unlend_hook: Callable[[IPv4Network, IPv4Address, str], None] = lambda s, i, w: None
+        self.unlend_hook: Callable[[IPNet, IPAddr, str], None] = lambda s, i, w: None
 
     # -- voters ----------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class ClusterGuard:
 
     # -- AddressGuard --------------------------------------------------------
 
-    def _refresh(self, subnet: IPv4Network) -> None:
+    def _refresh(self, subnet: IPNet) -> None:
         for key, value, _ in self.transport.rows(scope(subnet)):
             owner = str(value.get("owner", ""))
             if owner and owner != self.me and owner not in self.ownership.forgotten:
@@ -125,8 +126,12 @@ class ClusterGuard:
         else:
             self._synced.clear()
 
-    def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
+    def may_allocate(self, subnet: IPNet, ip: IPAddr) -> bool:
         return self.ownership.owns(subnet, ip)
+
+    def spans(self, subnet: IPNet) -> list[IPNet] | None:
+        """Where this host allocates from: the blocks it owns."""
+        return self.ownership.owned_blocks(subnet)
 
     def _not_synced(self) -> Conflict:
         return Conflict(
@@ -135,9 +140,7 @@ class ClusterGuard:
             "`pyoverlay members` and that --join reaches a live host, then retry"
         )
 
-    async def claim(
-        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
-    ) -> None:
+    async def claim(self, subnet: IPNet, want: IPAddr | None, within: IPNet | None = None) -> None:
         """Own one more block of `subnet` (inside `within`, the --ip-range), or borrow
         `want` from its owner; or raise why not."""
         if not self.synced:
@@ -159,11 +162,7 @@ class ClusterGuard:
                 return
             candidates = [block]
         else:
-            candidates = [
-                b
-                for b in self.ownership.candidates(subnet, set())
-                if within is None or b.overlaps(within)
-            ]
+            candidates = self.ownership.candidates(subnet, set(), within)
             self.rng.shuffle(candidates)  # concurrent claimers rarely pick the same block
             if not candidates:
                 raise Exhausted(
@@ -181,7 +180,7 @@ class ClusterGuard:
             "(is this host cut off from the others?)"
         )
 
-    async def _claim_one(self, subnet: IPv4Network, block: IPv4Network) -> tuple[bool, str]:
+    async def _claim_one(self, subnet: IPNet, block: IPNet) -> tuple[bool, str]:
         s, b = str(subnet), str(block)
         voters = self.voters()
         if not self.ownership.vote(s, b, self.me):
@@ -220,7 +219,7 @@ class ClusterGuard:
             f"{total - 1} others answered), {need} are needed"
         )
 
-    async def _borrow(self, subnet: IPv4Network, ip: IPv4Address, owner: str) -> None:
+    async def _borrow(self, subnet: IPNet, ip: IPAddr, owner: str) -> None:
         addr = next((a for n, a, up in self.voters() if n == owner and up), None)
         body = {"subnet": str(subnet), "ip": str(ip), "borrower": self.me}
         reply = await self.transport.call(addr, LEND, body, CLAIM_TIMEOUT) if addr else None
@@ -239,7 +238,7 @@ class ClusterGuard:
         self.save()
         log.info("address borrowed", pool=str(subnet), address=str(ip), owner=owner)
 
-    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+    async def give_back(self, subnet: IPNet, ip: IPAddr) -> None:
         """A borrowed address was released: tell its owner (best effort: a lost
         return keeps the address reserved on the owner, which is safe)."""
         owner = self.ownership.borrowed.pop((str(subnet), str(ip)), None)
@@ -251,7 +250,7 @@ class ClusterGuard:
             body = {"subnet": str(subnet), "ip": str(ip), "borrower": self.me}
             await self.transport.call(addr, RETURN, body, CLAIM_TIMEOUT)
 
-    async def release_subnet(self, subnet: IPv4Network) -> None:
+    async def release_subnet(self, subnet: IPNet) -> None:
         """This host no longer uses `subnet` (ReleasePool): give its blocks back.
 
         Blocks with addresses lent to other hosts stay ours until those come
@@ -261,12 +260,12 @@ class ClusterGuard:
         """
         s = str(subnet)
         lent_blocks = {
-            str(block_of(subnet, IPv4Address(ip))) for (n, ip) in self.ownership.lent if n == s
+            str(block_of(subnet, ip_address(ip))) for (n, ip) in self.ownership.lent if n == s
         }
         released = [k for k in self.ownership.owned if k[0] == s and k[1] not in lent_blocks]
         await self._release_blocks(subnet, released)
 
-    async def _release_blocks(self, subnet: IPv4Network, keys: list[tuple[str, str]]) -> None:
+    async def _release_blocks(self, subnet: IPNet, keys: list[tuple[str, str]]) -> None:
         s = str(subnet)
         for key in keys:
             self.ownership.owned.discard(key)
@@ -326,8 +325,8 @@ class ClusterGuard:
     async def handle_claim(self, body: dict[str, Any]) -> dict[str, Any]:
         s, b, claimer = str(body.get("subnet")), str(body.get("block")), str(body.get("claimer"))
         try:
-            net = IPv4Network(s)
-            if IPv4Network(b) not in blocks(net):
+            net = ip_network(s)
+            if not is_block(net, b):
                 return {"granted": False}
             self._refresh(net)
         except ValueError:
@@ -349,8 +348,10 @@ class ClusterGuard:
 
     async def handle_lend(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            subnet, ip = IPv4Network(str(body.get("subnet"))), IPv4Address(str(body.get("ip")))
+            subnet, ip = ip_network(str(body.get("subnet"))), ip_address(str(body.get("ip")))
         except ValueError:
+            return {"error": "a malformed request"}
+        if ip.version != subnet.version:
             return {"error": "a malformed request"}
         who = str(body.get("borrower"))
         key = (str(subnet), str(ip))
@@ -371,7 +372,7 @@ class ClusterGuard:
             return {}
         del self.ownership.lent[key]
         try:
-            self.unlend_hook(IPv4Network(key[0]), IPv4Address(key[1]), str(body.get("borrower")))
+            self.unlend_hook(ip_network(key[0]), ip_address(key[1]), str(body.get("borrower")))
         except ValueError:
             pass
         await self.save_async()

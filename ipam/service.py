@@ -32,13 +32,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
 from pyoverlay.core.errors import Conflict, Exhausted, InvalidOption, NotFound, PyoverlayError
+from pyoverlay.core.ip import V6_SWARM, IPAddr, IPNet
 from pyoverlay.core.store import JsonDocument
 from pyoverlay.ipam.allocator import (
     ENDPOINT,
@@ -66,18 +67,20 @@ class AddressGuard(Protocol):
 
     clustered: bool
 
-    def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool: ...
+    def may_allocate(self, subnet: IPNet, ip: IPAddr) -> bool: ...
 
-    async def claim(
-        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
-    ) -> None:
+    def spans(self, subnet: IPNet) -> list[IPNet] | None:
+        """The parts of `subnet` this host allocates from (None: all of it)."""
+        ...
+
+    async def claim(self, subnet: IPNet, want: IPAddr | None, within: IPNet | None = None) -> None:
         """Make this host own more of `subnet` (the part holding `want`, or a part inside
         `within`), or raise why not."""
         ...
 
-    async def release_subnet(self, subnet: IPv4Network) -> None: ...
+    async def release_subnet(self, subnet: IPNet) -> None: ...
 
-    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+    async def give_back(self, subnet: IPNet, ip: IPAddr) -> None:
         """An address borrowed from another host's block is free again."""
         ...
 
@@ -91,18 +94,19 @@ class LocalGuard:
 
     clustered = False
 
-    def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
+    def may_allocate(self, subnet: IPNet, ip: IPAddr) -> bool:
         return True
 
-    async def claim(
-        self, subnet: IPv4Network, want: IPv4Address | None, within: IPv4Network | None = None
-    ) -> None:
-        raise Exhausted(f"no free address left in {subnet}")
-
-    async def release_subnet(self, subnet: IPv4Network) -> None:
+    def spans(self, subnet: IPNet) -> list[IPNet] | None:
         return None
 
-    async def give_back(self, subnet: IPv4Network, ip: IPv4Address) -> None:
+    async def claim(self, subnet: IPNet, want: IPAddr | None, within: IPNet | None = None) -> None:
+        raise Exhausted(f"no free address left in {subnet}")
+
+    async def release_subnet(self, subnet: IPNet) -> None:
+        return None
+
+    async def give_back(self, subnet: IPNet, ip: IPAddr) -> None:
         return None
 
     def to_json(self) -> dict[str, object]:
@@ -162,10 +166,6 @@ class IpamService:
     def request_pool(
         self, space: str, pool: str, sub_pool: str, options: Mapping[str, str], v6: bool
     ) -> Pool:
-        if v6:
-            raise InvalidOption(
-                "IPv6 pools are not supported by pyoverlay yet: remove --ipv6 (and IPv6 --subnet)"
-            )
         unknown = sorted(k for k in options if not k.startswith("com.docker.network."))
         if unknown:
             raise InvalidOption(
@@ -176,6 +176,13 @@ class IpamService:
         leader = space == GLOBAL_SPACE
         if pool:
             subnet = _network("--subnet", pool)
+            _check_family(subnet, v6, leader)
+        elif v6:
+            raise InvalidOption(
+                "--ipv6 needs an IPv6 --subnet (for example --subnet fd00:100::/64 beside the "
+                "IPv4 one): pyoverlay has no default IPv6 pool, since the subnet names the "
+                "network on every host"
+            )
         elif leader:
             subnet = self._default_subnet(GLOBAL_SPACE)  # the leader alone picks swarm's
         elif self.guard.clustered:
@@ -187,7 +194,9 @@ class IpamService:
         else:
             subnet = self._default_subnet()
         ip_range = _network("--ip-range", sub_pool) if sub_pool else None
-        if ip_range is not None and not ip_range.subnet_of(subnet):
+        if ip_range is not None and (
+            ip_range.version != subnet.version or not ip_range.subnet_of(subnet)  # type: ignore[arg-type]
+        ):
             raise InvalidOption(f"--ip-range {ip_range} is not inside --subnet {subnet}")
         pool_id = f"{space or LOCAL_SPACE}:{subnet}" + (f":{ip_range}" if ip_range else "")
         for other in self.pools.values():
@@ -241,7 +250,7 @@ class IpamService:
 
     # -- loans (called by the cluster guard for another host's --ip) -----------------
 
-    def lend(self, subnet: IPv4Network, ip: IPv4Address, borrower: str) -> str | None:
+    def lend(self, subnet: IPNet, ip: IPAddr, borrower: str) -> str | None:
         """Reserve `ip` of our pool for another host's container; None, or why not."""
         p = next((p for p in self.pools.values() if p.subnet == subnet), None)
         if p is None:
@@ -254,7 +263,7 @@ class IpamService:
         p.allocated[ip] = LENT + borrower
         return None  # the guard saves the document (pools included)
 
-    def unlend(self, subnet: IPv4Network, ip: IPv4Address, borrower: str) -> None:
+    def unlend(self, subnet: IPNet, ip: IPAddr, borrower: str) -> None:
         for p in self.pools.values():
             if p.subnet == subnet and p.allocated.get(ip) == LENT + borrower:
                 del p.allocated[ip]
@@ -272,20 +281,22 @@ class IpamService:
 
     async def request_address(
         self, pool_id: str, address: str, options: Mapping[str, str] | None
-    ) -> tuple[IPv4Address, int]:
+    ) -> tuple[IPAddr, int]:
         async with self._lock:
             return await self._request_address(pool_id, address, options)
 
     async def _request_address(
         self, pool_id: str, address: str, options: Mapping[str, str] | None
-    ) -> tuple[IPv4Address, int]:
+    ) -> tuple[IPAddr, int]:
         p = self.pool(pool_id)
         opts = options or {}
         is_gateway = opts.get(REQUEST_TYPE) == GATEWAY_REQUEST
         cursor = p.cursor
 
-        def allowed(a: IPv4Address) -> bool:
+        def allowed(a: IPAddr) -> bool:
             return bool(p.swarm) or self.guard.may_allocate(p.subnet, a)
+
+        ip_flag = "--ip6" if p.subnet.version == 6 else "--ip"
 
         if p.swarm == "node" and not address:
             raise InvalidOption(
@@ -295,12 +306,12 @@ class IpamService:
 
         if address and is_gateway:
             # the gateway lives on every host's br0: it is the same everywhere, not owned
-            ip = claim(p, _address("--gateway", address), GATEWAY)
+            ip = claim(p, _address("--gateway", address, p.subnet), GATEWAY)
         elif address and not p.live:
             # --aux-address, asked for while the network is being created: the network's own
-            ip = claim(p, _address("--aux-address", address), RESERVED)
+            ip = claim(p, _address("--aux-address", address, p.subnet), RESERVED)
         elif address:
-            ip = _address("--ip", address)
+            ip = _address(ip_flag, address, p.subnet)
             if ip in p.allocated or not p.usable(ip):
                 claim(p, ip, ENDPOINT)  # raises the clear "in use" / "outside" error
             if not allowed(ip):
@@ -311,12 +322,14 @@ class IpamService:
         else:
             p.live = True
             try:
-                ip = next_free(p, ENDPOINT, allowed)
+                ip = next_free(
+                    p, ENDPOINT, allowed, None if p.swarm else self.guard.spans(p.subnet)
+                )
             except Exhausted:
                 if not self.guard.clustered or p.swarm:
                     raise
                 await self.guard.claim(p.subnet, None, p.ip_range)
-                ip = next_free(p, ENDPOINT, allowed)
+                ip = next_free(p, ENDPOINT, allowed, self.guard.spans(p.subnet))
 
         def undo() -> None:
             release(p, ip)
@@ -328,7 +341,7 @@ class IpamService:
 
     async def release_address(self, pool_id: str, address: str) -> None:
         p = self.pool(pool_id)
-        ip = _address("address", address)
+        ip = _address("address", address, p.subnet)
         purpose = p.allocated.get(ip)
         if release(p, ip):
             assert purpose is not None
@@ -338,9 +351,9 @@ class IpamService:
             log.info("address released", pool=pool_id, address=str(ip))
 
 
-def _network(flag: str, text: str) -> IPv4Network:
+def _network(flag: str, text: str) -> IPNet:
     try:
-        net = IPv4Network(text, strict=False)
+        net = ip_network(text, strict=False)
     except ValueError as exc:
         raise InvalidOption(f"{flag} {text}: {exc}") from None
     if str(net) != text and text.split("/")[0] != str(net.network_address):
@@ -348,8 +361,36 @@ def _network(flag: str, text: str) -> IPv4Network:
     return net
 
 
-def _address(flag: str, text: str) -> IPv4Address:
+MIN_V6_PREFIX, MAX_V6_PREFIX = 48, 120
+
+
+def _check_family(subnet: IPNet, v6: bool, leader: bool) -> None:
+    """An IPv6 pool: asked for with --ipv6 (swarm's leader asks with V6 false, the family
+    is only in the CIDR), in a size pyoverlay's blocks fit."""
+    if subnet.version == 4:
+        if v6:
+            raise InvalidOption(f"--subnet {subnet} is IPv4, but Docker asked for an IPv6 pool")
+        return
+    if leader:
+        raise InvalidOption(f"pyoverlay refuses {V6_SWARM}")
+    if not v6:
+        raise InvalidOption(
+            f"--subnet {subnet} is IPv6: add --ipv6 (and an IPv4 --subnet beside it)"
+        )
+    if not MIN_V6_PREFIX <= subnet.prefixlen <= MAX_V6_PREFIX:
+        raise InvalidOption(
+            f"--subnet {subnet}: an IPv6 subnet of pyoverlay is a /{MIN_V6_PREFIX} to "
+            f"/{MAX_V6_PREFIX} (a /64 is usual)"
+        )
+
+
+def _address(flag: str, text: str, subnet: IPNet | None = None) -> IPAddr:
     try:
-        return IPv4Address(text.split("/")[0])
+        ip = ip_address(text.split("/")[0])
     except ValueError as exc:
         raise InvalidOption(f"{flag} {text}: {exc}") from None
+    if subnet is not None and ip.version != subnet.version:
+        raise InvalidOption(
+            f"{flag} {text} is IPv{ip.version}, but the pool {subnet} is IPv{subnet.version}"
+        )
+    return ip

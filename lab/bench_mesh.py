@@ -144,7 +144,11 @@ def _esp_on_the_wire(lab: Lab, h1: Host, h2: Host, way: Way) -> dict[str, object
     cmd += [f"host {h1.address} and host {h2.address}"]
     cap = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert cap.stderr is not None
-    cap.stderr.readline()  # listening
+    said: list[str] = []  # a notice may come first; "listening on": capturing now
+    while len(said) < 3 and not any("listening on" in x for x in said):
+        said.append(cap.stderr.readline())
+    if "listening on" not in said[-1]:
+        raise AssertionError(f"tcpdump did not start: {said}")
     try:
         client = [*way.client, sys.executable, "-c", CONNECT_CLIENT, way.target, "20"]
         subprocess.run([*client, str(way.setup_port)], check=True, capture_output=True, timeout=300)

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from pyoverlay.core.errors import InvalidOption
+from pyoverlay.core.ip import V6_SWARM
 from pyoverlay.driver.core.options import PoolData
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.overlay.swarm import SwarmAllocations
@@ -61,11 +62,14 @@ async def create_network(request: web.Request) -> web.Response:
             PoolData(d.pool, d.gateway, d.address_space, tuple((d.aux_addresses or {}).values()))
             for d in req.ipv4_data or []
         ],
-        [PoolData(d.pool, d.gateway) for d in req.ipv6_data or []],
+        [
+            PoolData(d.pool, d.gateway, d.address_space, tuple((d.aux_addresses or {}).values()))
+            for d in req.ipv6_data or []
+        ],
         bool(opts.get(ENABLE_IPV6, False)),
         bool(opts.get(INTERNAL, False)),
     )
-    for d in req.ipv4_data or []:
+    for d in [*(req.ipv4_data or []), *(req.ipv6_data or [])]:
         request.app[IPAM].network_created(d.address_space, d.pool, swarm=spec.swarm)
     return reply({})
 
@@ -141,8 +145,9 @@ async def allocate_network(request: web.Request) -> web.Response:
             "this pyoverlay runs with --scope local: swarm networks need the managed plugin "
             "with PYOVERLAY_SCOPE=global on every node (`docker plugin set`)"
         )
-    if req.ipv6_data:
-        raise InvalidOption("IPv6 is not supported by pyoverlay yet: remove --ipv6")
+    if req.ipv6_data or any(":" in d.pool for d in req.ipv4_data or []):
+        # swarmkit 20.10 sends an IPv6 --subnet inside IPv4Data (docs/research-ipv6.md)
+        raise InvalidOption(f"pyoverlay refuses {V6_SWARM}")
     options = allocations.allocate(req.network_id, req.options or {})
     return reply({"Options": options})
 

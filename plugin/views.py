@@ -8,6 +8,7 @@ from typing import Any
 
 from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.ip import addr_key
 from pyoverlay.driver.core.model import NetworkSpec
 from pyoverlay.driver.overlay import peers
 from pyoverlay.driver.overlay.driver import OverlayDriver
@@ -71,6 +72,8 @@ def network_summary(net: NetworkSpec) -> dict[str, Any]:
         "vni": net.vni,
         "subnet": str(net.subnet),
         "gateway": str(net.gateway) if net.gateway else None,
+        **({"subnet6": str(net.subnet6)} if net.subnet6 else {}),
+        **({"gateway6": str(net.gateway6)} if net.gateway6 else {}),
         "namespace": net.namespace,
         "vxlan": net.vxlan,
         "encrypted": net.encrypted,
@@ -115,12 +118,15 @@ async def peers_view(
         if local:
             state = "local"
         else:
-            ok = have.fdb.get(r.mac) == r.vtep and have.neigh.get(r.ip) == r.mac
-            state = "ok" if ok else ("missing" if want.neigh.get(r.ip) == r.mac else "shadowed")
+            ips = (r.ip, r.ip6) if r.ip6 is not None else (r.ip,)
+            ok = have.fdb.get(r.mac) == r.vtep and all(have.neigh.get(i) == r.mac for i in ips)
+            mine = all(want.neigh.get(i) == r.mac for i in ips)
+            state = "ok" if ok else ("missing" if mine else "shadowed")
         rows.append(
             {
                 "endpoint": r.endpoint_id[:12],
                 "ip": str(r.ip),
+                **({"ip6": str(r.ip6)} if r.ip6 is not None else {}),
                 "mac": r.mac,
                 "vtep": str(r.vtep),
                 "state": state,
@@ -132,7 +138,7 @@ async def peers_view(
         if want.fdb.get(mac) != dst
     ] + [
         {"kind": "neigh", "ip": str(ip), "mac": mac, "dst": str(have.fdb.get(mac, ""))}
-        for ip, mac in sorted(have.neigh.items())
+        for ip, mac in sorted(have.neigh.items(), key=lambda kv: addr_key(kv[0]))
         if want.neigh.get(ip) != mac
     ]
     # entries towards a host whose plugin is silent but whose kernel answers stay on

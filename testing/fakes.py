@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyoverlay.core.errors import KernelError, PyoverlayError
+from pyoverlay.core.ip import IPAddr
 from pyoverlay.driver.core.interfaces import (
     Kernel,
     KernelSnapshot,
@@ -56,7 +57,7 @@ class FakeKernel:
         self._underlay = underlay or UnderlayInfo(IPv4Address("192.0.2.10"), "eth0", 1500)
         self.fail_on: str | None = None
         self.fdb: dict[tuple[str, str], dict[str, IPv4Address]] = {}  # (ns, dev) -> mac -> dst
-        self.neigh: dict[tuple[str, str], dict[IPv4Address, str]] = {}
+        self.neigh: dict[tuple[str, str], dict[IPAddr, str]] = {}
         self.applied: list[Op] = []
 
     # -- helpers ---------------------------------------------------------
@@ -114,8 +115,9 @@ class FakeKernel:
                 links = self.links(op.ns)
                 old = links.get(op.name)
                 addrs = old.addresses if old else ()
-                if op.address is not None and op.address not in addrs:
-                    addrs = (*addrs, op.address)
+                for a in (op.address, op.address6):
+                    if a is not None and a not in addrs:
+                        addrs = (*addrs, a)
                 links[op.name] = LinkView(
                     op.name, "bridge", op.mtu, True, alias=op.alias, addresses=addrs
                 )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Any, Protocol
 
 from pyoverlay.core.errors import PyoverlayError
+from pyoverlay.core.ip import IPAddr
 from pyoverlay.driver.core.ops import Op, PeerOp
 
 
@@ -29,7 +30,7 @@ class LinkView:
     vxlan_local: IPv4Address | None = None
     mac: str | None = None
     alias: str | None = None
-    addresses: tuple[IPv4Interface, ...] = ()
+    addresses: tuple[IPv4Interface | IPv6Interface, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,12 @@ class PeerEntries:
     """What is programmed on one VTEP: remote MAC -> VTEP, remote IP -> MAC.
 
     Only entries pyoverlay could have made are listed (FDB rows with a
-    destination, permanent IPv4 neighbours); the VTEP's own MAC and other
+    destination, permanent IPv4 and IPv6 neighbours); the VTEP's own MAC and other
     kernel-owned entries are left out, so a diff never "repairs" them.
     """
 
     fdb: dict[str, IPv4Address] = field(default_factory=dict)
-    neigh: dict[IPv4Address, str] = field(default_factory=dict)
+    neigh: dict[IPAddr, str] = field(default_factory=dict)  # IPv4 (ARP) and IPv6 (NDP)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 IFNAMSIZ = 15
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
@@ -107,6 +107,9 @@ class NetworkSpec:
     # Free-form options as the user gave them, kept for `inspect`-style output.
     options: dict[str, str] = field(default_factory=dict, compare=False)
     aux: tuple[str, ...] = ()  # --aux-address values (reserved, the same on every host)
+    # --ipv6: the network's IPv6 subnet and the gateway address br0 carries (dual stack)
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Interface | None = None
 
     @property
     def namespace(self) -> str:
@@ -137,11 +140,13 @@ class NetworkSpec:
             "internal": self.internal,
             "options": dict(self.options),
             "aux": list(self.aux),
+            **({"subnet6": str(self.subnet6)} if self.subnet6 else {}),
+            **({"gateway6": str(self.gateway6)} if self.gateway6 else {}),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> NetworkSpec:
-        gw = d.get("gateway")
+        gw, s6, gw6 = d.get("gateway"), d.get("subnet6"), d.get("gateway6")
         opts = d.get("options") or {}
         assert isinstance(opts, dict)
         return cls(
@@ -153,6 +158,8 @@ class NetworkSpec:
             internal=bool(d.get("internal", False)),
             options={str(k): str(v) for k, v in opts.items()},
             aux=tuple(str(a) for a in _list(d.get("aux"))),
+            subnet6=IPv6Network(str(s6)) if s6 else None,
+            gateway6=IPv6Interface(str(gw6)) if gw6 else None,
         )
 
 
@@ -172,6 +179,7 @@ class EndpointSpec:
     sandbox: str = ""  # the container's namespace file (Join's SandboxKey) while joined
     service: str = ""  # swarm service of this task and its VIP on the network, once
     vip: str = ""  # the local dockerd reported them (driver/vips.py); "" otherwise
+    address6: IPv6Interface | None = None  # on a dual-stack network
 
     @property
     def container_ifname(self) -> str:
@@ -191,6 +199,7 @@ class EndpointSpec:
             "sandbox": self.sandbox,
             "service": self.service,
             "vip": self.vip,
+            **({"address6": str(self.address6)} if self.address6 else {}),
         }
 
     @classmethod
@@ -204,6 +213,7 @@ class EndpointSpec:
             sandbox=str(d.get("sandbox") or ""),
             service=str(d.get("service") or ""),
             vip=str(d.get("vip") or ""),
+            address6=IPv6Interface(str(d["address6"])) if d.get("address6") else None,
         )
 
 

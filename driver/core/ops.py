@@ -12,7 +12,9 @@ list is what `reconcile --dry-run` prints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
+
+from pyoverlay.core.ip import IPAddr
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,10 @@ class EnsureBridge:
     mtu: int
     address: IPv4Interface | None
     alias: str
+    address6: IPv6Interface | None = None  # a dual-stack network's IPv6 gateway
 
     def __str__(self) -> str:
-        addr = f" {self.address}" if self.address else ""
+        addr = "".join(f" {a}" for a in (self.address, self.address6) if a)
         return f"ensure bridge {self.ns}/{self.name} mtu {self.mtu}{addr}"
 
 
@@ -121,7 +124,7 @@ class ReplaceNeigh:
 
     ns: str
     dev: str
-    ip: IPv4Address
+    ip: IPAddr
     mac: str
 
     def __str__(self) -> str:
@@ -132,7 +135,7 @@ class ReplaceNeigh:
 class DeleteNeigh:
     ns: str
     dev: str
-    ip: IPv4Address
+    ip: IPAddr
 
     def __str__(self) -> str:
         return f"neigh delete {self.ip} dev {self.ns}/{self.dev}"

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 
 from pyoverlay.core.errors import InvalidOption
+from pyoverlay.core.ip import IPV6_MIN_MTU, V6_SWARM
 from pyoverlay.driver.core.model import (
     ESP_OVERHEAD,
     FLAG_TRUE,
@@ -74,7 +75,7 @@ def _int_option(key: str, value: str, low: int, high: int, what: str) -> int:
 
 def _aux(text: str) -> str:
     try:
-        return str(IPv4Interface(text).ip)
+        return str(ip_interface(text).ip)
     except ValueError as exc:
         raise InvalidOption(f"--aux-address {text}: {exc}") from None
 
@@ -95,10 +96,9 @@ def parse_network(
             f"unknown network option{'s' if len(unknown) > 1 else ''} {shown}; "
             f"pyoverlay accepts {ACCEPTED}"
         )
-    if enable_ipv6 or ipv6:
-        raise InvalidOption(
-            "IPv6 is not supported by pyoverlay yet: remove --ipv6 and any IPv6 --subnet"
-        )
+    if any(":" in p.pool for p in ipv4):
+        # swarm's leader sends an IPv6 --subnet among the IPv4 ones (swarmkit 20.10)
+        raise InvalidOption(f"pyoverlay refuses {V6_SWARM}")
     if len(ipv4) != 1:
         subnets = ", ".join(p.pool for p in ipv4) or "none"
         raise InvalidOption(
@@ -116,7 +116,10 @@ def parse_network(
     if gateway is not None and gateway.ip not in subnet:
         raise InvalidOption(f"--gateway {gateway.ip} is outside --subnet {subnet}")
 
+    subnet6, gateway6 = _ipv6(ipv6, enable_ipv6)
     opts = {k: str(v) for k, v in generic.items()}
+    if subnet6 is not None and ALLOCATED_VNI in opts:
+        raise InvalidOption(f"pyoverlay refuses {V6_SWARM}")
     if ALLOCATED_VNI in opts:
         vni = _int_option(
             ALLOCATED_VNI, opts[ALLOCATED_VNI], VNI_MIN, VNI_MAX, "the allocated VXLAN network id"
@@ -140,6 +143,11 @@ def parse_network(
         )
     else:
         mtu = max_mtu
+    if subnet6 is not None and mtu < IPV6_MIN_MTU:
+        raise InvalidOption(
+            f"the network's MTU {mtu} is below IPv6's minimum {IPV6_MIN_MTU}: raise "
+            f"-o {OPT_MTU} (or the underlay's MTU), or leave --ipv6 out"
+        )
     return NetworkSpec(
         network_id=network_id,
         vni=vni,
@@ -148,5 +156,32 @@ def parse_network(
         mtu=mtu,
         internal=internal,
         options=opts,
-        aux=tuple(sorted(_aux(a) for a in ipv4[0].aux)),
+        aux=tuple(sorted(_aux(a) for p in (*ipv4, *ipv6) for a in p.aux)),
+        subnet6=subnet6,
+        gateway6=gateway6,
     )
+
+
+def _ipv6(
+    ipv6: Sequence[PoolData], enable_ipv6: bool
+) -> tuple[IPv6Network | None, IPv6Interface | None]:
+    """The IPv6 side of a dual-stack network (--ipv6 and one IPv6 --subnet), or none."""
+    if not enable_ipv6 and not ipv6:
+        return None, None
+    if len(ipv6) != 1:
+        subnets = ", ".join(p.pool for p in ipv6) or "none"
+        raise InvalidOption(
+            f"a pyoverlay network with --ipv6 has exactly one IPv6 --subnet, got {len(ipv6)} "
+            f"({subnets}); add one, for example --subnet fd00:100::/64"
+        )
+    try:
+        subnet = IPv6Network(ipv6[0].pool, strict=True)
+    except ValueError as exc:
+        raise InvalidOption(f"--subnet {ipv6[0].pool}: {exc}") from None
+    try:
+        gateway = IPv6Interface(ipv6[0].gateway) if ipv6[0].gateway else None
+    except ValueError as exc:
+        raise InvalidOption(f"--gateway {ipv6[0].gateway}: {exc}") from None
+    if gateway is not None and gateway.ip not in subnet:
+        raise InvalidOption(f"--gateway {gateway.ip} is outside --subnet {subnet}")
+    return subnet, gateway

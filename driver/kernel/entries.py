@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from pyoverlay.core.errors import KernelError, PyoverlayError
+from pyoverlay.core.ip import IPAddr
 from pyoverlay.driver.core.interfaces import PeerEntries
 from pyoverlay.driver.core.ops import DeleteFdb, DeleteNeigh, PeerOp, ReplaceFdb, ReplaceNeigh
 from pyoverlay.driver.kernel import rtnl
@@ -71,9 +72,14 @@ class PeerEntryAdapter:
         idx, bridge, inet = dumped
         fdb: dict[str, IPv4Address] = {}
         for m in bridge:
-            if m.ifindex == idx and m.dst and m.lladdr and m.lladdr != "00:00:00:00:00:00":
+            if (
+                m.ifindex == idx
+                and isinstance(m.dst, IPv4Address)
+                and m.lladdr
+                and m.lladdr != "00:00:00:00:00:00"
+            ):
                 fdb[m.lladdr] = m.dst
-        neigh: dict[IPv4Address, str] = {}
+        neigh: dict[IPAddr, str] = {}
         for m in inet:
             if m.ifindex == idx and m.state & rtnl.NUD_PERMANENT and m.dst and m.lladdr:
                 neigh[m.dst] = m.lladdr

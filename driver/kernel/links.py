@@ -24,7 +24,7 @@ import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from ipaddress import IPv4Address, IPv4Interface, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_address, ip_interface
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,7 +62,8 @@ from pyoverlay.driver.overlay.plan import NAMESPACE_PATTERN
 log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")
 NETNS_DIR = Path(netns.NETNS_RUN_DIR)
-AF_INET = 2
+AF_INET, AF_INET6 = 2, 10
+IFA_F_NODAD = 0x02
 
 
 def _mountpoints() -> set[str]:
@@ -229,7 +230,11 @@ class PyrouteKernel:
             await self._call(
                 "create bridge",
                 obj,
-                lambda: ipr.link("add", ifname=op.name, kind="bridge", mtu=op.mtu),
+                # no multicast snooping: a container's IPv6 neighbour solicitation (to a
+                # multicast group) always reaches the VTEP, whose proxy answers it
+                lambda: ipr.link(
+                    "add", ifname=op.name, kind="bridge", mtu=op.mtu, br_mcast_snooping=0
+                ),
             )
             created = True
             link = await self._get_link(op.ns, op.name)
@@ -240,11 +245,19 @@ class PyrouteKernel:
             obj,
             lambda: ipr.link("set", index=idx, mtu=op.mtu, ifalias=op.alias, state="up"),
         )
-        if op.address is not None:
-            address = op.address
+        for address in (op.address, op.address6):
+            if address is None:
+                continue
+            # IPv6: no duplicate address detection (the gateway is the same on every host's
+            # br0, each in its own namespace), as libnetwork adds containers' addresses
+            extra = {"family": AF_INET6, "flags": IFA_F_NODAD} if address.version == 6 else {}
             try:
                 await ipr.addr(
-                    "add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen
+                    "add",
+                    index=idx,
+                    address=str(address.ip),
+                    prefixlen=address.network.prefixlen,
+                    **extra,
                 )
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
@@ -362,15 +375,15 @@ class PyrouteKernel:
     # -- reading ---------------------------------------------------------
 
     async def _links(self, ns: str | None) -> dict[str, LinkView]:
-        """Links with their IPv4 addresses, from raw dumps (rtnl.py) in `ns` (None: ours)."""
+        """Links with their IPv4/IPv6 addresses, from raw dumps (rtnl.py) in `ns` (None: ours)."""
         path = None if ns is None else self.netns_dir / ns
         try:
             links, addrs = await self._netlink.call(path, rtnl.links_and_addresses)
         except OSError as exc:
             raise KernelError("dump links", ns or "host", exc.errno or 0, str(exc)) from exc
-        by_index: dict[int, list[IPv4Interface]] = {}
+        by_index: dict[int, list[IPv4Interface | IPv6Interface]] = {}
         for a in addrs:
-            by_index.setdefault(a.index, []).append(IPv4Interface(f"{a.address}/{a.prefixlen}"))
+            by_index.setdefault(a.index, []).append(ip_interface(f"{a.address}/{a.prefixlen}"))
         names = {link.index: link.name for link in links}
         return {
             link.name: LinkView(

@@ -23,8 +23,10 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple, TypeVar
+
+from pyoverlay.core.ip import IPAddr
 
 T = TypeVar("T")
 
@@ -34,7 +36,7 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
-AF_INET, AF_BRIDGE = 2, 7
+AF_INET, AF_BRIDGE, AF_INET6 = 2, 7, 10
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
 NDA_DST, NDA_LLADDR = 1, 2
@@ -54,12 +56,12 @@ CHUNK = 512  # requests per sendmsg: 24 KiB out, their ACKs well inside the rece
 
 @dataclass(frozen=True)
 class Entry:
-    """One FDB entry (mac -> VTEP `ip`) or ARP entry (`ip` -> mac) to replace or delete."""
+    """One FDB entry (mac -> VTEP `ip`) or ARP/NDP entry (`ip` -> mac) to replace or delete."""
 
     fdb: bool
     add: bool
     mac: str
-    ip: IPv4Address
+    ip: IPAddr
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,14 @@ class Link:
 @dataclass(frozen=True)
 class Address:
     index: int
-    address: IPv4Address
+    address: IPAddr
     prefixlen: int
 
 
 class Dumped(NamedTuple):  # a tuple: 10,000 of them per reconcile at 5,000 endpoints
     ifindex: int
     state: int
-    dst: IPv4Address | None  # None: no or non-IPv4 destination
+    dst: IPAddr | None  # None: no destination
     lladdr: str | None
 
 
@@ -97,13 +99,15 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 def encode(seq: int, ifindex: int, e: Entry) -> bytes:
-    """The request `bridge fdb replace|del` / `ip neigh replace|del` sends, with an ACK asked."""
+    """The request `bridge fdb replace|del` / `ip [-6] neigh replace|del` sends, with an ACK
+    asked."""
     mac = bytes.fromhex(e.mac.replace(":", ""))
     if e.fdb:
         body = NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
         body += _attr(NDA_LLADDR, mac) + _attr(NDA_DST, e.ip.packed)
     else:
-        body = NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+        family = AF_INET6 if e.ip.version == 6 else AF_INET
+        body = NDMSG.pack(family, ifindex, NUD_PERMANENT, 0, 0)
         body += _attr(NDA_DST, e.ip.packed) + _attr(NDA_LLADDR, mac)
     kind = RTM_NEWNEIGH if e.add else RTM_DELNEIGH
     flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_REPLACE | NLM_F_CREATE if e.add else 0)
@@ -167,7 +171,8 @@ def parse_dump(data: bytes) -> tuple[list[Dumped], bool]:
     unpack_attr = ATTR.unpack_from
     for at, end in spans:
         _family, ifindex, state, _flags, _type = NDMSG.unpack_from(data, at)
-        dst = lladdr = None
+        dst: IPAddr | None = None
+        lladdr = None
         off = at + NDMSG.size
         while off + 4 <= end:
             alen, akind = unpack_attr(data, off)
@@ -175,6 +180,8 @@ def parse_dump(data: bytes) -> tuple[list[Dumped], bool]:
                 break
             if akind == NDA_DST and alen == 8:
                 dst = IPv4Address(data[off + 4 : off + 8])
+            elif akind == NDA_DST and alen == 20:
+                dst = IPv6Address(data[off + 4 : off + 20])
             elif akind == NDA_LLADDR and alen == 10:
                 lladdr = data[off + 4 : off + 10].hex(":")
             off += (alen + 3) & ~3
@@ -229,7 +236,8 @@ def parse_links(data: bytes) -> tuple[list[Link], bool]:
 
 
 def parse_addresses(data: bytes) -> tuple[list[Address], bool]:
-    """The IPv4 RTM_NEWADDR messages of one read of an address dump; True once done."""
+    """The RTM_NEWADDR messages (IPv4 and IPv6) of one read of an address dump; True once
+    done."""
     out: list[Address] = []
     spans, done = dump_spans(data, RTM_NEWADDR)
     for at, end in spans:
@@ -237,6 +245,8 @@ def parse_addresses(data: bytes) -> tuple[list[Address], bool]:
         raw = attributes(data, at + IFADDRMSG.size, end).get(IFA_ADDRESS)
         if family == AF_INET and raw is not None and len(raw) == 4:
             out.append(Address(index, IPv4Address(raw), prefixlen))
+        elif family == AF_INET6 and raw is not None and len(raw) == 16:
+            out.append(Address(index, IPv6Address(raw), prefixlen))
     return out, done
 
 
@@ -296,11 +306,12 @@ def batch_on(dev: str, entries: Sequence[Entry]) -> list[int] | None:
 
 
 def peer_dump(dev: str) -> tuple[int, list[Dumped], list[Dumped]] | None:
-    """`dev`'s ifindex, the FDB and the IPv4 neighbour dumps; None if there is no `dev`."""
+    """`dev`'s ifindex, the FDB and the IPv4 + IPv6 neighbour dumps; None if there is no
+    `dev`."""
     idx = _index(dev)
     if idx is None:
         return None
-    return idx, dump(AF_BRIDGE), dump(AF_INET)
+    return idx, dump(AF_BRIDGE), dump(AF_INET) + dump(AF_INET6)
 
 
 def dump(family: int, timeout: float = 5.0) -> list[Dumped]:
@@ -309,7 +320,7 @@ def dump(family: int, timeout: float = 5.0) -> list[Dumped]:
 
 
 def links_and_addresses(timeout: float = 5.0) -> tuple[list[Link], list[Address]]:
-    """Every link and IPv4 address of the calling thread's namespace."""
+    """Every link and IPv4/IPv6 address of the calling thread's namespace."""
     links = _dump(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), parse_links, timeout)
-    addrs = _dump(RTM_GETADDR, IFADDRMSG.pack(AF_INET, 0, 0, 0, 0), parse_addresses, timeout)
+    addrs = _dump(RTM_GETADDR, IFADDRMSG.pack(0, 0, 0, 0, 0), parse_addresses, timeout)
     return links, addrs

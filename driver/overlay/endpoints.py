@@ -4,13 +4,13 @@ swarm service a local task belongs to (its row carries service + VIP)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 import structlog
 
 from pyoverlay.core.errors import InvalidOption, PyoverlayError
-from pyoverlay.driver.core.model import EndpointSpec, mac_from_ip, normalise_mac
+from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, mac_from_ip, normalise_mac
 from pyoverlay.driver.overlay import peers, plan
 from pyoverlay.driver.overlay.base import apply_all, rollback
 from pyoverlay.driver.overlay.base import short as _short
@@ -34,8 +34,6 @@ class Endpoints(Networks):
             net = self.network(nid)
             if eid in self.endpoints:
                 return None
-            if address_v6:
-                raise InvalidOption("IPv6 endpoint addresses are not supported by pyoverlay yet")
             if not address:
                 raise InvalidOption(
                     f"endpoint {_short(eid)} has no IPv4 address; pyoverlay needs one from IPAM"
@@ -48,12 +46,13 @@ class Endpoints(Networks):
                 raise InvalidOption(
                     f"address {iface.ip} is outside the network's subnet {net.subnet}"
                 )
+            iface6 = _address6(net, address_v6)
             chosen = None
             if mac:
                 mac = normalise_mac(mac)
             else:
                 mac = chosen = mac_from_ip(iface.ip)
-            ep = EndpointSpec(nid, eid, iface, mac)
+            ep = EndpointSpec(nid, eid, iface, mac, address6=iface6)
             made = [] if self.active(nid) else await self._open_sandbox(net)
             self.endpoints[eid] = ep
             try:
@@ -147,3 +146,21 @@ class Endpoints(Networks):
             log.info("service task", nid=_short(nid), eid=_short(eid), service=service, vip=vip)
             await self.services.sync_vips(net.vni)
             return True
+
+
+def _address6(net: NetworkSpec, text: str) -> IPv6Interface | None:
+    """The endpoint's IPv6 address (Docker's IPAM answer, CIDR), on a dual-stack network."""
+    if not text:
+        return None
+    if net.subnet6 is None:
+        raise InvalidOption(
+            f"endpoint address {text} is IPv6, but the network has no IPv6 subnet "
+            "(create it with --ipv6 and an IPv6 --subnet)"
+        )
+    try:
+        iface = IPv6Interface(text)
+    except ValueError as exc:
+        raise InvalidOption(f"endpoint IPv6 address {text!r}: {exc}") from None
+    if iface.ip not in net.subnet6:
+        raise InvalidOption(f"address {iface.ip} is outside the network's subnet {net.subnet6}")
+    return iface

@@ -3,8 +3,10 @@
 Every remote endpoint of a VNI becomes, on that network's VTEP:
     bridge fdb replace <mac> dev <vtep> dst <remote host> self permanent
     ip neigh replace <ip> lladdr <mac> dev <vtep> nud permanent
+    ip -6 neigh replace <ip6> lladdr <mac> dev <vtep> nud permanent   (dual stack)
 (flannel's "program ahead, no miss upcalls" design; the VTEP's `proxy` flag
-answers containers' ARP from the neighbour table).
+answers containers' ARP, and their IPv6 neighbour solicitations, from the
+neighbour table: the same MAC and FDB entry serve both families).
 
 This is state-based, not event-based: the wanted entries are recomputed from
 the table and diffed with what the kernel has, so any interleaving or
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from pyoverlay.core.ip import IPAddr, addr_key
 from pyoverlay.driver.core.interfaces import PeerEntries
 from pyoverlay.driver.core.ops import DeleteFdb, DeleteNeigh, PeerOp, ReplaceFdb, ReplaceNeigh
 
@@ -39,6 +42,7 @@ class RemoteEndpoint:
     mac: str
     vtep: IPv4Address
     version: tuple[int, str]
+    ip6: IPv6Address | None = None  # on a dual-stack network
 
     @classmethod
     def from_row(
@@ -51,16 +55,25 @@ class RemoteEndpoint:
                 str(value["mac"]).lower(),
                 IPv4Address(str(value["vtep"])),
                 version,
+                IPv6Address(str(value["ip6"])) if value.get("ip6") else None,
             )
         except (KeyError, ValueError):
             return None
 
 
 def row_value(
-    ip: IPv4Address, mac: str, vtep: IPv4Address, service: str = "", vip: str = ""
+    ip: IPv4Address,
+    mac: str,
+    vtep: IPv4Address,
+    service: str = "",
+    vip: str = "",
+    ip6: IPv6Address | None = None,
 ) -> dict[str, Any]:
-    """An endpoint's row; a swarm task's row also names its service and VIP (vips.py)."""
+    """An endpoint's row; a swarm task's row also names its service and VIP (vips.py), a
+    dual-stack endpoint's its IPv6 address."""
     row = {"ip": str(ip), "mac": mac, "vtep": str(vtep)}
+    if ip6 is not None:
+        row["ip6"] = str(ip6)
     if service and vip:
         row |= {"service": service, "vip": vip}
     return row
@@ -68,14 +81,15 @@ def row_value(
 
 def desired(remotes: Iterable[RemoteEndpoint], local_vtep: IPv4Address) -> PeerEntries:
     fdb: dict[str, tuple[tuple[int, str], IPv4Address]] = {}
-    neigh: dict[IPv4Address, tuple[tuple[int, str], str]] = {}
+    neigh: dict[IPAddr, tuple[tuple[int, str], str]] = {}
     for r in remotes:
         if r.vtep == local_vtep:
             continue  # our own endpoints sit on br0; nothing to tunnel
         if r.mac not in fdb or fdb[r.mac][0] < r.version:
             fdb[r.mac] = (r.version, r.vtep)
-        if r.ip not in neigh or neigh[r.ip][0] < r.version:
-            neigh[r.ip] = (r.version, r.mac)
+        for ip in (r.ip, r.ip6) if r.ip6 is not None else (r.ip,):
+            if ip not in neigh or neigh[ip][0] < r.version:
+                neigh[ip] = (r.version, r.mac)
     return PeerEntries(
         fdb={m: v for m, (_, v) in fdb.items()}, neigh={i: m for i, (_, m) in neigh.items()}
     )
@@ -105,9 +119,12 @@ def diff(
         return prune and dst not in keep
 
     for ip in sorted(
-        ip
-        for ip, mac in have.neigh.items()
-        if ip not in want.neigh and removable(have.fdb.get(mac))
+        (
+            ip
+            for ip, mac in have.neigh.items()
+            if ip not in want.neigh and removable(have.fdb.get(mac))
+        ),
+        key=addr_key,
     ):
         ops.append(DeleteNeigh(ns, dev, ip))
     for mac, dst in sorted(
@@ -118,6 +135,9 @@ def diff(
         ops.append(DeleteFdb(ns, dev, mac, dst))
     for mac, dst in sorted((m, d) for m, d in want.fdb.items() if have.fdb.get(m) != d):
         ops.append(ReplaceFdb(ns, dev, mac, dst))
-    for ip, mac in sorted((i, m) for i, m in want.neigh.items() if have.neigh.get(i) != m):
+    for ip, mac in sorted(
+        ((i, m) for i, m in want.neigh.items() if have.neigh.get(i) != m),
+        key=lambda im: addr_key(im[0]),
+    ):
         ops.append(ReplaceNeigh(ns, dev, ip, mac))
     return ops

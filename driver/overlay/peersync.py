@@ -62,7 +62,10 @@ class PeerSync(DriverBase):
                 self.directory.publish(peers.scope(net.vni), ep.endpoint_id, self._row(ep))
 
     def _row(self, ep: EndpointSpec) -> dict[str, Any]:
-        return peers.row_value(ep.address.ip, ep.mac, self.underlay.address, ep.service, ep.vip)
+        ip6 = ep.address6.ip if ep.address6 is not None else None
+        return peers.row_value(
+            ep.address.ip, ep.mac, self.underlay.address, ep.service, ep.vip, ip6
+        )
 
     def remote_endpoints(self, vni: int) -> list[peers.RemoteEndpoint]:
         """The endpoint rows of a VNI, parsed; a row's parse is kept while its version

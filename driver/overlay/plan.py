@@ -42,6 +42,7 @@ def bridge_op(net: NetworkSpec, node_id: str) -> EnsureBridge:
         mtu=net.mtu,
         address=net.gateway,
         alias=ownership_marker(node_id, net.network_id),
+        address6=net.gateway6,
     )
 
 
@@ -123,6 +124,7 @@ def _bridge_ok(link: LinkView | None, want: EnsureBridge) -> bool:
         and link.up
         and link.alias == want.alias
         and (want.address is None or want.address in link.addresses)
+        and (want.address6 is None or want.address6 in link.addresses)
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,8 @@ class SimCluster:
         else:
             guard.synced = True  # the very first host of the cluster: alone by design
         if not restart:
-            self.pools[name] = ipam.request_pool("", self.subnet, "", {}, False).pool_id
+            v6 = ":" in self.subnet
+            self.pools[name] = ipam.request_pool("", self.subnet, "", {}, v6).pool_id
             await ipam.request_address(self.pools[name], "", GW)
             ipam.network_created("pyoverlay-local", self.subnet)  # the driver's CreateNetwork
         return name
@@ -166,6 +167,24 @@ async def test_concurrent_docker_runs_on_three_hosts_never_collide(tmp_path: Pat
     ips = [r[0][0] for r in results]
     assert len(set(ips)) == 60
     assert not c.duplicates()
+
+
+async def test_ipv6_addresses_come_from_blocks_each_host_claims(tmp_path: Path) -> None:
+    """A /64 has 2**56 blocks of 256: hosts claim them from the start, and more when one
+    is full; never an address twice."""
+    c = await make(3, tmp_path, subnet="fd00:40::/64")
+    results = await asyncio.gather(*(c.alloc(f"h{i % 3}", 150) for i in range(6)))
+    ips = [r[0] for batch in results for r in batch]
+    assert all(isinstance(ip, IPv6Address) for ip in ips), ips[:3]
+    assert len(set(ips)) == 900
+    assert not c.duplicates()
+    subnet = IPv6Network("fd00:40::/64")
+    for name in ("h0", "h1", "h2"):
+        owned = c.guard(name).ownership.owned_blocks(subnet)
+        assert len(owned) >= 2  # 300 addresses: more than one block of 256 holds
+        assert all(b.prefixlen == 120 for b in owned)
+        mine = [ip for ip, who in c.in_use().items() if who == [name]]
+        assert all(any(ip in b for b in owned) for ip in mine)
 
 
 async def test_a_cut_off_host_uses_its_blocks_then_says_why_it_cannot_go_on(tmp_path: Path) -> None:

@@ -35,6 +35,9 @@ class ClusteredGuard:
     def may_allocate(self, subnet, ip):
         return False
 
+    def spans(self, subnet):
+        return []
+
     def to_json(self):
         return {}
 

@@ -27,7 +27,15 @@ The recorder's address-space names are mapped to pyoverlay's.
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Interface,
+    IPv4Network,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ from support import Services
 
 from pyoverlay.driver.core.model import mac_from_ip, namespace_name, veth_names
 from pyoverlay.driver.core.options import ALLOCATED_VNI, KNOWN_OPTIONS
+from pyoverlay.driver.overlay import peers
 from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.ipam.spaces import GLOBAL_SPACE, LOCAL_SPACE
 from pyoverlay.plugin.app import make_app
@@ -63,8 +72,9 @@ class Model:
     def __init__(self) -> None:
         self.networks: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, str] = {}  # eid -> nid
+        self.ip6: dict[str, str] = {}  # eid -> its IPv6 address (dual stack)
         self.pool_ids: dict[str, str] = {}  # recorded PoolID -> ours
-        self.pools: dict[str, IPv4Network] = {}  # ours -> subnet
+        self.pools: dict[str, IPv4Network | IPv6Network] = {}  # ours -> subnet
         self.allocated: dict[str, dict[str, str]] = {}  # swarm network -> AllocateNetwork's answer
         self.swarm_created = 0  # CreateNetworks accepted with an allocated VNI
 
@@ -77,7 +87,10 @@ def expected_network_error(req: dict[str, Any], clustered: bool) -> list[str]:
     if unknown:
         return unknown
     if opts.get("com.docker.network.enable_ipv6") or req.get("IPv6Data"):
-        return ["IPv6", "--ipv6"]
+        if len(req.get("IPv6Data") or []) != 1:
+            return ["--ipv6", "exactly one IPv6 --subnet"]
+        if clustered and ALLOCATED_VNI in generic:
+            return ["swarm-scope"]  # swarm gives one address per task, of either family
     space = (req.get("IPv4Data") or [{}])[0].get("AddressSpace", "")
     ours = space.startswith(("pyoverlay-", "Recorder"))  # the recorder's names map to ours
     named = ALLOCATED_VNI in generic or "vni" in generic or ours
@@ -199,6 +212,11 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                     ns = svc.kernel.namespaces[namespace_name(nid)]  # the sandbox is there
                     gw = IPv4Interface(model.networks[nid]["IPv4Data"][0]["Gateway"])
                     assert gw in ns["br0"].addresses
+                    for v6 in model.networks[nid].get("IPv6Data") or []:  # dual stack
+                        assert IPv6Interface(v6["Gateway"]) in ns["br0"].addresses
+                    assert "AddressIPv6" not in body["Interface"]  # Docker's, never changed
+                    if iface.get("AddressIPv6"):
+                        model.ip6[eid] = iface["AddressIPv6"].split("/")[0]
                     vx = [link for link in ns.values() if link.kind == "vxlan"]
                     assert len(vx) == 1 and vx[0].master == "br0" and vx[0].mtu == 1450
                 else:
@@ -212,6 +230,12 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                     assert src in svc.kernel.namespaces[HOST]
                     overlay_end = svc.kernel.namespaces[namespace_name(nid)][veth_names(eid)[1]]
                     assert overlay_end.master == "br0"
+                    # the row every other host programs from: IPv6 beside IPv4 on dual stack
+                    vni = svc.driver.networks[nid].vni
+                    (row,) = [
+                        v for k, v, _ in svc.driver.directory.rows(peers.scope(vni)) if k == eid
+                    ]
+                    assert row.get("ip6") == model.ip6.get(eid), (where, row)
                 else:
                     assert err, (where, body)
             case "/NetworkDriver.Leave":
@@ -247,23 +271,23 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
                 bad = [k for k in options if not k.startswith("com.docker.network.")]
                 if bad:
                     assert err and all(f"--ipam-opt {k}" in err for k in bad), (where, body)
-                elif req.get("V6"):
-                    assert err and "IPv6" in err, (where, body)
+                elif req.get("V6") and not req.get("Pool"):
+                    assert err and "--ipv6 needs an IPv6 --subnet" in err, (where, body)
                 else:
                     assert err is None, (where, err)
                     if req.get("Pool"):
                         assert body["Pool"] == req["Pool"]
                     recorded_id = (fx["response"] or {}).get("PoolID", body["PoolID"])
                     model.pool_ids[recorded_id] = body["PoolID"]
-                    model.pools[body["PoolID"]] = IPv4Network(body["Pool"])
+                    model.pools[body["PoolID"]] = ip_network(body["Pool"])
             case "/IpamDriver.RequestAddress":
                 pool_id = model.pool_ids.get(req["PoolID"])
                 if pool_id in model.pools:
                     assert err is None, (where, err)
-                    got = IPv4Interface(body["Address"])
+                    got = ip_interface(body["Address"])
                     assert got.network == model.pools[pool_id]
                     if req.get("Address"):
-                        assert got.ip == IPv4Address(req["Address"])
+                        assert got.ip == ip_address(req["Address"])
                 else:
                     assert err and "not known" in err, (where, body)
             case "/IpamDriver.ReleaseAddress" | "/IpamDriver.ReleasePool":
@@ -291,5 +315,6 @@ async def test_replay(directory: str, ipam_opts: str, tmp_path: Path, aiohttp_cl
         for method in ("CreateNetwork", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint"):
             assert succeeded.get(method, 0) >= 5, (method, succeeded)
         assert succeeded.get("DeleteNetwork", 0) >= 3, succeeded
+        assert len(model.ip6) >= 2, model.ip6  # dual-stack endpoints (--ipv6), both recorded
         if ipam_opts == "stripped":
             assert succeeded.get("RequestAddress", 0) >= 5, succeeded

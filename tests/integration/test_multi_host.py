@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Scratch, api, both, cli, ip_of, mac_of, ping
+from support import Pinger, Scratch, api, both, cli, ip_of, lost_report, mac_of, ping
 
 from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
@@ -324,3 +324,78 @@ def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> No
     # and h2's plugin still serves Docker after leaving (nothing to tell anybody)
     h2.docker("rm", "-f", "g2")
     assert "internal error" not in h2.plugin_log(), h2.plugin_log()[-2000:]
+
+
+def ip6_of(h: Host, container: str, network: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "%s").GlobalIPv6Address}}' % network
+    return h.docker("inspect", "-f", fmt, container).stdout.strip()
+
+
+def dual_stack(scratch: Scratch, lab: Lab, name: str, v4: str, v6: str) -> dict[str, str]:
+    """`docker network create --ipv6 --subnet V4 --subnet V6` on every host."""
+    out = {}
+    for h in lab.hosts:
+        nid = scratch.network(h, name, "--ipv6", "--subnet", v4, "--subnet", v6)
+        out[h.name] = f"1-{nid[:10]}"
+    return out
+
+
+def test_dual_stack_ping6_and_tcp_over_ipv6_both_ways(lab: Lab, scratch: Scratch) -> None:
+    """`--ipv6` with an IPv4 and an IPv6 subnet: each container gets both addresses from
+    the cluster-wide IPAM, and IPv6 crosses the VXLAN both ways (the remote address is a
+    permanent IPv6 neighbour on the VTEP, whose proxy answers the solicitation)."""
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = dual_stack(scratch, lab, "ds6", "100.0.6.0/24", "fd00:100:6::/64")
+    for h, c in ((h1, "d1"), (h2, "d2")):
+        scratch.run(h, c, "--network", "ds6", IMAGE, "httpd", "-f", "-p", "80", "-h", "/var/www")
+    d1, d2 = ip6_of(h1, "d1", "ds6"), ip6_of(h2, "d2", "ds6")
+    assert d1.startswith("fd00:100:6::") and d2.startswith("fd00:100:6::") and d1 != d2, (d1, d2)
+    v4 = {c: ip_of(h, c, "ds6") for h, c in ((h1, "d1"), (h2, "d2"))}
+    wait_for("d1 -> d2 over IPv6", lambda: ping(h1, "d1", d2), timeout=15 * lab.slow)
+    assert ping(h2, "d2", d1, count=2)
+    assert ping(h1, "d1", v4["d2"]) and ping(h2, "d2", v4["d1"])  # IPv4 beside it
+    for h, c, target in ((h1, "d1", d2), (h2, "d2", d1)):
+        r = h.docker(
+            "exec", c, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80"
+        )
+        assert "hello from pyoverlay" in r.stdout, (target, r.stdout, r.stderr)
+    # the kernel on h1 holds d2 in both families, under one MAC and one FDB entry
+    d2_mac = mac_of(h2, "d2", "ds6")
+    six = json.loads(
+        h1.ns_exec(nss["h1"], "ip", "-6", "-j", "neigh", "show", "nud", "permanent").stdout or "[]"
+    )
+    assert {e["dst"]: e["lladdr"] for e in six} == {d2: d2_mac}
+    assert neigh(h1, nss["h1"]) == {v4["d2"]: d2_mac}
+    assert fdb_macs(h1, nss["h1"]) == {d2_mac: h2.address}
+    shown = cli(h1, lab, "peers")
+    assert shown.returncode == 0 and "IPV6" in shown.stdout and d2 in shown.stdout, shown.stdout
+
+
+def test_a_plugin_restart_loses_no_ipv6_packet(lab: Lab, scratch: Scratch) -> None:
+    """A 20 ms ping6 from h2 to h1 while h1's plugin is killed (SIGKILL) and started again:
+    every reply comes back, and its entries are in order afterwards."""
+    h1, h2 = lab.host(1), lab.host(2)
+    dual_stack(scratch, lab, "rs6", "100.0.7.0/24", "fd00:100:7::/64")
+    scratch.run(h1, "r1", "--network", "rs6", IMAGE, *SLEEP)
+    scratch.run(h2, "r2", "--network", "rs6", IMAGE, *SLEEP)
+    target = ip6_of(h1, "r1", "rs6")
+    wait_for("r2 -> r1 over IPv6", lambda: ping(h2, "r2", target), timeout=15 * lab.slow)
+    pinger = Pinger(h2, "r2", target)
+    try:
+        h1.stop_plugin(signal.SIGKILL)
+        h1.start_plugin()
+        wait_for(
+            "peers ok after the restart (both families)",
+            lambda: all(
+                p["state"] in ("ok", "local") and not v["stale"]
+                for h in (h1, h2)
+                for v in api(h, "/peers")
+                for p in v["peers"]
+            ),
+            timeout=15 * lab.slow,
+        )
+        assert ping(h1, "r1", ip6_of(h2, "r2", "rs6"))
+        out, sent, got = pinger.stop()
+    finally:
+        pinger.kill()
+    assert got == sent, lost_report(out, sent)

@@ -131,6 +131,9 @@ def esp_gaps(lines: list[str], gap: float = 0.1) -> list[str]:
     return out or ["no pause in the ESP flow on the wire"]
 
 
+V6_OF = '{{(index .NetworkSettings.Networks "enc").GlobalIPv6Address}}'
+
+
 @dataclass(frozen=True)
 class Nets:
     """The module's two networks (h1's ids and VNIs) and each container's address on them."""
@@ -145,13 +148,15 @@ class Nets:
 
 @pytest.fixture(scope="module")
 def nets(lab: Lab) -> Iterator[Nets]:
-    """On h1 and h2: `enc` (-o encrypted) and `plain`, a container on each host in both."""
+    """On h1 and h2: `enc` (-o encrypted, dual stack) and `plain`, a container on each host
+    in both."""
     s = Scratch(lab)
     h1, h2 = lab.host(1), lab.host(2)
     try:
         ids: dict[str, str] = {}  # h1's network ids (each engine names its networks itself)
         for h in (h1, h2):
-            enc = s.network(h, "enc", "--subnet", "10.61.0.0/24", "-o", "encrypted")
+            enc = s.network(h, "enc", "--ipv6", "--subnet", "10.61.0.0/24",
+                            "--subnet", "fd00:61::/64", "-o", "encrypted")  # fmt: skip
             plain = s.network(h, "plain", "--subnet", "10.62.0.0/24")
             ids = ids or {"enc": enc, "plain": plain}
         for h, name in ((h1, "c1"), (h2, "c2")):
@@ -161,7 +166,8 @@ def nets(lab: Lab) -> Iterator[Nets]:
             enc=ids["enc"],
             plain=ids["plain"],
             c1={n: ip_of(h1, "c1", n) for n in ("enc", "plain")},
-            c2={n: ip_of(h2, "c2", n) for n in ("enc", "plain")},
+            c2={n: ip_of(h2, "c2", n) for n in ("enc", "plain")}
+            | {"enc6": h2.docker("inspect", "-f", V6_OF, "c2").stdout.strip()},
             vni_enc=int(str(network_of(lab, h1, ids["enc"])["vni"])),
             vni_plain=int(str(network_of(lab, h1, ids["plain"])["vni"])),
         )
@@ -178,12 +184,14 @@ def test_encrypted_network_is_esp_on_the_wire_and_the_plain_one_is_vxlan(
     cap = Capture(lab, "wire")
     assert ping(h1, "c1", c2["enc"], count=5, wait=3)
     assert ping(h1, "c1", c2["plain"], count=5, wait=3)
+    assert c2["enc6"].startswith("fd00:61::"), c2
+    assert ping(h1, "c1", c2["enc6"], count=5, wait=3)  # IPv6 inside VXLAN inside ESP
     lines = cap.stop()
     vnis = vxlan_vnis(lines)
     assert nets.vni_enc not in vnis, lines  # never in the clear
     assert vnis.get(nets.vni_plain, 0) >= 6, lines
-    assert len(esp_spis(lines, h1.address, h2.address)) >= 5, lines
-    assert len(esp_spis(lines, h2.address, h1.address)) >= 5, lines
+    assert len(esp_spis(lines, h1.address, h2.address)) >= 10, lines  # 5 IPv4, 5 IPv6
+    assert len(esp_spis(lines, h2.address, h1.address)) >= 10, lines
     # what a user sees: the MTU left for ESP, the network marked, SAs per peer
     mtu = h1.docker("exec", "c1", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
     assert mtu == "1410"  # 1500 - 50 (VXLAN) - 40 (ESP)

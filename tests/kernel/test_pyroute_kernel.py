@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
+from kernelkit import UNDERLAY_IP, ip, ipj
 
 from pyoverlay.core.errors import KernelError, PyoverlayError
 from pyoverlay.driver.core.model import EndpointSpec, NetworkSpec, Underlay
@@ -30,15 +31,6 @@ from pyoverlay.driver.overlay.base import apply_all
 from pyoverlay.driver.overlay.driver import OverlayDriver
 
 pytestmark = pytest.mark.kernel
-UNDERLAY_IP = "192.0.2.1"
-
-
-def ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
-
-
-def ipj(*args: str) -> list[dict[str, object]]:
-    return json.loads(ip("-j", *args) or "[]")
 
 
 def bridge_fdb(ns: str, dev: str) -> list[dict[str, str]]:
@@ -54,31 +46,6 @@ def bridge_fdb(ns: str, dev: str) -> list[dict[str, str]]:
 
 def our_veths() -> list[str]:
     return [str(e["ifname"]) for e in ipj("link") if str(e["ifname"]).startswith(("pyc", "pyv"))]
-
-
-@pytest.fixture
-def underlay(prefix: str):
-    """A veth in the throwaway host namespace carrying the underlay address."""
-    ip("link", "add", f"{prefix}u0", "mtu", "1500", "type", "veth", "peer", "name", f"{prefix}u1")
-    ip("addr", "add", f"{UNDERLAY_IP}/24", "dev", f"{prefix}u0")
-    ip("link", "set", f"{prefix}u0", "up")
-    ip("link", "set", f"{prefix}u1", "up")
-    yield Underlay(IPv4Address(UNDERLAY_IP), 4789, 1500)
-    subprocess.run(["ip", "link", "del", f"{prefix}u0"], check=False)
-
-
-@pytest.fixture
-async def kernel():
-    k = PyrouteKernel()
-    yield k
-    await k.close()
-    for name in Path("/run/netns").iterdir():
-        if name.name.startswith("1-"):
-            # VTEPs first: namespace destruction is asynchronous and would keep the VNI busy
-            for link in ipj("-n", name.name, "link"):
-                if str(link["ifname"]).startswith("pvx"):
-                    ip("-n", name.name, "link", "del", str(link["ifname"]))
-            ip("netns", "del", name.name)
 
 
 def spec(nid: str, vni: int = 4242, subnet: str = "10.50.0.0/24") -> NetworkSpec:

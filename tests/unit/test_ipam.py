@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -69,13 +69,56 @@ async def test_taken_address_is_refused_clearly(ipam: IpamService) -> None:
             "--ip-range 10.2.0.0/25 is not inside",
         ),
         (("", "", "", {"color": "red"}, False), InvalidOption, "--ipam-opt color=red"),
-        (("", "", "", {}, True), InvalidOption, "remove --ipv6"),
+        (("", "", "", {}, True), InvalidOption, "--ipv6 needs an IPv6 --subnet"),
+        (("pyoverlay-global", "fd00:1::/64", "", {}, False), InvalidOption, "swarm-scope network"),
+        (("", "fd00:1::/64", "", {}, False), InvalidOption, "is IPv6: add --ipv6"),
+        (("", "10.1.0.0/24", "", {}, True), InvalidOption, "asked for an IPv6 pool"),
+        (("", "fd00:1::/124", "", {}, True), InvalidOption, "a /48 to /120"),
+        (("", "fd00:1::1/64", "", {}, True), InvalidOption, "did you mean fd00:1::/64"),
+        (("", "fd00:1::/64", "10.1.0.0/25", {}, True), InvalidOption, "--ip-range 10.1.0.0/25"),
     ],
 )
 def test_bad_pools(ipam: IpamService, args: tuple, exc: type, message: str) -> None:
     with pytest.raises(exc, match=message):
         ipam.request_pool(*args)
     assert ipam.pools == {}
+
+
+async def test_an_ipv6_pool_gives_gateway_addresses_and_ip6(tmp_path: Path) -> None:
+    ipam = IpamService(tmp_path / "ipam.json")
+    pool = ipam.request_pool("", "fd00:100::/64", "", {}, True)
+    assert pool.pool_id == "pyoverlay-local:fd00:100::/64"
+    assert await ipam.request_address(pool.pool_id, "", GW) == (IPv6Address("fd00:100::1"), 64)
+    got = [(await ipam.request_address(pool.pool_id, "", None))[0] for _ in range(2)]
+    assert [str(a) for a in got] == ["fd00:100::2", "fd00:100::3"]
+    assert (await ipam.request_address(pool.pool_id, "fd00:100::beef", None))[0] == IPv6Address(
+        "fd00:100::beef"
+    )
+    with pytest.raises(Conflict, match="fd00:100::beef is already in use .* pick another --ip"):
+        await ipam.request_address(pool.pool_id, "fd00:100::beef", None)
+    with pytest.raises(InvalidOption, match="--ip6 10.1.0.5 is IPv4, but the pool"):
+        await ipam.request_address(pool.pool_id, "10.1.0.5", None)
+    # beside an IPv4 pool of the same network, and both survive a restart
+    v4 = ipam.request_pool("", "10.1.0.0/24", "", {}, False)
+    again = IpamService(tmp_path / "ipam.json")
+    again.load()
+    assert set(again.pools) == {pool.pool_id, v4.pool_id}
+    assert again.pools[pool.pool_id].allocated == ipam.pools[pool.pool_id].allocated
+    assert (await again.request_address(pool.pool_id, "", None))[0] == IPv6Address("fd00:100::4")
+    await again.release_address(pool.pool_id, "fd00:100::beef")
+    assert IPv6Address("fd00:100::beef") not in again.pools[pool.pool_id].allocated
+
+
+async def test_an_ipv6_ip_range_and_aux_address(ipam: IpamService) -> None:
+    pool = ipam.request_pool("", "fd00:200::/64", "fd00:200::100/120", {}, True)
+    # Docker asks for --aux-address while the network is being made: the network's own
+    assert (await ipam.request_address(pool.pool_id, "fd00:200::100", None))[0] == IPv6Address(
+        "fd00:200::100"
+    )
+    assert pool.allocated[IPv6Address("fd00:200::100")] == "reserved"
+    ipam.network_created("pyoverlay-local", "fd00:200::/64")
+    got = (await ipam.request_address(pool.pool_id, "", None))[0]
+    assert got == IPv6Address("fd00:200::101")  # inside the range, past the reserved one
 
 
 def test_overlapping_subnet_is_refused(ipam: IpamService) -> None:
@@ -146,6 +189,9 @@ class NoClaims:
 
     def may_allocate(self, subnet: IPv4Network, ip: IPv4Address) -> bool:
         return False
+
+    def spans(self, subnet: IPv4Network) -> list[IPv4Network]:
+        return []
 
     async def claim(self, subnet, ip=None, within=None) -> None:
         raise AssertionError(f"a cluster claim for a swarm pool ({subnet}, {ip})")

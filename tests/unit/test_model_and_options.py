@@ -25,6 +25,7 @@ from pyoverlay.driver.core.options import PoolData, parse_network
 HEX64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 UNDERLAY = Underlay(IPv4Address("192.0.2.10"), 4789, 1500)
 POOL = [PoolData("10.1.0.0/24", "10.1.0.1/24")]
+POOL6 = [PoolData("fd00:100::/64", "fd00:100::1/64")]
 
 
 @given(HEX64, st.integers(1, 2**24 - 1))
@@ -76,6 +77,14 @@ def test_defaults_are_derived_vni_and_underlay_mtu_minus_50() -> None:
     assert str(spec.gateway) == "10.1.0.1/24"
 
 
+def test_a_dual_stack_network_keeps_its_ipv6_subnet_and_gateway() -> None:
+    spec = parse({}, enable_ipv6=True, ipv6=POOL6)
+    assert (str(spec.subnet6), str(spec.gateway6)) == ("fd00:100::/64", "fd00:100::1/64")
+    assert spec.vni == derive_vni(IPv4Network("10.1.0.0/24"))  # the IPv4 subnet names it
+    assert type(spec).from_json(spec.to_json()) == spec
+    assert "subnet6" not in parse({}).to_json()  # an IPv4 network's state is as before
+
+
 def test_explicit_vni_and_mtu() -> None:
     spec = parse({"vni": "4097", "com.docker.network.driver.mtu": "1400"})
     assert (spec.vni, spec.mtu) == (4097, 1400)
@@ -101,7 +110,20 @@ def test_explicit_vni_and_mtu() -> None:
             "50 bytes of VXLAN header and 40 of ESP) must be from 576 to 1410",
         ),
         ({"foo": "1", "bar": "2"}, {}, "unknown network options -o bar=2, -o foo=1"),
-        ({}, {"enable_ipv6": True}, "IPv6 is not supported by pyoverlay yet: remove --ipv6"),
+        ({}, {"enable_ipv6": True}, "with --ipv6 has exactly one IPv6 --subnet, got 0"),
+        ({}, {"enable_ipv6": True, "ipv6": POOL6 * 2}, "exactly one IPv6 --subnet, got 2"),
+        (
+            {},
+            {"enable_ipv6": True, "ipv6": [PoolData("fd00:100::/64", "fd00:200::1/64")]},
+            "--gateway fd00:200::1 is outside --subnet fd00:100::/64",
+        ),
+        (
+            {"com.docker.network.driver.mtu": "1200"},
+            {"enable_ipv6": True, "ipv6": POOL6},
+            "the network's MTU 1200 is below IPv6's minimum 1280",
+        ),
+        ({"pyoverlay.vni": "4100"}, {"enable_ipv6": True, "ipv6": POOL6}, "swarm-scope network"),
+        ({}, {"ipv4": [*POOL, PoolData("fd00:1::/64")]}, "swarm-scope network"),
         ({}, {"ipv4": []}, "exactly one IPv4 subnet, got 0"),
         ({}, {"ipv4": POOL * 2}, "exactly one IPv4 subnet, got 2"),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,6 +43,29 @@ def test_remote_endpoints_become_fdb_and_neighbour_entries() -> None:
         fdb={"02:42:0a:00:00:02": IPv4Address("192.0.2.2")},
         neigh={IPv4Address("10.0.0.2"): "02:42:0a:00:00:02"},
     )
+
+
+def test_a_dual_stack_endpoint_gets_an_ipv6_neighbour_beside_its_arp_entry() -> None:
+    mac = "02:42:0a:00:00:02"
+    row = peers.row_value(IPv4Address("10.0.0.2"), mac, HOSTS["h2"], ip6=IPv6Address("fd00:100::2"))
+    assert row["ip6"] == "fd00:100::2"
+    r = peers.RemoteEndpoint.from_row("e1", row, (1, "n"))
+    assert r is not None and r.ip6 == IPv6Address("fd00:100::2")
+    want = peers.desired([r], LOCAL)
+    assert want.neigh == {IPv4Address("10.0.0.2"): mac, IPv6Address("fd00:100::2"): mac}
+    assert want.fdb == {mac: HOSTS["h2"]}  # one MAC, one FDB entry for both families
+    # a stale IPv6 entry beside IPv4 ones: diff sorts mixed families, deletes it, adds ours
+    have = PeerEntries(
+        fdb={mac: HOSTS["h2"]},
+        neigh={IPv4Address("10.0.0.2"): mac, IPv6Address("fd00:100::9"): mac},
+    )
+    ops = peers.diff("ns", "vx", have, want)
+    assert ops == [
+        DeleteNeigh("ns", "vx", IPv6Address("fd00:100::9")),
+        ReplaceNeigh("ns", "vx", IPv6Address("fd00:100::2"), mac),
+    ]
+    # an IPv4-only row stays as it was (older plugins' rows have no ip6)
+    assert "ip6" not in peers.row_value(IPv4Address("10.0.0.2"), mac, HOSTS["h2"])
 
 
 def test_a_reused_ip_goes_to_the_newest_row() -> None:

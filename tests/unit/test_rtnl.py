@@ -6,7 +6,7 @@ call (its IPBatch compiler), and the parsers must read what the kernel sends."""
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyroute2 import IPBatch
 
@@ -50,3 +50,18 @@ def test_acks_and_dump_messages_are_read() -> None:
     done = nb.HEADER.pack(20, nb.NLMSG_DONE, 0, 1, 0) + bytes(4)
     got, finished = nb.parse_dump(as_dumped + done)
     assert finished and got == [nb.Dumped(9, nb.NUD_PERMANENT, IP, MAC)]
+
+
+IP6 = IPv6Address("fd00:100::7")
+
+
+def test_ipv6_neighbours_are_what_pyroute2_sends_and_read_back() -> None:
+    neigh = compiled(
+        "neigh", command="replace", ifindex=3, family=10, dst=str(IP6), lladdr=MAC, state=0x80
+    )
+    assert ours(nb.Entry(False, True, MAC, IP6)) == neigh
+    entry = nb.encode(5, 9, nb.Entry(False, True, MAC, IP6))
+    as_dumped = struct.pack("=I", len(entry)) + struct.pack("=H", nb.RTM_NEWNEIGH) + entry[6:]
+    done = nb.HEADER.pack(20, nb.NLMSG_DONE, 0, 1, 0) + bytes(4)
+    got, finished = nb.parse_dump(as_dumped + done)
+    assert finished and got == [nb.Dumped(9, nb.NUD_PERMANENT, IP6, MAC)]
