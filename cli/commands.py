@@ -72,6 +72,9 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
             "sync:     waiting for a first full exchange with a live host "
             "(no pruning, no new address blocks until then)"
         )
+    for nid, why in (st.get("swarm_refused") or {}).items():
+        print(f"! swarm network {nid[:12]} refused on this leader (Docker shows no error: the")
+        print(f"  network is listed but never allocated, its tasks stay New): {why}")
     for nid, hosts in (st.get("disagreements") or {}).items():
         for host, diffs in hosts.items():
             print(f"! network {nid}: host {host} disagrees: {'; '.join(diffs)}")
@@ -79,7 +82,7 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
         [
             n["network"],
             n["vni"],
-            n["subnet"],
+            " ".join(str(n[k]) for k in ("subnet", "subnet6") if n.get(k)),  # dual stack: both
             n["mtu"],
             "ipsec" if n.get("encrypted") else "-",
             n["namespace"] or NO_SANDBOX,
@@ -139,7 +142,7 @@ def _offline_status(state_dir: Path, as_json: bool) -> int:
         [
             nid[:12],
             n["vni"],
-            n["subnet"],
+            " ".join(str(n[k]) for k in ("subnet", "subnet6") if n.get(k)),
             n["mtu"],
             f"1-{nid[:10]}" if counts[nid] else NO_SANDBOX,  # or eager: not in the state file
             counts[nid],

@@ -97,6 +97,11 @@ def ms(x: float) -> float:
 
 
 def bench_join_latency(lab: Lab, runs: int) -> None:
+    """CreateEndpoint + Join straight on the plugin's socket, two ways alternated:
+    `warm`, another endpoint keeps the network's sandbox (what every container but a
+    host's first on a network pays), and `cold`, the first endpoint on the host, which
+    builds the namespace, br0, the VTEP and its entries (`sandbox setup`: a host's first
+    container on a network, and every `docker run --rm` on a network with no other)."""
     import asyncio
 
     import aiohttp
@@ -105,46 +110,55 @@ def bench_join_latency(lab: Lab, runs: int) -> None:
     nid = h.create_network("bench", "100.9.0.0/24")
     sock = str(h.plugins_dir / "pyoverlay.sock")
 
-    async def run() -> tuple[list[float], list[float]]:
+    async def run() -> dict[str, list[float]]:
         conn = aiohttp.UnixConnector(path=sock)
-        joins: list[float] = []
-        noop: list[float] = []
+        out: dict[str, list[float]] = {"warm": [], "cold": [], "noop": []}
         async with aiohttp.ClientSession(connector=conn) as s:
 
             async def call(path: str, body: object) -> None:
                 async with s.post(f"http://plugin{path}", data=json.dumps(body)) as r:
-                    out = await r.json(content_type=None)
-                    if "Err" in out:
-                        raise RuntimeError(out)
+                    got = await r.json(content_type=None)
+                    if "Err" in got:
+                        raise RuntimeError(got)
+
+            async def endpoint(i: int) -> str:
+                eid = secrets.token_hex(32)
+                body = {"NetworkID": nid, "EndpointID": eid,
+                        "Interface": {"Address": f"100.9.0.{10 + i % 200}/24"}}  # fmt: skip
+                await call("/NetworkDriver.CreateEndpoint", body)
+                return eid
+
+            async def gone(eid: str) -> None:
+                await call("/NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
 
             for i in range(runs):
-                eid = secrets.token_hex(32)
-                addr = f"100.9.0.{10 + i % 200}/24"
-                t0 = time.perf_counter()
-                await call(
-                    "/NetworkDriver.CreateEndpoint",
-                    {"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}},
-                )
-                await call(
-                    "/NetworkDriver.Join", {"NetworkID": nid, "EndpointID": eid, "SandboxKey": ""}
-                )
-                joins.append(time.perf_counter() - t0)
-                t1 = time.perf_counter()
-                await call("/Plugin.Activate", None)
-                noop.append(time.perf_counter() - t1)
-                await call("/NetworkDriver.Leave", {"NetworkID": nid, "EndpointID": eid})
-                await call("/NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
-        return joins, noop
+                for kind in ("warm", "cold") if i % 2 == 0 else ("cold", "warm"):
+                    keeper = await endpoint(250) if kind == "warm" else None
+                    t0 = time.perf_counter()
+                    eid = await endpoint(i)
+                    await call("/NetworkDriver.Join",
+                               {"NetworkID": nid, "EndpointID": eid, "SandboxKey": ""})  # fmt: skip
+                    out[kind].append(time.perf_counter() - t0)
+                    t1 = time.perf_counter()
+                    await call("/Plugin.Activate", None)
+                    out["noop"].append(time.perf_counter() - t1)
+                    await call("/NetworkDriver.Leave", {"NetworkID": nid, "EndpointID": eid})
+                    await gone(eid)
+                    if keeper is not None:
+                        await gone(keeper)
+        return out
 
-    joins, noop = asyncio.run(run())
+    got = asyncio.run(run())
     h.docker("network", "rm", "bench")
+    warm, cold, noop = got["warm"], got["cold"], got["noop"]
     report(
         "join-latency",
-        calls=len(joins),
-        p50_ms=ms(statistics.median(joins)),
-        p99_ms=ms(pct(joins, 0.99)),
+        calls=len(warm),
+        warm_p50_ms=ms(statistics.median(warm)),
+        warm_p99_ms=ms(pct(warm, 0.99)),
+        sandbox_setup_p50_ms=ms(statistics.median(cold)),
+        sandbox_setup_p99_ms=ms(pct(cold, 0.99)),
         activate_p50_ms=ms(statistics.median(noop)),
-        ratio_p50_vs_activate=round(statistics.median(joins) / statistics.median(noop), 1),
     )
 
 
@@ -597,6 +611,43 @@ def bench_restart_loss(lab: Lab, runs: int) -> None:
     )
 
 
+def bench_ipv6(lab: Lab, runs: int) -> None:
+    """Cross-host TCP over IPv6 vs over IPv4 between the same two containers of one
+    dual-stack network (`--ipv6`), alternated for `runs` rounds (at least 4): the
+    ratio of medians, with every round's figures."""
+    h1, h2 = lab.host(1), lab.host(2)
+    for h in lab.hosts:
+        h.docker("network", "create", "-d", h.driver, "--ipam-driver", h.driver, "--ipv6",
+                 "--subnet", "100.8.0.0/24", "--subnet", "fd00:100:8::/64", "ds")  # fmt: skip
+    for h, name in ((h1, "v6srv"), (h2, "v6cli")):
+        h.docker("run", "-d", "--name", name, "--network", "ds", IMAGE, "sleep", "3600")
+    fmt = '{{(index .NetworkSettings.Networks "ds").%s}}'
+    v4 = h1.docker("inspect", "-f", fmt % "IPAddress", "v6srv").stdout.strip()
+    v6 = h1.docker("inspect", "-f", fmt % "GlobalIPv6Address", "v6srv").stdout.strip()
+    for target in (v4, v6):
+        wait_for(f"v6cli -> {target}", lambda t=target: ping_loss(h2, "v6cli", t, 1)[1] == 1)
+    results: dict[str, list[float]] = {"ipv6": [], "ipv4": []}
+    try:
+        for r in range(max(4, runs)):
+            for family, target in [("ipv6", v6), ("ipv4", v4)][:: 1 if r % 2 == 0 else -1]:
+                results[family].append(iperf((h1, "v6srv"), (h2, "v6cli"), target, seconds=3))
+    finally:
+        remove(h1, ["v6srv"])
+        remove(h2, ["v6cli"])
+        for h in lab.hosts:
+            h.docker("network", "rm", "ds", check=False)
+    six, four = statistics.median(results["ipv6"]), statistics.median(results["ipv4"])
+    report(
+        "ipv6",
+        rounds=len(results["ipv6"]),
+        ipv6_gbps=round(six, 2),
+        ipv4_gbps=round(four, 2),
+        ipv6_over_ipv4=round(six / four, 3),
+        spread_ipv6=[round(x, 2) for x in results["ipv6"]],
+        spread_ipv4=[round(x, 2) for x in results["ipv4"]],
+    )
+
+
 def admission_in_force(h: Host) -> bool:
     """Whether h's guard table drops VXLAN from non-members (what `nft list table` shows)."""
     out = h.run("nft", "list", "table", "inet", GUARD_TABLE, check=False).stdout
@@ -929,6 +980,7 @@ DOUBLE: dict[str, Callable[[Lab, int], None]] = {
     "crash": lambda lab, runs: bench_crash(lab),
     "restart-loss": bench_restart_loss,
     "admission": bench_admission,
+    "ipv6": bench_ipv6,
     "hostile": bench_hostile,
     "footprint": lambda lab, runs: bench_footprint.idle(lab, report),
 }

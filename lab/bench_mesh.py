@@ -104,12 +104,16 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
                 )
                 ways.append(Way("mesh-esp", server["esrv"], underlay, h1.address, 7200, 5501))
             for way in ways:  # every path answers before any is measured
-                wait_for(
-                    f"{way.name} answers",
-                    lambda way=way: _answers(way),
-                    timeout=120 * slow,
-                    interval=2,
-                )
+                try:
+                    wait_for(
+                        f"{way.name} answers",
+                        lambda way=way: _answers(way),
+                        timeout=40 * slow,
+                        interval=2,
+                    )
+                except TimeoutError:
+                    _explain(lab, way)
+                    raise
                 step(f"{way.name} answers")
             esp = _esp_on_the_wire(lab, h1, h2, ways[-1]) if guest else {}
             step("measuring")
@@ -135,6 +139,32 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
 def _answers(way: Way) -> bool:
     cmd = [*way.client, sys.executable, "-c", CONNECT_CLIENT, way.target, "3", str(way.setup_port)]
     return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+
+
+def _explain(lab: Lab, way: Way) -> None:
+    """What a path that does not answer looks like on each node (printed before the run
+    fails: a run in the VM shows nothing else)."""
+    for h in lab.hosts:
+        for cmd in (
+            ("nft", "list", "table", "ip", "pyoverlay_mesh"),
+            ("iptables-save", "-t", "nat"),
+            ("ip", "route"),
+            ("conntrack", "-L"),
+        ):
+            r = h.run(*cmd, check=False)
+            step(f"{h.name} $ {' '.join(cmd)}\n{r.stdout[-3000:]}{r.stderr[-500:]}")
+        step(
+            f"{h.name} plugin log (mesh):\n"
+            + "\n".join(
+                x for x in h.plugin_log().splitlines()[-400:] if "mesh" in x or "error" in x
+            )[-4000:]
+        )
+    for h in lab.hosts:  # straight to each node, from the underlay
+        probe = [*way.client, sys.executable, "-c", CONNECT_CLIENT, h.address, "3"]
+        r = subprocess.run(
+            [*probe, str(way.setup_port)], capture_output=True, text=True, timeout=120
+        )
+        step(f"{way.name} via {h.name}: rc {r.returncode} {r.stdout[-300:]} {r.stderr[-300:]}")
 
 
 def _esp_on_the_wire(lab: Lab, h1: Host, h2: Host, way: Way) -> dict[str, object]:

@@ -60,6 +60,7 @@ async def status(request: web.Request) -> web.Response:
             else len(driver.directory.rows(peers.scope(n.vni))),
             "vni": n.vni,
             "subnet": str(n.subnet),
+            **({"subnet6": str(n.subnet6)} if n.subnet6 else {}),
             "mtu": n.mtu,
             "encrypted": n.encrypted,
             "namespace": n.namespace if driver.active(n.network_id) else None,
@@ -85,6 +86,7 @@ async def status(request: web.Request) -> web.Response:
             ),
             "networks": nets,
             "disagreements": {nid[:12]: d for nid, d in driver.disagreements().items()},
+            "swarm_refused": dict(parts.swarm.refused) if parts.swarm else {},
             "counters": (
                 {
                     **gossip.counters,

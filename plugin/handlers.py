@@ -18,6 +18,7 @@ from pyoverlay.driver.core.options import PoolData
 from pyoverlay.driver.overlay.driver import OverlayDriver
 from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.ipam.service import IpamService
+from pyoverlay.ipam.spaces import GLOBAL_SPACE
 from pyoverlay.plugin import handshake
 from pyoverlay.plugin import protocol as p
 from pyoverlay.plugin.errors import reply
@@ -147,6 +148,7 @@ async def allocate_network(request: web.Request) -> web.Response:
         )
     if req.ipv6_data or any(":" in d.pool for d in req.ipv4_data or []):
         # swarmkit 20.10 sends an IPv6 --subnet inside IPv4Data (docs/research-ipv6.md)
+        allocations.refuse(req.network_id, f"pyoverlay refuses {V6_SWARM}")
         raise InvalidOption(f"pyoverlay refuses {V6_SWARM}")
     options = allocations.allocate(req.network_id, req.options or {})
     return reply({"Options": options})
@@ -165,9 +167,15 @@ async def free_network(request: web.Request) -> web.Response:
 
 async def request_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestPoolRequest)
-    pool = request.app[IPAM].request_pool(
-        req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
-    )
+    try:
+        pool = request.app[IPAM].request_pool(
+            req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
+        )
+    except InvalidOption as exc:
+        allocations = request.app[SWARM]
+        if allocations is not None and req.address_space == GLOBAL_SPACE:  # swarm's leader
+            allocations.refuse(f"pool {req.pool or '(default)'}", str(exc))
+        raise
     return reply({"PoolID": pool.pool_id, "Pool": str(pool.subnet), "Data": {}})
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pyoverlay.cluster.runtime import GossipRuntime
 from pyoverlay.driver.overlay.driver import OverlayDriver
+from pyoverlay.driver.overlay.swarm import SwarmAllocations
 from pyoverlay.driver.secure.keeper import Encryption
 from pyoverlay.driver.servicelb.mesh import MeshKeeper
 from pyoverlay.driver.servicelb.programmer import VipProgrammer
@@ -28,4 +29,5 @@ class Parts:
     vips: VipProgrammer | None = None  # service VIP rules (swarm scope)
     docker: DockerApi | None = None  # the local dockerd, read only (swarm scope)
     mesh: MeshKeeper | None = None  # published ports on every node (swarm scope)
+    swarm: SwarmAllocations | None = None  # the leader's VNIs and refusals (swarm scope)
     reload_keys: Callable[[], dict[str, object]] = no_reload

@@ -139,6 +139,7 @@ async def serve(settings: PluginSettings, kernel: Kernel | None = None) -> None:
             if settings.scope == "global"
             else None
         )
+        parts.swarm = allocations
         discovery = wiring.make_discovery(settings, driver, gossip)
         docker_app = make_app(driver, ipam, settings.scope, allocations, discovery)
         for app, path in ((docker_app, settings.socket), (make_admin_app(parts), admin_sock)):

@@ -86,6 +86,9 @@ def plan_allocation(
     return vni, out
 
 
+REFUSALS_KEPT = 20
+
+
 class SwarmAllocations:
     """The leader's record of allocated VNIs (state-dir/swarm.json), saved atomically."""
 
@@ -93,14 +96,30 @@ class SwarmAllocations:
         self.doc = JsonDocument(path)
         raw = self.doc.load().get("vnis") or {}
         self.held: dict[str, int] = {str(k): int(v) for k, v in dict(raw).items()}
+        # networks this leader refused, and why: Docker shows the user no error (the
+        # network is listed, never allocated, its tasks stay "New"), so `pyoverlay status`
+        # does; the newest REFUSALS_KEPT, in memory
+        self.refused: dict[str, str] = {}
+
+    def refuse(self, network_id: str, why: str) -> None:
+        self.refused.pop(network_id, None)
+        self.refused[network_id] = why
+        while len(self.refused) > REFUSALS_KEPT:
+            del self.refused[next(iter(self.refused))]
 
     def allocate(self, network_id: str, options: Mapping[str, object]) -> dict[str, str]:
-        vni, out = plan_allocation(network_id, options, self.held)
+        try:
+            vni, out = plan_allocation(network_id, options, self.held)
+        except InvalidOption as exc:
+            self.refuse(network_id, str(exc))
+            raise
+        self.refused.pop(network_id, None)
         if self.held.get(network_id) != vni:
             self.held[network_id] = vni
             self.doc.save({"vnis": self.held})
         return out
 
     def free(self, network_id: str) -> None:
+        self.refused.pop(network_id, None)
         if self.held.pop(network_id, None) is not None:
             self.doc.save({"vnis": self.held})

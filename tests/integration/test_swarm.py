@@ -577,6 +577,27 @@ def test_the_seed_app_as_a_stack_file_deploys_talks_and_leaves_nothing(
             )
 
 
+def test_ipv6_on_a_swarm_network_is_refused_where_the_user_sees_it(swarm: Lab) -> None:
+    """Docker accepts `network create --scope swarm --ipv6` and shows no error when the
+    leader's driver refuses it (the network is listed, never allocated, its tasks stay
+    New): `pyoverlay status` on the leader says what was refused and why."""
+    h1 = swarm.host(1)
+    h1.docker("network", "create", "-d", h1.driver, "--scope", "swarm", "--ipv6",
+              "--subnet", "100.9.0.0/24", "--subnet", "fd00:9::/64", "v6swarm")  # fmt: skip
+    try:
+        wait_for(
+            "the leader's refusal in `pyoverlay status`",
+            lambda: any(
+                "never both" in why for why in api(h1, "/status")["swarm_refused"].values()
+            ),
+            timeout=30 * swarm.slow,
+        )
+        text = cli(h1, swarm, "status").stdout
+        assert "refused on this leader" in text and "--scope local" in text, text
+    finally:
+        h1.docker("network", "rm", "v6swarm", check=False)
+
+
 def test_leader_failover_keeps_networks_and_allocates_new_ones(swarm: Lab) -> None:
     h1, h2, h3 = swarm.hosts
     for h in (h2, h3):
