@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from lab.hosts import IMAGE, LIB_ROOT, Host, Lab, overlay_ip, wait_for
-from lab.measure import CONNECT_CLIENT, Way, compare
+from lab.measure import CONNECT_CLIENT, Way, accept_servers, compare
 from lab.registry import Release
 
 SERVICES = {
@@ -103,19 +103,10 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
                     Way("docker-mesh", server["dockersrv"], underlay, h1.address, 7100, 5401)
                 )
                 ways.append(Way("mesh-esp", server["esrv"], underlay, h1.address, 7200, 5501))
-            for way in ways:  # every path answers before any is measured
-                try:
-                    wait_for(
-                        f"{way.name} answers",
-                        lambda way=way: _answers(way),
-                        timeout=40 * slow,
-                        interval=2,
-                    )
-                except TimeoutError:
-                    _explain(lab, way)
-                    raise
-                step(f"{way.name} answers")
-            esp = _esp_on_the_wire(lab, h1, h2, ways[-1]) if guest else {}
+            with accept_servers(ways):
+                _all_answer(lab, ways, slow)
+                esp = _esp_on_the_wire(lab, h1, h2, ways[-1]) if guest else {}
+
             step("measuring")
             setup, gbps = compare(ways, rounds, connects=500 if not guest else 200)
             for figures, unit in ((setup, "_us"), (gbps, "_gbps")):
@@ -134,6 +125,22 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
             for h in lab.hosts:
                 h.docker("swarm", "leave", "--force", check=False, timeout=120)
                 h.remove_plugin()
+
+
+def _all_answer(lab: Lab, ways: list[Way], slow: float) -> None:
+    """Every path answers before any is measured (the servers run meanwhile)."""
+    for way in ways:
+        try:
+            wait_for(
+                f"{way.name} answers",
+                lambda way=way: _answers(way),
+                timeout=40 * slow,
+                interval=2,
+            )
+        except TimeoutError:
+            _explain(lab, way)
+            raise
+        step(f"{way.name} answers")
 
 
 def _answers(way: Way) -> bool:

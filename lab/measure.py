@@ -99,9 +99,32 @@ def compare(
     """Setup (median of `connects` connect + first byte) and iperf3 throughput along each
     path, one server per distinct server namespace, the paths' order rotated every round
     (drift hits all alike). Medians and every round's figure, per path."""
-    servers = {}
     setup: dict[str, list[float]] = {p.name: [] for p in paths}
     gbps: dict[str, list[float]] = {p.name: [] for p in paths}
+    with accept_servers(paths):
+        for r in range(rounds):
+            for p in [*paths[r % len(paths) :], *paths[: r % len(paths)]]:
+                cmd = [*p.client, sys.executable, "-c", CONNECT_CLIENT, p.target]
+                out = sh(*cmd, str(connects), str(p.setup_port), timeout=600).stdout
+                setup[p.name].append(float(out))
+                gbps[p.name].append(
+                    iperf_gbps(p.server, p.client, p.target, p.iperf_port, seconds, 5301)
+                )
+    setup_out: dict[str, object] = {}
+    gbps_out: dict[str, object] = {}
+    for p in paths:
+        setup_out[f"{p.name}_us"] = round(statistics.median(setup[p.name]) * 1e6, 1)
+        setup_out[f"{p.name}_runs_us"] = [round(x * 1e6) for x in setup[p.name]]
+        gbps_out[f"{p.name}_gbps"] = round(statistics.median(gbps[p.name]), 2)
+        gbps_out[f"{p.name}_runs"] = [round(x, 1) for x in gbps[p.name]]
+    return setup_out, gbps_out
+
+
+@contextlib.contextmanager
+def accept_servers(paths: Sequence[Way]) -> Iterator[None]:
+    """The connection-setup server (port 7000) in every distinct server namespace of
+    `paths`, ready when the block starts; killed by pid when it ends."""
+    servers: dict[tuple[str, ...], subprocess.Popen[str]] = {}
     try:
         for p in paths:
             key = tuple(p.server)
@@ -112,28 +135,13 @@ def compare(
                 )  # fmt: skip
                 servers[key] = srv
                 assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        for r in range(rounds):
-            for p in [*paths[r % len(paths) :], *paths[: r % len(paths)]]:
-                cmd = [*p.client, sys.executable, "-c", CONNECT_CLIENT, p.target]
-                out = sh(*cmd, str(connects), str(p.setup_port), timeout=600).stdout
-                setup[p.name].append(float(out))
-                gbps[p.name].append(
-                    iperf_gbps(p.server, p.client, p.target, p.iperf_port, seconds, 5301)
-                )
+        yield
     finally:
         for srv in servers.values():
             srv.kill()
             srv.wait()
             if srv.stdout is not None:
                 srv.stdout.close()
-    setup_out: dict[str, object] = {}
-    gbps_out: dict[str, object] = {}
-    for p in paths:
-        setup_out[f"{p.name}_us"] = round(statistics.median(setup[p.name]) * 1e6, 1)
-        setup_out[f"{p.name}_runs_us"] = [round(x * 1e6) for x in setup[p.name]]
-        gbps_out[f"{p.name}_gbps"] = round(statistics.median(gbps[p.name]), 2)
-        gbps_out[f"{p.name}_runs"] = [round(x, 1) for x in gbps[p.name]]
-    return setup_out, gbps_out
 
 
 def _with_ratio(figures: dict[str, object], unit: str, a: str, b: str) -> dict[str, object]:
