@@ -7,6 +7,10 @@ Pools:
   on a single host only: in a cluster the subnet names the network on every
   host, so it must come from the user (refused with a clear message).
 
+IPv6 (`--ipv6`): a second pool per network, asked for with V6 and an IPv6 `--subnet`
+(a /48 to /120; no default IPv6 pool), cut into /120 blocks (blocks.py); the same rules
+as IPv4 otherwise. Refused on swarm-scope networks (core/ip.py V6_SWARM says why).
+
 Swarm networks (`--scope swarm` with `--ipam-driver pyoverlay:latest`, or a stack
 file naming it): swarm allocates on its leader only (swarmkit's allocator, on the
 leader, calls RequestPool in the global address space and RequestAddress for the

@@ -27,7 +27,8 @@ _HEAD = re.compile(r"^src (\S+) dst (\S+)$")
 _SPI = re.compile(r"proto esp spi 0x([0-9a-f]+)\(\d+\) reqid (\d+)")
 _COUNT = re.compile(r"^\s*(\d+)\(bytes\), (\d+)\(packets\)")
 _ADDED = re.compile(r"^\s*add (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
-_POLICY = re.compile(r"^src (\S+)/32 dst (\S+)/32 (?:proto udp dport (\d+) )?$")
+# `proto udp` where /etc/protocols names it, `proto 17` where it does not (the plugin's rootfs)
+_POLICY = re.compile(r"^src (\S+)/32 dst (\S+)/32 (?:proto (?:udp|17) dport (\d+) )?$")
 _MARK = re.compile(r"^\s+mark 0x([0-9a-f]+)/0xffffffff")
 _TIMEOUT = 30.0
 

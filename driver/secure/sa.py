@@ -286,7 +286,9 @@ def policy_line(verb: str, local: IPv4Address, peer: IPv4Address, port: int) -> 
     if port == MESH_PORT:
         sel = f"src {local}/32 dst {peer}/32 mark {MESH_MARK:#x} mask 0xffffffff"
     else:
-        sel = f"src {local}/32 dst {peer}/32 proto udp dport {port} mark {MARK:#x} mask 0xffffffff"
+        # protocol 17 (UDP) by number: iproute2 resolves names through /etc/protocols,
+        # which the managed plugin's slim rootfs lacks ("PROTO value is invalid")
+        sel = f"src {local}/32 dst {peer}/32 proto 17 dport {port} mark {MARK:#x} mask 0xffffffff"
     if verb == "delete":
         return f"xfrm policy delete dir out {sel}"
     return (

@@ -144,8 +144,12 @@ def test_iproute2_listings_are_parsed_without_keeping_keys() -> None:
         f"\tmark {ipsec.MARK:#x}/0xffffffff \n"  # VXLAN's mark without VXLAN's port: not ours
     )
     assert parse_policies(pol + mesh) == [(A, B, 4789), (A, C, ipsec.MESH_PORT)]
+    # where /etc/protocols is missing (the managed plugin's rootfs) iproute2 prints numbers
+    assert parse_policies(pol.replace("proto udp", "proto 17")) == [(A, B, 4789)]
     line = ipsec.policy_line("update", A, C, ipsec.MESH_PORT)
-    assert f"src {A}/32 dst {C}/32 mark {ipsec.MESH_MARK:#x} " in line and "proto udp" not in line
+    assert f"src {A}/32 dst {C}/32 mark {ipsec.MESH_MARK:#x} " in line and " proto 17 " not in line
+    # UDP by number: a name needs /etc/protocols, which that rootfs lacks
+    assert " proto 17 dport 4789 " in ipsec.policy_line("update", A, B, 4789)
 
 
 # -- two keepers, simulated kernels, a fake clock --------------------------------------
