@@ -111,13 +111,14 @@ def run(report: Callable[..., None], rounds: int = 5, guest: bool = False) -> No
 
             step("measuring")
             setup, gbps = compare(ways, rounds, connects=500 if not guest else 200)
+            step(f"measured: {setup} {gbps}")  # before any arithmetic on them
             for figures, unit in ((setup, "_us"), (gbps, "_gbps")):
                 mesh = figures[f"mesh{unit}"]
                 assert isinstance(mesh, float)
                 for other in [w.name for w in ways if w.name != "mesh"]:
                     value = figures[f"{other}{unit}"]
                     assert isinstance(value, float)
-                    figures[f"mesh_over_{other}"] = round(mesh / value, 3)
+                    figures[f"mesh_over_{other}"] = round(mesh / value, 3) if value else None
             if missing:
                 setup["not_answering"] = missing  # see the explanation printed above
             report("mesh-setup", rounds=rounds, **setup)
