@@ -3,7 +3,8 @@
     sudo scripts/bench [--only NAME,...] [--runs N]
 
 single host (one lab host)
-  join-latency     plugin-side CreateEndpoint+Join p50/p99 over 100 calls, vs Plugin.Activate
+  join-latency     plugin-side CreateEndpoint+Join p50/p99, 100 each alternated: warm (another
+                   endpoint keeps the sandbox) and sandbox setup (a host's first endpoint)
   run-time-1h      `docker run -d` on pyoverlay vs the bridge driver (median ratio)
   tcp-1h           container<->container TCP through pyoverlay's br0 vs through the bridge driver
 two hosts
@@ -17,6 +18,8 @@ two hosts
                    on every core; worst and total loss
   admission        cross-host TCP on a plain network with VXLAN admission (the guard table's
                    member-set check) on vs off, alternated, plugins restarted per switch
+  ipv6             cross-host TCP over IPv6 vs over IPv4, same two containers of a dual-stack
+                   network, alternated rounds (medians, every round's figure)
   hostile          20 unauthenticated TCP connections to a plugin's gossip port, each sending a
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
