@@ -227,6 +227,7 @@ class MeshKeeper:
             remote={s: tuple(a) for s, a in remote.items()},
             members=tuple(members),
             secure=frozenset(encrypted) if why is None else frozenset(),
+            mtu=self.driver.underlay.mtu,
         )
         mesh = rules.balance(view)
         notes = [

@@ -72,6 +72,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from pyoverlay.driver.core.marks import MESH, MESH_ESP, REQID
+from pyoverlay.driver.core.model import ESP_OVERHEAD
 
 TABLE = "pyoverlay_mesh"
 FAMILY = "ip"
@@ -129,6 +130,7 @@ class MeshInput:
     remote: Mapping[str, tuple[IPv4Address, ...]]  # service -> hosts with tasks (underlay)
     members: tuple[IPv4Address, ...]  # every other host's underlay address
     secure: frozenset[str] = frozenset()  # services on an encrypted network
+    mtu: int = 1500  # the underlay's
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ class Mesh:
     ports: tuple[Balanced, ...]  # sorted by (protocol, published)
     members: tuple[IPv4Address, ...]  # sorted
     conflicts: tuple[str, ...] = ()  # why a port is not balanced (two services claim it)
+    # TCP MSS of an encrypted hop (0: none): a full-size segment plus ESP would not fit the
+    # underlay, and a client behind NAT may never learn the path MTU (bulk data stalled)
+    mss: int = 0
 
 
 def balance(view: MeshInput) -> Mesh:
@@ -160,7 +165,12 @@ def balance(view: MeshInput) -> Mesh:
             for a in sorted(set(view.remote.get(service, ())) & set(view.members))
         ]
         out.append(Balanced(service, port, tuple(local + remote), service in view.secure))
-    return Mesh(tuple(out), tuple(sorted(set(view.members))), tuple(conflicts))
+    secure = any(b.secure for b in out)
+    mss = view.mtu - IP_TCP_HEADERS - ESP_OVERHEAD if secure else 0
+    return Mesh(tuple(out), tuple(sorted(set(view.members))), tuple(conflicts), mss)
+
+
+IP_TCP_HEADERS = 40  # IPv4 20 + TCP 20 (TCP options come out of the MSS by themselves)
 
 
 # -- the ruleset -----------------------------------------------------------------------
@@ -267,7 +277,7 @@ def build(mesh: Mesh) -> Commands:
         _rule("output", _TO_MEMBER, _vmap("ports")),
     ]
     if any(b.secure for b in live):
-        cmds += _esp_rules()
+        cmds += _esp_rules(mesh.mss)
     cmds += [
         _rule(
             "forwarded", _MARKED, {"mangle": {"key": _META_MARK, "value": {"ct": {"key": "mark"}}}}
@@ -296,9 +306,10 @@ def build(mesh: Mesh) -> Commands:
     return cmds
 
 
-def _esp_rules() -> Commands:
+def _esp_rules(mss: int) -> Commands:
     """Encrypted services' hop: this host's own connections rerouted with their mark (the
-    xfrm policy selects it), and the fail-closed checks both ways."""
+    xfrm policy selects it), the fail-closed checks both ways, and the TCP MSS of SYN and
+    SYN-ACK lowered to what fits the underlay with ESP (forwarded ones and our own)."""
     drop: list[dict[str, Any]] = [{"counter": PLAIN_COUNTER}, {"drop": None}]
     # every packet of the connection and those related to it (ICMP errors quote its
     # headers), by its conntrack mark (another firewall may rewrite the packet's), but
@@ -317,7 +328,18 @@ def _esp_rules() -> Commands:
         _rule("marked", _SECURE, {"mangle": {"key": _META_MARK, "value": SECURE}}),
         _rule("esp-out", _SECURE, _TO_MEMBER, proto, {"jump": {"target": "esp-check"}}),
         _rule("forwarded", _SECURE, _FROM_MEMBER, {"jump": {"target": "esp-in"}}),
+        _rule("forwarded", _SECURE, *_clamp(mss)),
+        _rule("marked", _SECURE, *_clamp(mss)),
     ]
+
+
+def _clamp(mss: int) -> list[dict[str, Any]]:
+    """`tcp flags syn tcp option maxseg size > MSS tcp option maxseg size set MSS`."""
+    option = {"tcp option": {"name": "maxseg", "field": "size"}}
+    syn = {"match": {"op": "in", "left": {"payload": {"protocol": "tcp", "field": "flags"}},
+                     "right": "syn"}}  # fmt: skip
+    larger = {"match": {"op": ">", "left": option, "right": mss}}
+    return [syn, larger, {"mangle": {"key": option, "value": mss}}]
 
 
 def delete_table() -> Commands:
@@ -333,6 +355,8 @@ def digest(mesh: Mesh) -> str:
         if b.targets
     ]
     doc.append([str(a) for a in mesh.members])
+    if mesh.mss:
+        doc.append([mesh.mss])
     raw = json.dumps(doc, separators=(",", ":")).encode()
     return "pyoverlay mesh " + hashlib.sha256(raw).hexdigest()[:16]
 

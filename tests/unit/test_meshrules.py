@@ -173,8 +173,14 @@ def test_an_encrypted_services_hop_is_marked_for_esp_and_checked_both_ways() -> 
     assert "'dir': 'out'" in repr(_rules(secure, "esp-check")[0])
     assert "'dir': 'in'" in repr(_rules(secure, "esp-in")[0])
     # a member's SECURE packet is checked before the mark DOCKER-USER accepts is set
-    first, _ = _rules(secure, "forwarded")
+    first, clamp, _ = _rules(secure, "forwarded")
     assert first[-1] == {"jump": {"target": "esp-in"}}
+    # SYN and SYN-ACK of the hop lowered to what fits a 1500 underlay with ESP (else bulk
+    # data stalled: a client behind the NAT never learnt the path MTU), ours too
+    mss = {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": 1420}}
+    assert clamp[-1] == mss and mesh.balance(view(secure=frozenset({"web"}))).mss == 1420
+    assert _rules(secure, "marked")[-1][-1] == mss
+    assert mesh.balance(view()).mss == 0
     assert mesh.digest(mesh.balance(view(secure=frozenset({"web"})))) != mesh.digest(
         mesh.balance(view())
     )
