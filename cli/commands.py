@@ -72,8 +72,9 @@ def cmd_status(state_dir: Path, as_json: bool) -> int:
             "sync:     waiting for a first full exchange with a live host "
             "(no pruning, no new address blocks until then)"
         )
-    for nid, why in (st.get("swarm_refused") or {}).items():
-        print(f"! swarm network {nid[:12]} refused on this leader (Docker shows no error: the")
+    for what, why in (st.get("swarm_refused") or {}).items():
+        name = what if what.startswith("pool ") else f"network {what[:12]}"
+        print(f"! swarm {name} refused on this leader (Docker shows no error: the")
         print(f"  network is listed but never allocated, its tasks stay New): {why}")
     for nid, hosts in (st.get("disagreements") or {}).items():
         for host, diffs in hosts.items():

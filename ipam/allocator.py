@@ -102,28 +102,23 @@ def next_free(
     """The next usable, unallocated, allowed address after the cursor (wrapping around),
     looked for only in `spans` (the blocks this host owns; None: the whole pool)."""
     parts = _parts(pool.ip_range or pool.subnet, spans)
-    total = sum(p.num_addresses for p in parts)
-    start = 0
+    first, offset = 0, 0  # where the walk starts: just after the cursor
     if pool.cursor is not None:
-        offset = 0
-        for p in parts:
-            if pool.cursor in p:
-                start = offset + int(pool.cursor) - int(p.network_address) + 1
+        for k, part in enumerate(parts):
+            if pool.cursor in part:
+                first, offset = k, int(pool.cursor) - int(part.network_address) + 1
                 break
-            offset += p.num_addresses
-    i = 0
-    while i < total:
-        pos = (start + i) % total
-        for p in parts:  # the part holding position `pos`, and the address there
-            if pos < p.num_addresses:
-                break
-            pos -= p.num_addresses
-        ip = p.network_address + pos
-        if pool.usable(ip) and ip not in pool.allocated and allowed(ip):
-            pool.allocated[ip] = purpose
-            pool.cursor = ip
-            return ip
-        i += 1
+    n = len(parts)
+    for lap in range(n + 1 if n else 0):  # every part once, the first one's head last
+        part = parts[(first + lap) % n]
+        low = offset if lap == 0 else 0
+        high = offset if lap == n else part.num_addresses
+        for i in range(low, high):
+            ip = part.network_address + i
+            if pool.usable(ip) and ip not in pool.allocated and allowed(ip):
+                pool.allocated[ip] = purpose
+                pool.cursor = ip
+                return ip
     where = f"range {pool.ip_range} of " if pool.ip_range else ""
     raise Exhausted(
         f"no free address left in {where}{pool.subnet} ({len(pool.allocated)} in use); "

@@ -360,7 +360,7 @@ def _network(flag: str, text: str) -> IPNet:
         net = ip_network(text, strict=False)
     except ValueError as exc:
         raise InvalidOption(f"{flag} {text}: {exc}") from None
-    if str(net) != text and text.split("/")[0] != str(net.network_address):
+    if ip_address(text.split("/")[0]) != net.network_address:  # (FD00::/64 is fd00::/64)
         raise InvalidOption(f"{flag} {text} has host bits set; did you mean {net}?")
     return net
 

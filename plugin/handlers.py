@@ -167,15 +167,18 @@ async def free_network(request: web.Request) -> web.Response:
 
 async def request_pool(request: web.Request) -> web.Response:
     req = await parse(request, p.RequestPoolRequest)
+    allocations = request.app[SWARM]
+    refused_pool = f"pool {req.pool or '(default)'}"
     try:
         pool = request.app[IPAM].request_pool(
             req.address_space, req.pool, req.sub_pool, req.options or {}, req.v6
         )
     except InvalidOption as exc:
-        allocations = request.app[SWARM]
         if allocations is not None and req.address_space == GLOBAL_SPACE:  # swarm's leader
-            allocations.refuse(f"pool {req.pool or '(default)'}", str(exc))
+            allocations.refuse(refused_pool, str(exc))
         raise
+    if allocations is not None:
+        allocations.refused.pop(refused_pool, None)  # asked again, and accepted now
     return reply({"PoolID": pool.pool_id, "Pool": str(pool.subnet), "Data": {}})
 
 

@@ -27,7 +27,7 @@ from pyoverlay.driver.core.model import NetworkSpec
 
 NET_TABLE = "net"
 OWN_SPACE_PREFIX = "pyoverlay-"  # address spaces of pyoverlay's IPAM (ipam.service)
-FIELDS = ("subnet", "mtu", "internal", "gateway", "aux")
+FIELDS = ("subnet", "mtu", "internal", "gateway", "aux", "subnet6", "gateway6")
 
 
 def scope(vni: int) -> str:
@@ -35,14 +35,20 @@ def scope(vni: int) -> str:
 
 
 def record(net: NetworkSpec) -> dict[str, Any]:
-    """The part of a network's spec every host must agree on."""
-    return {
+    """The part of a network's spec every host must agree on. The IPv6 side only when
+    there is one: an IPv4-only network's row is as an older plugin writes it, and a host
+    that left out --ipv6 (or gave another IPv6 subnet) on a dual-stack network differs."""
+    out: dict[str, Any] = {
         "subnet": str(net.subnet),
         "mtu": net.mtu,
         "internal": net.internal,
         "gateway": str(net.gateway.ip) if net.gateway else "",
         "aux": sorted(net.aux),
     }
+    if net.subnet6 is not None:
+        out["subnet6"] = str(net.subnet6)
+        out["gateway6"] = str(net.gateway6.ip) if net.gateway6 else ""
+    return out
 
 
 def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:

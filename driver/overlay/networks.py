@@ -5,6 +5,7 @@ Docker's overlay does; `eager`: with the network)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import structlog
 
@@ -16,6 +17,8 @@ from pyoverlay.driver.overlay import identity, plan
 from pyoverlay.driver.overlay.base import FETCH_TIMEOUT, apply_all, rollback
 from pyoverlay.driver.overlay.base import short as _short
 from pyoverlay.driver.overlay.peersync import PeerSync
+
+HAS_IPV6 = Path("/proc/sys/net/ipv6").is_dir()  # absent when the kernel runs without IPv6
 
 log = structlog.get_logger("pyoverlay.driver")
 
@@ -76,6 +79,11 @@ class Networks(PeerSync):
                         f"(subnet {other.subnet}) on this host; pick {how}"
                     )
             self._check_encryption(spec)
+            if spec.subnet6 is not None and not HAS_IPV6:
+                raise InvalidOption(
+                    "this host's kernel runs without IPv6 (booted with ipv6.disable=1), so a "
+                    "--ipv6 network cannot work here: remove --ipv6, or boot with IPv6"
+                )
             self.networks[nid] = spec
             try:
                 await self._guard(spec)  # fail-closed rules before anything can send

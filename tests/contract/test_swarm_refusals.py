@@ -56,3 +56,9 @@ async def test_ipv6_on_a_swarm_network_is_refused_and_remembered(
         "IPv4Data": [{"AddressSpace": "", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
     })  # fmt: skip
     assert "Err" not in body and NID in swarm.held and NID not in swarm.refused
+    # a pool refused, then asked again and accepted (the user fixed it): no warning left
+    pool = {"AddressSpace": "pyoverlay-global", "Pool": "10.2.0.0/24", "SubPool": "", "V6": False}
+    body = await post(client, "/IpamDriver.RequestPool", pool | {"Options": {"color": "red"}})
+    assert "--ipam-opt color=red" in body["Error"] and "pool 10.2.0.0/24" in swarm.refused
+    assert "PoolID" in await post(client, "/IpamDriver.RequestPool", pool | {"Options": {}})
+    assert set(swarm.refused) == {"pool fd00:1::/64"}

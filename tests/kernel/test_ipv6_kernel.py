@@ -121,6 +121,8 @@ async def test_ipv6_crosses_the_vxlan_with_neighbour_solicitations_answered_by_t
         # an address no entry names does not resolve: nothing but the proxy answers (pinging
         # B6 itself now would leave a FAILED neighbour in the container for a while)
         assert ping(ca, "fd00:54::99", "-6").returncode != 0
+        unanswered = ip("-n", ca, "-6", "neigh", "show", "fd00:54::99")
+        assert "FAILED" in unanswered or "INCOMPLETE" in unanswered, unanswered  # it asked
 
         # host A learns B's row (what the gossip table would give) and programs it in bulk
         row = peers.row_value(IPv4Address(B4), MAC_B, IPv4Address(HOST_B), ip6=IPv6Address(B6))

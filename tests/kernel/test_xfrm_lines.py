@@ -21,6 +21,7 @@ A, B, C = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), IPv4Address("192.0
 @pytest.fixture
 def no_protocols_file() -> Iterator[None]:
     """/etc/protocols hidden (the tier's mount namespace is private), back afterwards."""
+    # (the tier's conftest runs nothing outside scripts/test-kernel's `unshare --mount`)
     subprocess.run(["mount", "--bind", "/dev/null", "/etc/protocols"], check=True)
     try:
         yield

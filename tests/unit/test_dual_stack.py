@@ -84,3 +84,16 @@ def test_bad_ipv6_input_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption, match="the network has no IPv6 subnet"):
         run(v4only.driver.create_endpoint(NID, EID, "10.9.6.2/24", "fd00:9:6::2/64", ""))
     assert EID not in v4only.driver.endpoints
+
+
+def test_a_kernel_without_ipv6_refuses_a_dual_stack_network_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyoverlay.driver.overlay import networks
+
+    monkeypatch.setattr(networks, "HAS_IPV6", False)
+    svc = Services(tmp_path)
+    with pytest.raises(InvalidOption, match="ipv6.disable=1"):
+        run(svc.driver.create_network(NID, {}, V4, V6, True, False))
+    assert NID not in svc.driver.networks
+    run(svc.driver.create_network(NID, {}, V4, [], False, False))  # IPv4 alone still works

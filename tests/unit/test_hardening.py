@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,6 +79,23 @@ def test_hosts_that_disagree_on_a_vni_are_named_with_the_difference() -> None:
     assert got["h3"] == ["mtu 1450 here, 1400 there"]
     assert "subnet 100.0.0.0/24 here, 100.9.0.0/24 there" in got["h4"]
     assert "aux 100.0.0.130 here, none there" in got["h4"]
+
+
+def test_dual_stack_hosts_must_agree_on_the_ipv6_side_too() -> None:
+    six = {"subnet6": IPv6Network("fd00:9::/64"), "gateway6": IPv6Interface("fd00:9::1/64")}
+    mine = net(**six)
+    other6 = {"subnet6": IPv6Network("fd00:8::/64"), "gateway6": IPv6Interface("fd00:8::1/64")}
+    rows = [
+        ("h2", identity.record(net(**other6))),  # another IPv6 subnet, one VNI
+        ("h3", identity.record(net())),  # --ipv6 left out there
+        ("h4", identity.record(mine)),
+    ]
+    got = identity.disagreements(mine, rows, "me")
+    assert set(got) == {"h2", "h3"}
+    assert "subnet6 fd00:9::/64 here, fd00:8::/64 there" in got["h2"]
+    assert "subnet6 fd00:9::/64 here, none there" in got["h3"]
+    # an IPv4-only network's row is what an older plugin writes: no new key to differ on
+    assert set(identity.record(net())) == {"subnet", "mtu", "internal", "gateway", "aux"}
 
 
 def test_a_cluster_network_needs_an_identity_from_the_user() -> None:

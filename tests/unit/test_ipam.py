@@ -109,6 +109,11 @@ async def test_an_ipv6_pool_gives_gateway_addresses_and_ip6(tmp_path: Path) -> N
     assert IPv6Address("fd00:100::beef") not in again.pools[pool.pool_id].allocated
 
 
+def test_an_ipv6_subnet_as_a_user_may_write_it(ipam: IpamService) -> None:
+    pool = ipam.request_pool("", "FD00:300:0:0::/64", "", {}, True)  # Docker passes it as typed
+    assert str(pool.subnet) == "fd00:300::/64"
+
+
 async def test_an_ipv6_ip_range_and_aux_address(ipam: IpamService) -> None:
     pool = ipam.request_pool("", "fd00:200::/64", "fd00:200::100/120", {}, True)
     # Docker asks for --aux-address while the network is being made: the network's own
@@ -333,3 +338,34 @@ async def test_a_claim_right_after_start_waits_for_the_first_sync(monkeypatch) -
     asyncio.get_running_loop().call_later(0.1, setattr, guard, "synced", True)
     await guard.claim(subnet, None)  # waited for the sync, then took a block
     assert any(guard.may_allocate(subnet, ip) for ip in subnet.hosts())
+
+
+@pytest.mark.parametrize(
+    ("subnet", "ip_range", "spans", "cursor", "want"),
+    [
+        # the cursor in a later block: on from there, then around to the first block
+        ("10.5.0.0/24", None, ["10.5.0.16/28", "10.5.0.48/28"], "10.5.0.50", "10.5.0.51"),
+        ("10.5.0.0/24", None, ["10.5.0.16/28", "10.5.0.48/28"], "10.5.0.63", "10.5.0.16"),
+        # a cursor outside every owned block: the first owned address
+        ("10.5.0.0/24", None, ["10.5.0.48/28"], "10.5.0.3", "10.5.0.48"),
+        # an --ip-range narrower than a block, and one wider
+        ("10.5.0.0/24", "10.5.0.52/30", ["10.5.0.48/28"], None, "10.5.0.52"),
+        ("10.5.0.0/24", "10.5.0.0/25", ["10.5.0.128/28", "10.5.0.32/28"], None, "10.5.0.32"),
+        # IPv6 /120 blocks, wrapping inside the one owned
+        ("fd00:5::/64", None, ["fd00:5::100/120"], "fd00:5::1ff", "fd00:5::100"),
+    ],
+)
+def test_next_free_walks_only_the_owned_blocks(
+    subnet: str, ip_range: str | None, spans: list[str], cursor: str | None, want: str
+) -> None:
+    from ipaddress import ip_address, ip_network
+
+    pool = Pool("p", ip_network(subnet), ip_network(ip_range) if ip_range else None)
+    pool.cursor = ip_address(cursor) if cursor else None
+    assert str(next_free(pool, "endpoint", spans=[ip_network(s) for s in spans])) == want
+
+
+def test_next_free_with_no_owned_block_is_exhausted_at_once() -> None:
+    pool = Pool("p", IPv4Network("10.5.0.0/16"))
+    with pytest.raises(Exhausted):
+        next_free(pool, "endpoint", spans=[])
