@@ -307,25 +307,6 @@ def test_the_seed_app_as_one_compose_file_run_on_two_hosts(lab: Lab, tmp_path: P
     assert not failed, failed
 
 
-def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> None:
-    """Last in this module: h2 leaves the cluster for good (decommissioning)."""
-    h1, h2 = lab.host(1), lab.host(2)
-    nss = both(scratch, lab, "net8", "100.0.8.0/24")
-    scratch.run(h1, "g1", "--network", "net8", IMAGE, *SLEEP)  # h1 has the network's sandbox
-    scratch.run(h2, "g2", "--network", "net8", IMAGE, *SLEEP)
-    wait_for("g2 on h1's VTEP", lambda: h2.address in fdb_macs(h1, nss["h1"]).values(), timeout=15)
-    assert cli(h2, lab, "leave").returncode == 0  # h2 has said goodbye when this returns
-    t0 = time.monotonic()
-    wait_for("h2 left, on h1", lambda: members(h1, lab).get(h2.address) == "left", timeout=5)
-    wait_for(
-        "g2's entries gone", lambda: h2.address not in fdb_macs(h1, nss["h1"]).values(), timeout=5
-    )
-    assert time.monotonic() - t0 < 2.0  # failure detection would take 3 s or more
-    # and h2's plugin still serves Docker after leaving (nothing to tell anybody)
-    h2.docker("rm", "-f", "g2")
-    assert "internal error" not in h2.plugin_log(), h2.plugin_log()[-2000:]
-
-
 def ip6_of(h: Host, container: str, network: str) -> str:
     fmt = '{{(index .NetworkSettings.Networks "%s").GlobalIPv6Address}}' % network
     return h.docker("inspect", "-f", fmt, container).stdout.strip()
@@ -401,3 +382,22 @@ def test_a_plugin_restart_loses_no_ipv6_packet(lab: Lab, scratch: Scratch) -> No
     finally:
         pinger.kill()
     assert sent >= 5 and got == sent, lost_report(out, sent)
+
+
+def test_graceful_leave_drops_the_host_at_once(lab: Lab, scratch: Scratch) -> None:
+    """Last in this module: h2 leaves the cluster for good (decommissioning)."""
+    h1, h2 = lab.host(1), lab.host(2)
+    nss = both(scratch, lab, "net8", "100.0.8.0/24")
+    scratch.run(h1, "g1", "--network", "net8", IMAGE, *SLEEP)  # h1 has the network's sandbox
+    scratch.run(h2, "g2", "--network", "net8", IMAGE, *SLEEP)
+    wait_for("g2 on h1's VTEP", lambda: h2.address in fdb_macs(h1, nss["h1"]).values(), timeout=15)
+    assert cli(h2, lab, "leave").returncode == 0  # h2 has said goodbye when this returns
+    t0 = time.monotonic()
+    wait_for("h2 left, on h1", lambda: members(h1, lab).get(h2.address) == "left", timeout=5)
+    wait_for(
+        "g2's entries gone", lambda: h2.address not in fdb_macs(h1, nss["h1"]).values(), timeout=5
+    )
+    assert time.monotonic() - t0 < 2.0  # failure detection would take 3 s or more
+    # and h2's plugin still serves Docker after leaving (nothing to tell anybody)
+    h2.docker("rm", "-f", "g2")
+    assert "internal error" not in h2.plugin_log(), h2.plugin_log()[-2000:]
