@@ -131,6 +131,8 @@ def esp_gaps(lines: list[str], gap: float = 0.1) -> list[str]:
     return out or ["no pause in the ESP flow on the wire"]
 
 
+# the module's encrypted network, dual stack: every host that joins it creates it so
+ENC_ARGS = ("--ipv6", "--subnet", "10.61.0.0/24", "--subnet", "fd00:61::/64", "-o", "encrypted")
 V6_OF = '{{(index .NetworkSettings.Networks "enc").GlobalIPv6Address}}'
 
 
@@ -155,8 +157,7 @@ def nets(lab: Lab) -> Iterator[Nets]:
     try:
         ids: dict[str, str] = {}  # h1's network ids (each engine names its networks itself)
         for h in (h1, h2):
-            enc = s.network(h, "enc", "--ipv6", "--subnet", "10.61.0.0/24",
-                            "--subnet", "fd00:61::/64", "-o", "encrypted")  # fmt: skip
+            enc = s.network(h, "enc", *ENC_ARGS)
             plain = s.network(h, "plain", "--subnet", "10.62.0.0/24")
             ids = ids or {"enc": enc, "plain": plain}
         for h, name in ((h1, "c1"), (h2, "c2")):
@@ -318,7 +319,7 @@ def test_a_removed_host_can_neither_send_nor_read_after_the_next_rotation(
     h1, h2, h3 = lab.host(1), lab.host(2), lab.host(3)
     s = Scratch(lab)
     try:
-        s.network(h3, "enc", "--subnet", "10.61.0.0/24", "-o", "encrypted")
+        s.network(h3, "enc", *ENC_ARGS)  # the same network (its IPv6 side too)
         s.run(h3, "c3", "--network", "enc", IMAGE, *SLEEP)
         c1 = nets.c1
         wait_for("c3 -> c1 encrypted", lambda: ping(h3, "c3", c1["enc"]), timeout=60)
