@@ -263,6 +263,16 @@ class Pinger:
                 self.proc.communicate()
 
 
+def peers_in_order(*hosts: Host) -> bool:
+    """`pyoverlay peers` on every host: each entry programmed (or local), nothing stale."""
+    return all(
+        p["state"] in ("ok", "local") and not v["stale"]
+        for h in hosts
+        for v in api(h, "/peers")
+        for p in v["peers"]
+    )
+
+
 def lost_report(out: str, sent: int) -> str:
     """Which replies of a ping are missing, as seq ranges with the time into the ping at
     20 ms each (approximate on a busy machine), then the ping's summary: what a failure

@@ -15,9 +15,10 @@ Anything else is refused, so a typo never silently becomes a default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
+from typing import TypeVar
 
 from pyoverlay.core.errors import InvalidOption
 from pyoverlay.core.ip import IPV6_MIN_MTU, V6_SWARM
@@ -32,6 +33,8 @@ from pyoverlay.driver.core.model import (
     derive_vni,
 )
 
+N = TypeVar("N", IPv4Network, IPv6Network)
+Iface = TypeVar("Iface", IPv4Interface, IPv6Interface)
 OPT_VNI = "vni"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ENCRYPTED = "encrypted"
@@ -105,16 +108,7 @@ def parse_network(
             f"a pyoverlay network has exactly one IPv4 subnet, got {len(ipv4)} ({subnets}); "
             "create one network per --subnet"
         )
-    try:
-        subnet = IPv4Network(ipv4[0].pool, strict=True)
-    except ValueError as exc:
-        raise InvalidOption(f"--subnet {ipv4[0].pool}: {exc}") from None
-    try:
-        gateway = IPv4Interface(ipv4[0].gateway) if ipv4[0].gateway else None
-    except ValueError as exc:
-        raise InvalidOption(f"--gateway {ipv4[0].gateway}: {exc}") from None
-    if gateway is not None and gateway.ip not in subnet:
-        raise InvalidOption(f"--gateway {gateway.ip} is outside --subnet {subnet}")
+    subnet, gateway = _subnet_and_gateway(ipv4[0], IPv4Network, IPv4Interface)
 
     subnet6, gateway6 = _ipv6(ipv6, enable_ipv6)
     opts = {k: str(v) for k, v in generic.items()}
@@ -174,14 +168,21 @@ def _ipv6(
             f"a pyoverlay network with --ipv6 has exactly one IPv6 --subnet, got {len(ipv6)} "
             f"({subnets}); add one, for example --subnet fd00:100::/64"
         )
+    return _subnet_and_gateway(ipv6[0], IPv6Network, IPv6Interface)
+
+
+def _subnet_and_gateway(
+    pool: PoolData, network: Callable[..., N], interface: Callable[[str], Iface]
+) -> tuple[N, Iface | None]:
+    """One family's --subnet and --gateway from Docker's IPAMData, checked."""
     try:
-        subnet = IPv6Network(ipv6[0].pool, strict=True)
+        subnet = network(pool.pool, strict=True)
     except ValueError as exc:
-        raise InvalidOption(f"--subnet {ipv6[0].pool}: {exc}") from None
+        raise InvalidOption(f"--subnet {pool.pool}: {exc}") from None
     try:
-        gateway = IPv6Interface(ipv6[0].gateway) if ipv6[0].gateway else None
+        gateway = interface(pool.gateway) if pool.gateway else None
     except ValueError as exc:
-        raise InvalidOption(f"--gateway {ipv6[0].gateway}: {exc}") from None
+        raise InvalidOption(f"--gateway {pool.gateway}: {exc}") from None
     if gateway is not None and gateway.ip not in subnet:
         raise InvalidOption(f"--gateway {gateway.ip} is outside --subnet {subnet}")
     return subnet, gateway

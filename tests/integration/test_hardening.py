@@ -26,6 +26,7 @@ from support import (
     ip_of,
     loss,
     lost_report,
+    peers_in_order,
     ping,
     plugin_events,
     start_ping,
@@ -127,12 +128,7 @@ def outage_under_ping(
         )
         wait_for(
             "peers ok after the restart (nothing stale, nothing missing)",
-            lambda: all(
-                p["state"] in ("ok", "local") and not v["stale"]
-                for h in (victim, other)
-                for v in api(h, "/peers")
-                for p in v["peers"]
-            ),
+            lambda: peers_in_order(victim, other),
             timeout=15 * lab.slow,
         )
         return pinger.stop()

@@ -15,7 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Pinger, Scratch, api, both, cli, ip_of, lost_report, mac_of, ping
+from support import (
+    Pinger,
+    Scratch,
+    api,
+    both,
+    cli,
+    ip_of,
+    lost_report,
+    mac_of,
+    peers_in_order,
+    ping,
+)
 
 from lab.hosts import IMAGE, Host, Lab, start_seed_app, wait_for
 
@@ -369,12 +380,7 @@ def test_a_plugin_restart_loses_no_ipv6_packet(lab: Lab, scratch: Scratch) -> No
         h1.start_plugin()
         wait_for(
             "peers ok after the restart (both families)",
-            lambda: all(
-                p["state"] in ("ok", "local") and not v["stale"]
-                for h in (h1, h2)
-                for v in api(h, "/peers")
-                for p in v["peers"]
-            ),
+            lambda: peers_in_order(h1, h2),
             timeout=15 * lab.slow,
         )
         assert ping(h1, "r1", ip6_of(h2, "r2", "rs6"))
