@@ -22,6 +22,18 @@ class AntiEntropy(Probing):
             self._pushpull(self.rng.choice(peers).addr, net)
         return bool(peers)
 
+    def _now_synced(self, now: float) -> None:
+        """A full state from another member was merged. The networks joined before any
+        member was known (a restart joins its networks first) are fetched now from a
+        member in each: a full exchange readies only those its partner is in."""
+        if self.synced:
+            return
+        self.synced = True
+        self._collect()  # the subscriptions just merged: who is in which network
+        for net in sorted(self.networks - self.ready):
+            if net not in self.resync and self._fetch_network(net):
+                self.resync[net] = now + self.config.net_resync
+
     def _state(self, now: float, to: str | None, nets: Iterable[str] | None) -> dict[str, Any]:
         """Our state for member `to` (global rows, its own, and those of `nets`; None: all)."""
         wanted = None if nets is None else set(nets)
@@ -80,14 +92,14 @@ class AntiEntropy(Probing):
         self._merge_state(now, msg.get("state") or {})
         self._refuted = False
         only = msg.get("only")
-        if not isinstance(only, str):  # a full exchange (not one network's rows)
-            self.synced = self.synced or msg.get("from") != self.name
+        if not isinstance(only, str) and msg.get("from") != self.name:  # a full exchange
+            self._now_synced(now)
         self._collect()
         if isinstance(only, str):
             return {
                 "t": "ppr",
                 "from": self.name,
-                "nets": [only],
+                "nets": [only] if only in self.networks else [],
                 "state": self._net_state(now, only),
             }
         asked = msg.get("nets")
@@ -96,7 +108,9 @@ class AntiEntropy(Probing):
         return {
             "t": "ppr",
             "from": self.name,
-            "nets": nets,
+            # the networks whose rows we serve: only those we are in (a host outside a
+            # network has none of its rows, and the asker would prune by our silence)
+            "nets": None if nets is None else [n for n in nets if n in self.networks],
             "state": self._state(now, sender, nets),
         }
 
@@ -105,8 +119,8 @@ class AntiEntropy(Probing):
         self._merge_state(now, msg.get("state") or {})
         self._answer_refutation(src)
         state = msg.get("state")
-        if isinstance(state, dict) and "members" in state:  # a full exchange, not a network's
-            self.synced = self.synced or msg.get("from") != self.name
+        if isinstance(state, dict) and "members" in state and msg.get("from") != self.name:
+            self._now_synced(now)  # a full exchange, not a network's
         served = msg.get("nets")
         if isinstance(served, list):
             self.ready |= self.networks & {str(n) for n in served[:4096]}

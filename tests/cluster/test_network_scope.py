@@ -119,3 +119,31 @@ def test_lost_network_rows_are_repaired_by_push_pull_with_a_member_of_the_networ
     assert not any("late" in keys(nodes[i], "x") for i in (14, 27))
     took = sim.run_while(lambda: any("late" not in keys(nodes[i], "x") for i in (14, 27)), 30)
     assert took <= 5.0 * 1.25, took
+
+
+def test_a_restarted_host_is_not_ready_for_a_network_after_a_sync_with_a_host_outside_it() -> None:
+    """CI-25: h1's plugin restarted and first exchanged state with h3, which has no
+    container on the encrypted network. h3 echoed the network back as served, h1 took
+    its rows as complete, pruned h2's container's entries and put them back 0.36 s later,
+    when h2's rows came: 15 pings lost. Only a host in a network can serve its rows."""
+    sim = SimNetwork(seed=11)
+    a, b, c = (sim.add_node(n) for n in ("a", "b", "c"))
+    for n in (a, b):
+        n.join_network(sim.now, "x")
+    sim.join_all()
+    sim.run_while(lambda: any(len(x.alive_members()) < 3 for x in (a, b, c)), limit=30)
+    b.publish(sim.now, "peer/x", "on-b", {"ip": "10.0.0.3"})
+    sim.run_while(lambda: "on-b" not in keys(a, "x"), limit=2)
+    sim.crash(a)
+    sim.run_for(0.5)
+    a = sim.restart(a)
+    a.join_network(sim.now, "x")  # what publish_joined does, before gossip starts
+    sim.blocked = lambda s, d: "b:" in s + d and "a:" in s + d  # a reaches only c, at first
+    sim.start(a, [c.addr])
+    sim.run_while(lambda: not a.synced, limit=5, check_every=0.005)
+    assert not a.network_ready("x"), "c is not in x: it cannot have served x's rows"
+    sim.heal()
+    # the fetch at sync was lost (b unreachable), the one `net_resync` later is not
+    took = sim.run_while(lambda: not a.network_ready("x"), limit=10, check_every=0.005)
+    assert took <= GossipConfig.lan().net_resync + 0.1, took
+    assert "on-b" in keys(a, "x")
