@@ -214,10 +214,17 @@ class ClusterGuard:
             *(self.transport.call(a, RELEASE, body, CLAIM_TIMEOUT) for a in granted)
         )
         answered = sum(1 for r in replies if r is not None)
-        return False, (
+        why = (
             f"{votes} of {total} hosts granted block {b} ({answered} of "
             f"{total - 1} others answered), {need} are needed"
         )
+        old = sorted(n for (n, _), r in zip(others, replies, strict=True) if r and "ipv6" not in r)
+        if subnet.version == 6 and old:
+            why += (
+                f"; {', '.join(old)} run a pyoverlay from before IPv6, which refuses every "
+                "IPv6 block: upgrade them, then retry"
+            )
+        return False, why
 
     async def _borrow(self, subnet: IPNet, ip: IPAddr, owner: str) -> None:
         addr = next((a for n, a, up in self.voters() if n == owner and up), None)
@@ -323,21 +330,22 @@ class ClusterGuard:
     # hold up the event loop) --------------------------------------------------------
 
     async def handle_claim(self, body: dict[str, Any]) -> dict[str, Any]:
+        # "ipv6": this voter understands IPv6 blocks (one from before refuses them all)
         s, b, claimer = str(body.get("subnet")), str(body.get("block")), str(body.get("claimer"))
         try:
             net = ip_network(s)
             if not is_block(net, b):
-                return {"granted": False}
+                return {"granted": False, "ipv6": True}
             self._refresh(net)
         except ValueError:
-            return {"granted": False}
+            return {"granted": False, "ipv6": True}
         if claimer in self.ownership.forgotten:
-            return {"granted": False}
+            return {"granted": False, "ipv6": True}
         voters = sorted(n for n, _, _ in self.voters())
         granted = self.ownership.vote(s, b, claimer)
         if granted:
             await self.save_async()  # durable before we answer
-        return {"granted": granted, "voters": voters}
+        return {"granted": granted, "voters": voters, "ipv6": True}
 
     async def handle_release(self, body: dict[str, Any]) -> dict[str, Any]:
         self.ownership.release(

@@ -187,6 +187,27 @@ async def test_ipv6_addresses_come_from_blocks_each_host_claims(tmp_path: Path) 
         assert all(any(ip in b for b in owned) for ip in mine)
 
 
+async def test_hosts_from_before_ipv6_are_named_when_an_ipv6_claim_fails(tmp_path: Path) -> None:
+    """Two of three voters upgraded back to a version without IPv6 (it refuses every IPv6
+    block, as 0131fd0's did): h0 uses its block, then says which hosts to upgrade."""
+    c = await make(3, tmp_path, subnet="fd00:41::/64")
+
+    async def before_ipv6(body: dict[str, Any]) -> dict[str, Any]:
+        return {"granted": False}  # IPv4Network(body["subnet"]) raised: refused
+
+    await c.alloc("h0")  # h0 owns a block of 256 now
+    for name in ("h1", "h2"):
+        c.guard(name).handle_claim = before_ipv6  # type: ignore[method-assign]
+    results = await c.alloc("h0", 300)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert 250 <= len(results) - len(errors) < 256  # what its block had left
+    assert errors and all(isinstance(e, Conflict) for e in errors)
+    text = str(errors[0])
+    assert "1 of 3 hosts granted" in text and "h1, h2 run a pyoverlay from before IPv6" in text
+    assert "upgrade them" in text
+    assert not c.duplicates()
+
+
 async def test_a_cut_off_host_uses_its_blocks_then_says_why_it_cannot_go_on(tmp_path: Path) -> None:
     c = await make(3, tmp_path)
     await c.alloc("h0")  # h0 owns one block now (16 addresses)
