@@ -5,12 +5,18 @@
 single host (one lab host)
   join-latency     plugin-side CreateEndpoint+Join p50/p99, 100 each alternated: warm (another
                    endpoint keeps the sandbox) and sandbox setup (a host's first endpoint)
-  run-time-1h      `docker run -d` on pyoverlay vs the bridge driver (median ratio)
+  run-time-1h      `docker run -d` on pyoverlay, on an --internal pyoverlay network (no
+                   docker_gwbridge leg) and on the bridge driver, rotated (median + IQR);
+                   the plugin's own time per run
   tcp-1h           container<->container TCP through pyoverlay's br0 vs through the bridge driver
 two hosts
-  reach            `docker run -d` returns on h1 -> a container on h2 can ping it (median, max)
+  reach            `docker run -d` returns on h1 -> h2's VTEP has the new container's entry,
+                   from h2's kernel (median, min, max; how many after the return)
+three hosts
+  reach-3h         reach, watched on h2 and h3 (the later of the two), at least 20 runs
   run-time-2h      `docker run -d` on pyoverlay (cluster IPAM) vs the bridge driver
-  tcp-2h           cross-host TCP, pyoverlay vs a hand-built VXLAN path on the same underlay
+  tcp-2h           cross-host TCP, pyoverlay vs a hand-built VXLAN path on the same underlay,
+                   and vs that path with Docker's DNS NAT rules; rounds rotated, median + IQR
   crash            a killed host's entries gone from the other; a 2 s stall is no false alarm
   restart-loss     kill -9 + restart 0.5 s later of the plugin on the sending, then the
                    receiving host, a container started on the other host meanwhile, during
@@ -24,10 +30,14 @@ two hosts
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
   footprint        plugin RSS and CPU at idle (a network with a container on each host), with
-                   default malloc arenas and MALLOC_ARENA_MAX=2; RSS holding 5,000 rows
+                   default malloc arenas and MALLOC_ARENA_MAX=2; RSS holding 5,000 rows; the
+                   managed plugin (its own rootfs) idle beside dockerd's RSS, and what each
+                   package it imports adds
 swarm (two hosts, a real swarm, the managed plugin)
   swarm-reach      `docker service create` of a task on h2 -> it answers a ping from an
-                   attachable container on h1: pyoverlay vs Docker's built-in overlay (median)
+                   attachable container on h1: pyoverlay vs Docker's built-in overlay (median);
+                   and `docker run -d` of an attachable container on h1 -> h2's VTEP has its
+                   entry (as reach), both drivers alternated
   swarm-vip        (runs with swarm-reach) TCP setup and throughput from h1 to a task on h2
                    through its VIP vs straight to the task
   mesh             a published port through a node without the task (the routing mesh) vs
@@ -69,14 +79,16 @@ from collections.abc import Callable
 from functools import partial
 from ipaddress import IPv4Address
 
-from lab import bench_footprint
+from lab import bench_footprint, reach
 from lab.hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
 from lab.hosts import overlay_ip as ip_of
-from lab.measure import cpu_hog, cpu_seconds, iperf_gbps, rss_mib
+from lab.measure import cpu_hog, cpu_seconds, iperf_gbps, paired, rss_mib
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import MemberEvent
 from pyoverlay.cluster.node import GossipNode
+from pyoverlay.driver.core.model import namespace_name
 from pyoverlay.driver.secure.guard import GUARD_TABLE, MEMBERS_SET
+from pyoverlay.plugin.admin import ADMIN_SOCKET
 
 RESULTS: dict[str, object] = {}
 
@@ -182,25 +194,48 @@ def remove(h: Host, names: list[str]) -> None:
 
 
 def bench_run_time(lab: Lab, runs: int, name: str, subnet: str) -> None:
+    """`docker run -d` on a pyoverlay network, on an `--internal` one (no docker_gwbridge
+    leg: Docker adds that second endpoint to every container of an overlay network that
+    reaches outside, its own overlay's too) and on the bridge driver, rotated each round;
+    and the plugin's own time per run (its call timings)."""
     h = lab.host(1)
     for other in lab.hosts:
         other.create_network("ovl", subnet)
+    a, b, rest = subnet.split(".", 2)
+    internal = f"{a}.{int(b) + 100}.{rest}"  # 100.4.0.0/24 -> 100.104.0.0/24
+    h.create_network("ovi", internal, "--internal")
     h.docker("network", "create", "-d", "bridge", "--subnet", "10.250.0.0/24", "brg")
-    ovl: list[float] = []
-    brg: list[float] = []
-    for i in range(runs):  # alternate, so drift hits both alike
-        ovl += timed_runs(h, "ovl", 1, f"o{i}-")
-        brg += timed_runs(h, "brg", 1, f"b{i}-")
-    remove(h, [f"o{i}-0" for i in range(runs)] + [f"b{i}-0" for i in range(runs)])
-    h.docker("network", "rm", "brg")
+    # a first container of each, not counted: the network's sandbox (pyoverlay) and the
+    # bridge are made once per host, not per run (join-latency measures that apart)
+    for net in ("ovl", "ovi", "brg"):
+        timed_runs(h, net, 1, f"{net}w-")
+    runs = max(runs, 20)  # single runs vary +-10 % here: a median needs rounds
+    got: dict[str, list[float]] = {"ovl": [], "ovi": [], "brg": []}
+    spent = plugin_seconds(h)
+    for i in range(runs):  # rotate, so drift hits all alike
+        for net in [*RUN_SIDES[i % 3 :], *RUN_SIDES[: i % 3]]:
+            got[net] += [ms(x) for x in timed_runs(h, net, 1, f"{net}{i}-")]
+    spent = plugin_seconds(h) - spent
+    remove(h, [f"{n}{i}-0" for n in got for i in ["w", *range(runs)]])
+    h.docker("network", "rm", "brg", "ovi")
     for other in lab.hosts:
         other.docker("network", "rm", "ovl")
-    report(
-        name,
-        runs=runs,
-        pyoverlay_median_ms=ms(statistics.median(ovl)),
-        bridge_median_ms=ms(statistics.median(brg)),
-        ratio=round(statistics.median(ovl) / statistics.median(brg), 2),
+    report(name, unit="ms", **paired("pyoverlay", got["ovl"], "bridge", got["brg"]))
+    report(f"{name}-internal", unit="ms", **paired("internal", got["ovi"], "bridge", got["brg"]))
+    report(f"{name}-plugin", plugin_ms_per_run=round(spent * 1000 / (2 * runs), 2))
+
+
+RUN_SIDES = ("ovl", "ovi", "brg")
+
+
+def plugin_seconds(h: Host) -> float:
+    """The plugin's time in all its calls so far (the sum of its call timings)."""
+    sock = str(h.state_dir / ADMIN_SOCKET)
+    text = h.run("curl", "-sf", "--unix-socket", sock, "http://p/metrics").stdout
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pyoverlay_call_seconds_sum")
     )
 
 
@@ -235,82 +270,42 @@ def bench_tcp_1h(lab: Lab) -> None:
 
 
 def bench_reach(lab: Lab, runs: int) -> None:
-    h1, h2 = lab.host(1), lab.host(2)
-    for h in lab.hosts:
-        h.create_network("ovl", "100.7.0.0/24")
-    h2.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
-    h1.docker(
-        "run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600"
-    )  # h1 owns a block
-    base = ip_of(h1, "warm", "ovl")
-    watcher_ns = f"/proc/{h2.container_pid('watcher')}/ns/net"
-    delays = []
-    for i in range(runs):
-        target = ".".join(base.split(".")[:3] + [str(int(base.split(".")[3]) + 1 + i)])
-        first: list[float] = []
-        stop = threading.Event()
-
-        def probe(
-            target: str = target, first: list[float] = first, stop: threading.Event = stop
-        ) -> None:
-            # flush the neighbour entry before each try, so a failed ARP from an
-            # earlier try does not make the kernel wait its 1 s retransmit timer
-            while not stop.is_set():
-                subprocess.run(
-                    ["nsenter", f"--net={watcher_ns}", "ip", "neigh", "flush", "to", target],
-                    capture_output=True,
-                )
-                r = subprocess.run(
-                    [
-                        "nsenter",
-                        f"--net={watcher_ns}",
-                        "ping",
-                        "-c",
-                        "1",
-                        "-W",
-                        "0.1",
-                        "-q",
-                        target,
-                    ],
-                    capture_output=True,
-                )
-                if r.returncode == 0:
-                    first.append(time.perf_counter())
-                    return
-
-        t = threading.Thread(target=probe)
-        t.start()
-        h1.docker(
-            "run",
-            "-d",
-            "--name",
-            f"r{i}",
-            "--network",
-            "ovl",
-            "--ip",
-            target,
-            IMAGE,
-            "sleep",
-            "3600",
-        )
-        returned = time.perf_counter()
-        t.join(timeout=10)
-        stop.set()
-        t.join()
-        if first:
-            delays.append(first[0] - returned)
+    """`docker run -d` on h1 returns -> every other host's VTEP has the new container's
+    entry (read from their kernels, lab/reach.py); negative: before the run returned.
+    The figure per run is the last host's."""
+    h1, others = lab.host(1), lab.hosts[1:]
+    nids = {h.name: h.create_network("ovl", "100.7.0.0/24") for h in lab.hosts}  # one per host
+    for h in others:
+        h.docker("run", "-d", "--name", "watcher", "--network", "ovl", IMAGE, "sleep", "3600")
+    h1.docker("run", "-d", "--name", "warm", "--network", "ovl", IMAGE, "sleep", "3600")
+    watches = [reach.NeighWatch(h, f"/run/netns/{namespace_name(nids[h.name])}") for h in others]
+    try:
+        got = [reach.run_and_reach(h1, watches, "ovl", f"r{i}", IMAGE) for i in range(runs)]
+    finally:
+        for w in watches:
+            w.close()
     remove(h1, ["warm"] + [f"r{i}" for i in range(runs)])
-    remove(h2, ["watcher"])
+    for h in others:
+        remove(h, ["watcher"])
     for h in lab.hosts:
         h.docker("network", "rm", "ovl")
-    report(
-        "reach",
-        runs=runs,
-        reached=len(delays),
-        median_ms_after_run_returns=ms(statistics.median(delays)) if delays else None,
-        min_ms=ms(min(delays)) if delays else None,
-        max_ms=ms(max(delays)) if delays else None,
-    )
+    name = "reach" if len(lab.hosts) == 2 else f"reach-{len(lab.hosts)}h"
+    report(name, **reach_figures([g for g in got if g is not None], runs))
+
+
+def reach_figures(got: list[tuple[float, float]], runs: int) -> dict[str, object]:
+    delays = [d for d, _ in got]
+    if not delays:
+        return {"runs": runs, "reached": 0}
+    return {
+        "runs": runs,
+        "reached": len(delays),
+        "after_return": sum(d >= 0 for d in delays),
+        "median_ms": round(statistics.median(delays), 1),
+        "min_ms": round(min(delays), 1),
+        "max_ms": round(max(delays), 1),
+        "run_median_ms": round(statistics.median(r for _, r in got), 1),
+    }
 
 
 def pair(lab: Lab, subnet: str, on_h1: str, on_h2: str) -> str:
@@ -323,7 +318,9 @@ def pair(lab: Lab, subnet: str, on_h1: str, on_h2: str) -> str:
     return ip_of(h1, on_h1, "ovl")
 
 
-def bench_tcp_2h(lab: Lab) -> None:
+def bench_tcp_2h(lab: Lab, runs: int) -> None:
+    """Cross-host TCP: pyoverlay's path vs the same path built by hand, with and without
+    the NAT rules Docker puts in every container (conntrack on every packet)."""
     h1, h2 = lab.host(1), lab.host(2)
     target = pair(lab, "100.6.0.0/24", "srv", "cli")
     wait_for(
@@ -331,33 +328,32 @@ def bench_tcp_2h(lab: Lab) -> None:
         lambda: h2.docker("exec", "cli", "ping", "-c1", "-W1", target, check=False).returncode == 0,
     )
     ref = HandBuiltPath(lab)
+    results: dict[str, list[float]] = {"pyoverlay": [], "hand": [], "hand_dns": []}
     try:
         ref.up()
-        results: dict[str, list[float]] = {"pyoverlay": [], "hand-built": [], "dns": []}
-        for _ in range(2):  # alternate
-            results["pyoverlay"].append(iperf((h1, "srv"), (h2, "cli"), target))
-            results["hand-built"].append(ref.iperf())
-        ref.docker_dns_rules()
-        for _ in range(2):
-            results["dns"].append(ref.iperf())
-            results["pyoverlay"].append(iperf((h1, "srv"), (h2, "cli"), target))
+        for r in range(max(runs, 8)):  # the three rotated each round: drift hits all alike
+            for side in [*SIDES[r % 3 :], *SIDES[: r % 3]]:
+                if side == "pyoverlay":
+                    results[side].append(iperf((h1, "srv"), (h2, "cli"), target))
+                    continue
+                ref.docker_dns_rules(side == "hand_dns")
+                results[side].append(ref.iperf())
     finally:
         ref.down()
     remove(h1, ["srv"])
     remove(h2, ["cli"])
     for h in lab.hosts:
         h.docker("network", "rm", "ovl")
-    o = statistics.mean(results["pyoverlay"])
-    r = statistics.mean(results["hand-built"])
-    d = statistics.mean(results["dns"])
+    ours = results["pyoverlay"]
+    report("tcp-2h", unit="Gbit/s", **paired("pyoverlay", ours, "hand_built", results["hand"], 2))
     report(
-        "tcp-2h",
-        pyoverlay_gbps=round(o, 2),
-        hand_built_vxlan_gbps=round(r, 2),
-        ratio=round(o / r, 3),
-        hand_built_with_docker_dns_nat_gbps=round(d, 2),
-        ratio_vs_that=round(o / d, 3),
+        "tcp-2h-vs-dns-nat",
+        unit="Gbit/s",
+        **paired("pyoverlay", ours, "hand_built_with_docker_dns_nat", results["hand_dns"], 2),
     )
+
+
+SIDES = ("pyoverlay", "hand", "hand_dns")
 
 
 class HandBuiltPath:
@@ -458,9 +454,14 @@ class HandBuiltPath:
             )
         sh("ip", "netns", "exec", self.ns("c", 1), "ping", "-c1", "-W2", f"{self.NET}.2")
 
-    def docker_dns_rules(self) -> None:
+    def docker_dns_rules(self, on: bool = True) -> None:
         """Give the hand-built "containers" what Docker puts in every container on a
-        user-defined network: the embedded DNS's NAT rules (so conntrack runs on every packet)."""
+        user-defined network: the embedded DNS's NAT rules (so conntrack runs on every
+        packet); or (on=False) take them away."""
+        if not on:
+            for i in (1, 2):  # the table goes, so conntrack stops (iptables -F keeps hooks)
+                sh("ip", "netns", "exec", self.ns("c", i), "nft", "flush", "ruleset")
+            return
         rules = "\n".join(
             [
                 "*nat",
@@ -639,16 +640,7 @@ def bench_ipv6(lab: Lab, runs: int) -> None:
         remove(h2, ["v6cli"])
         for h in lab.hosts:
             h.docker("network", "rm", "ds", check=False)
-    six, four = statistics.median(results["ipv6"]), statistics.median(results["ipv4"])
-    report(
-        "ipv6",
-        rounds=len(results["ipv6"]),
-        ipv6_gbps=round(six, 2),
-        ipv4_gbps=round(four, 2),
-        ipv6_over_ipv4=round(six / four, 3),
-        spread_ipv6=[round(x, 2) for x in results["ipv6"]],
-        spread_ipv4=[round(x, 2) for x in results["ipv4"]],
-    )
+    report("ipv6", unit="Gbit/s", **paired("ipv6", results["ipv6"], "ipv4", results["ipv4"], 2))
 
 
 def admission_in_force(h: Host) -> bool:
@@ -683,16 +675,7 @@ def bench_admission(lab: Lab, runs: int) -> None:
     remove(h2, ["acli"])
     for h in lab.hosts:
         h.docker("network", "rm", "ovl", check=False)
-    on, off = statistics.median(results["on"]), statistics.median(results["off"])
-    report(
-        "admission",
-        runs=len(results["on"]),
-        admission_on_gbps=round(on, 2),
-        admission_off_gbps=round(off, 2),
-        on_over_off=round(on / off, 3),
-        spread_on=[round(x, 2) for x in results["on"]],
-        spread_off=[round(x, 2) for x in results["off"]],
-    )
+    report("admission", unit="Gbit/s", **paired("on", results["on"], "off", results["off"], 2))
 
 
 ATTACKER = r"""
@@ -774,7 +757,8 @@ def bench_hostile(lab: Lab, runs: int) -> None:
     )
 
 
-def bench_swarm_reach(runs: int) -> None:
+def bench_swarm_reach(attach_runs: int) -> None:
+    runs = min(attach_runs, 5)  # services take seconds each
     lab = Lab("bsw" + secrets.token_hex(1), hosts=2)
     with lab.running(plugin=False):
         h1, h2 = lab.host(1), lab.host(2)
@@ -783,14 +767,17 @@ def bench_swarm_reach(runs: int) -> None:
         lab.swarm(managers=1)
         results: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
         after_start: dict[str, list[float]] = {"pyoverlay": [], "overlay": []}
+        nids: dict[str, str] = {}
         for driver, net, subnet in (
             ("overlay", "bo", "100.12.0.0/24"),
             (PLUGIN, "bp", "100.13.0.0/24"),
         ):
-            h1.create_swarm_network(net, subnet, driver)
-            h1.docker(
-                "run", "-d", "--name", f"probe-{net}", "--network", net, IMAGE, "sleep", "3600"
-            )
+            nids[net] = h1.create_swarm_network(net, subnet, driver)
+            for h in (h1, h2):
+                h.docker(
+                    "run", "-d", "--name", f"probe-{net}", "--network", net, IMAGE, "sleep", "3600"
+                )
+        attached = attached_reach(h1, h2, nids, attach_runs)
         for i in range(runs):  # alternate, so drift hits both alike
             for key, net in (("overlay", "bo"), ("pyoverlay", "bp")):
                 name = f"s{net}{i}"
@@ -829,6 +816,33 @@ def bench_swarm_reach(runs: int) -> None:
         after_task_start_pyoverlay_ms=ms(statistics.median(after_start["pyoverlay"])),
         after_task_start_overlay_ms=ms(statistics.median(after_start["overlay"])),
     )
+    for key, got in attached.items():
+        report(f"swarm-reach-attached-{key}", **reach_figures(got, attach_runs))
+
+
+def attached_reach(
+    h1: Host, h2: Host, nids: dict[str, str], runs: int
+) -> dict[str, list[tuple[float, float]]]:
+    """`docker run -d` of an attachable container on h1 -> h2's VTEP has its entry:
+    Docker's overlay (its namespace among dockerd's) and pyoverlay's, runs alternated."""
+    paths = {
+        "overlay": ("bo", f"{h2.sandbox_dir}/{namespace_name(nids['bo'])}"),
+        "pyoverlay": ("bp", f"/run/netns/{namespace_name(nids['bp'])}"),
+    }
+    watches = {key: reach.NeighWatch(h2, path) for key, (_, path) in paths.items()}
+    out: dict[str, list[tuple[float, float]]] = {key: [] for key in paths}
+    try:
+        for i in range(runs):
+            for key in ("overlay", "pyoverlay") if i % 2 == 0 else ("pyoverlay", "overlay"):
+                net = paths[key][0]
+                got = reach.run_and_reach(h1, [watches[key]], net, f"a{net}{i}", IMAGE)
+                if got is not None:
+                    out[key].append(got)
+    finally:
+        for w in watches.values():
+            w.close()
+    remove(h1, [f"a{net}{i}" for net in ("bo", "bp") for i in range(runs)])
+    return out
 
 
 def vip_across_hosts(h1: Host, h2: Host) -> None:
@@ -979,7 +993,7 @@ SINGLE: dict[str, Callable[[Lab, int], None]] = {
 DOUBLE: dict[str, Callable[[Lab, int], None]] = {
     "reach": bench_reach,
     "run-time-2h": lambda lab, runs: bench_run_time(lab, runs, "run-time-2h", "100.3.0.0/24"),
-    "tcp-2h": lambda lab, runs: bench_tcp_2h(lab),
+    "tcp-2h": bench_tcp_2h,
     "crash": lambda lab, runs: bench_crash(lab),
     "restart-loss": bench_restart_loss,
     "admission": bench_admission,
@@ -1026,8 +1040,12 @@ def main() -> int:
             for name, fn in DOUBLE.items():
                 if want(name):
                     fn(lab, args.runs)
+    if want("reach-3h"):
+        lab = Lab("bn3" + secrets.token_hex(1), hosts=3, pyoverlay=args.pyoverlay)
+        with lab.running():
+            bench_reach(lab, max(args.runs, 20))
     if want("swarm-reach") or want("swarm-vip"):
-        bench_swarm_reach(min(args.runs, 5))
+        bench_swarm_reach(args.runs)
     if want("mesh"):
         from lab import bench_mesh
 
@@ -1050,6 +1068,7 @@ def main() -> int:
         bench_gossip_quiet()
     if want("footprint"):
         bench_footprint.rows(report)
+        bench_footprint.managed(report)
     if want("large-tables"):
         from lab import bench_tables
 

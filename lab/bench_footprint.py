@@ -3,6 +3,11 @@
 * idle (two lab hosts, one network with a container on each, gossip synced,
   the default timings): the plugin's RSS and CPU over 30 s, with glibc's default malloc arenas and
   with MALLOC_ARENA_MAX=2 (what the Dockerfile and the systemd unit set);
+* managed: the same idle shape with the plugin as `docker plugin install` runs it
+  (its own root filesystem, only the runtime packages), beside dockerd's RSS on
+  the same host; and what each package the plugin imports adds, measured in that
+  root filesystem (the lab's venv also holds the dev tools: there `structlog`
+  imports `rich` and `pygments`, ~10 MiB the plugin never carries);
 * rows: in a fresh interpreter with the plugin's modules imported, a gossip
   node that holds 5,000 endpoint rows of one network and the driver's parsed
   view of them: RSS before and after (the plugin process holds these plus
@@ -13,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
 
-from lab.hosts import IMAGE, Host, Lab, wait_for
+from lab.hosts import IMAGE, Host, Lab, managed_plugin_pid, wait_for
 from lab.measure import cpu_seconds, rss_mib
 
 ROWS_SCRIPT = r"""
@@ -107,3 +113,60 @@ def rows(report: Callable[..., None]) -> None:
         env={**os.environ, "MALLOC_ARENA_MAX": "2"},
     )
     report("footprint-5000-rows", **json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+IMPORTS_SCRIPT = r"""
+import importlib, json, resource
+out, before = {}, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out["python"] = before
+for name in ("asyncio", "structlog", "pydantic", "cryptography.hazmat.primitives.ciphers.aead",
+             "aiohttp.web", "nftables", "pyroute2", "pyoverlay.plugin.server"):
+    importlib.import_module(name)
+    now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out[name.split(".")[0] if name != "pyoverlay.plugin.server" else "pyoverlay"] = now - before
+    before = now
+print(json.dumps({k: round(v / 1024, 1) for k, v in out.items()}))
+"""
+
+
+def _rootfs(h: Host) -> str:
+    """The managed plugin's root filesystem on host h."""
+    out = h.docker("plugin", "inspect", "-f", "{{.ID}}", h.driver).stdout.strip()
+    return str(h.lib_dir / "data" / "plugins" / out / "rootfs")
+
+
+def _answers(h1: Host, h2: Host) -> bool:
+    ip = h2.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                   f"fp{h2.name}").stdout.strip()  # fmt: skip
+    r = h1.docker("exec", f"fp{h1.name}", "ping", "-c", "1", "-W", "1", ip, check=False)
+    return r.returncode == 0
+
+
+def managed(report: Callable[..., None], seconds: float = 30.0) -> None:
+    lab = Lab("bfm" + secrets.token_hex(1), hosts=2)
+    with lab.running(plugin=False):
+        for h in lab.hosts:
+            h.install_plugin()
+        for h in lab.hosts:
+            h.create_network("fp", "100.9.0.0/24")
+            h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
+        h1, h2 = lab.hosts
+        wait_for("h1's container reaches h2's", partial(_answers, h1, h2), timeout=60)
+        pid = managed_plugin_pid(h1)
+        assert pid is not None and h1.dockerd_pid is not None
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        report(
+            "footprint-idle-managed",
+            hosts=2,
+            rss_mib=round(rss_mib(pid), 1),
+            cpu_pct=round(cpu * 100, 2),
+            dockerd_rss_mib=round(rss_mib(h1.dockerd_pid), 1),
+        )
+        python = "/opt/pyoverlay/bin/python3"
+        out = h1.run("chroot", _rootfs(h1), python, "-c", IMPORTS_SCRIPT).stdout
+        report("footprint-imports-mib", **json.loads(out.strip().splitlines()[-1]))
+        for h in lab.hosts:
+            h.docker("rm", "-f", f"fp{h.name}", check=False)
+            h.docker("network", "rm", "fp", check=False)

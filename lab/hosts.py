@@ -597,6 +597,24 @@ class Host(DockerVerbs):
         return sorted((p for p in points if p.startswith(str(path))), reverse=True)
 
 
+def managed_plugin_pid(h: Host, check: bool = True) -> int | None:
+    """The pid of host h's managed pyoverlay plugin (it shares h's network namespace)."""
+    want = os.stat(f"/run/netns/{h.netns}").st_ino
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"plugin" in cmd and any(c.endswith(b"/pyoverlay") for c in cmd):
+                if os.stat(proc / "ns" / "net").st_ino == want:
+                    return int(proc.name)
+        except OSError:
+            continue
+    if check:
+        raise LookupError(f"no managed pyoverlay plugin on {h.name}")
+    return None
+
+
 def overlay_ip(h: Host, container: str, network: str) -> str:
     fmt = '{{(index .NetworkSettings.Networks "' + network + '").IPAddress}}'
     return h.docker("inspect", "-f", fmt, container).stdout.strip()

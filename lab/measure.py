@@ -181,3 +181,30 @@ def cpu_hog(cores: int | None = None) -> Iterator[list[int]]:
             p.kill()
         for p in procs:
             p.wait()
+
+
+def iqr(values: Sequence[float]) -> tuple[float, float]:
+    """The 25th and 75th percentiles (needs 2 values or more)."""
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def paired(
+    a_name: str, a: Sequence[float], b_name: str, b: Sequence[float], digits: int = 1
+) -> dict[str, object]:
+    """Two sides measured alternately: each median with its IQR and every round's figure,
+    the ratio of the medians, and whether the spread is wider than the gap (then the
+    ratio says little)."""
+    ma, mb = statistics.median(a), statistics.median(b)
+    (a25, a75), (b25, b75) = iqr(a), iqr(b)
+    return {
+        "rounds": min(len(a), len(b)),
+        f"{a_name}_median": round(ma, digits),
+        f"{a_name}_iqr": [round(a25, digits), round(a75, digits)],
+        f"{b_name}_median": round(mb, digits),
+        f"{b_name}_iqr": [round(b25, digits), round(b75, digits)],
+        "ratio": round(ma / mb, 3),
+        "spread_wider_than_gap": max(a75 - a25, b75 - b25) > abs(ma - mb),
+        f"{a_name}_runs": [round(x, digits) for x in a],
+        f"{b_name}_runs": [round(x, digits) for x in b],
+    }

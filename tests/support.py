@@ -375,21 +375,3 @@ def loss(out: str) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
-
-
-def managed_plugin_pid(h: Host, check: bool = True) -> int | None:
-    """The pid of host h's managed pyoverlay plugin (it shares h's network namespace)."""
-    want = os.stat(f"/run/netns/{h.netns}").st_ino
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"plugin" in cmd and any(c.endswith(b"/pyoverlay") for c in cmd):
-                if os.stat(proc / "ns" / "net").st_ino == want:
-                    return int(proc.name)
-        except OSError:
-            continue
-    if check:
-        raise LookupError(f"no managed pyoverlay plugin on {h.name}")
-    return None

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import HOSTNAME_SERVER, cli, managed_plugin_pid, plugin_swarm
+from support import HOSTNAME_SERVER, cli, plugin_swarm
 
-from lab.hosts import IMAGE, PLUGIN, Host, Lab, wait_for
+from lab.hosts import IMAGE, PLUGIN, Host, Lab, managed_plugin_pid, wait_for
 from lab.registry import Release
 from pyoverlay.driver.servicelb import meshdocker
 

@@ -26,13 +26,12 @@ from support import (
     PROBE_SERVER,
     api,
     cli,
-    managed_plugin_pid,
     ping,
     plugin_swarm,
     probe,
 )
 
-from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, wait_for
+from lab.hosts import DOCKER, IMAGE, PLUGIN, CommandFailed, Host, Lab, managed_plugin_pid, wait_for
 from lab.registry import Release
 
 pytestmark = pytest.mark.integration
