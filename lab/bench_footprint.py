@@ -116,16 +116,23 @@ def rows(report: Callable[..., None]) -> None:
 
 
 IMPORTS_SCRIPT = r"""
-import importlib, json, resource
-out, before = {}, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out["python"] = before
+import importlib, json
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+out = {"python": rss()}
+before = out["python"]
 for name in ("asyncio", "structlog", "pydantic", "cryptography.hazmat.primitives.ciphers.aead",
              "aiohttp.web", "nftables", "pyroute2", "pyoverlay.plugin.server"):
     importlib.import_module(name)
-    now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out[name.split(".")[0] if name != "pyoverlay.plugin.server" else "pyoverlay"] = now - before
+    now = rss()
+    out[name.split(".")[0]] = now - before
     before = now
-print(json.dumps({k: round(v / 1024, 1) for k, v in out.items()}))
+out["total"] = before
+print(json.dumps({k: round(v, 1) for k, v in out.items()}))
 """
 
 
@@ -145,8 +152,9 @@ def _answers(h1: Host, h2: Host) -> bool:
 def managed(report: Callable[..., None], seconds: float = 30.0) -> None:
     lab = Lab("bfm" + secrets.token_hex(1), hosts=2)
     with lab.running(plugin=False):
-        for h in lab.hosts:
-            h.install_plugin()
+        for h in lab.hosts:  # the cluster as a user sets it up: every host joins the others
+            others = ",".join(o.address for o in lab.hosts if o is not h)
+            h.install_plugin(f"PYOVERLAY_JOIN={others}")
         for h in lab.hosts:
             h.create_network("fp", "100.9.0.0/24")
             h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
@@ -164,8 +172,12 @@ def managed(report: Callable[..., None], seconds: float = 30.0) -> None:
             cpu_pct=round(cpu * 100, 2),
             dockerd_rss_mib=round(rss_mib(h1.dockerd_pid), 1),
         )
-        python = "/opt/pyoverlay/bin/python3"
-        out = h1.run("chroot", _rootfs(h1), python, "-c", IMPORTS_SCRIPT).stdout
+        # in the plugin's own root filesystem, with a /proc of its own mount namespace
+        root, python = _rootfs(h1), "/opt/pyoverlay/bin/python3"
+        inside = f'mount -t proc proc "{root}/proc" && exec chroot "{root}" {python} -c "$0"'
+        out = h1.run(
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", inside, IMPORTS_SCRIPT
+        ).stdout
         report("footprint-imports-mib", **json.loads(out.strip().splitlines()[-1]))
         for h in lab.hosts:
             h.docker("rm", "-f", f"fp{h.name}", check=False)
