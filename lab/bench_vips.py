@@ -117,7 +117,7 @@ def run(report: Callable[..., None]) -> None:
 
 
 def vip_vs_direct(
-    server: list[str], client: list[str], vip: IPv4Address, task: IPv4Address, rounds: int = 5
+    server: list[str], client: list[str], vip: IPv4Address, task: IPv4Address, rounds: int = 10
 ) -> tuple[dict[str, object], dict[str, object]]:
     """Connection setup and throughput from the client's namespace to the VIP vs to the
     task address, alternating rounds (`server`/`client` enter the two namespaces)."""
