@@ -80,7 +80,7 @@ from functools import partial
 from ipaddress import IPv4Address
 
 from lab import bench_footprint, reach
-from lab.hosts import IMAGE, PLUGIN, Host, Lab, sh, wait_for
+from lab.hosts import IMAGE, PLUGIN, ROOT, Host, Lab, sh, wait_for
 from lab.hosts import overlay_ip as ip_of
 from lab.measure import cpu_hog, cpu_seconds, iperf_gbps, paired, rss_mib
 from pyoverlay.cluster.config import GossipConfig
@@ -1009,6 +1009,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="write this run's figures into README.md's benchmark table (the rows of the "
+        "benchmarks run; the others keep the run they came from)",
+    )
+    parser.add_argument(
         "--pyoverlay",
         default=None,
         help="the plugin executable lab hosts run (default: this venv's; another build's, to "
@@ -1080,6 +1086,10 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(RESULTS, f, indent=1)
+    if args.readme:
+        from lab import readme_table
+
+        readme_table.update(ROOT / "README.md", RESULTS)
     return 0
 
 
