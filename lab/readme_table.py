@@ -20,7 +20,7 @@ HEADER = ["| benchmark | figures | run |", "|---|---|---|"]
 
 def figures(values: dict[str, object]) -> str:
     return ", ".join(
-        f"{k}={v}".replace("|", "/") for k, v in values.items() if not k.endswith("_runs")
+        f"{k}={v}".replace("|", "/") for k, v in values.items() if "_runs" not in k
     )
 
 
@@ -43,13 +43,15 @@ def rows_of(block: list[str]) -> dict[str, str]:
     return out
 
 
-def update(readme: Path, results: dict[str, object]) -> None:
+def update(readme: Path, results: dict[str, object], run: str = "") -> None:
+    """Write `results`' rows (`run`: the commit and date that measured them; default:
+    the checkout's HEAD today)."""
     lines = readme.read_text().splitlines()
     if START not in lines or END not in lines:
         raise SystemExit(f"{readme}: no benchmark table markers ({START} ... {END})")
     a, b = lines.index(START), lines.index(END)
     rows = rows_of(lines[a + 1 : b])
-    run = provenance(readme.parent)
+    run = run or provenance(readme.parent)
     for name, values in results.items():
         assert isinstance(values, dict)
         rows[name] = f"| `{name}` | {figures(values)} | {run} |"
