@@ -19,9 +19,7 @@ HEADER = ["| benchmark | figures | run |", "|---|---|---|"]
 
 
 def figures(values: dict[str, object]) -> str:
-    return ", ".join(
-        f"{k}={v}".replace("|", "/") for k, v in values.items() if "_runs" not in k
-    )
+    return ", ".join(f"{k}={v}".replace("|", "/") for k, v in values.items() if "_runs" not in k)
 
 
 def provenance(root: Path) -> str:
