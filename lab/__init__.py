@@ -10,7 +10,7 @@ the demo, the integration tests and the benchmarks.
     demo.py             `scripts/demo`: the seed's application across hosts
     measure.py          iperf, RSS, CPU, a CPU hog, paths to servers side by side
     bench.py            `scripts/bench`: every benchmark, side by side with its reference
-    bench_footprint.py  idle RSS and CPU
+    bench_footprint.py  idle RSS and CPU (the lab's plugin and the managed one), imports
     bench_install.py    the plugin pushed, then installed from a registry: size and time
     bench_ipsec.py      encrypted vs plain vs Docker's encrypted overlay (in the VM)
     bench_keeper.py     the IPsec keeper at 100 encrypted peers (simulated xfrm)
@@ -19,4 +19,6 @@ the demo, the integration tests and the benchmarks.
     bench_scope.py      per-network replication vs everything everywhere (simulated)
     bench_tables.py     5,000 remote endpoints programmed, reconciled
     bench_vips.py       VIP rules at 100 and 1,000 services
+    reach.py            when a new container's entry reached the other hosts' kernels
+    readme_table.py     README's benchmark table, written by `scripts/bench --readme`
 """
