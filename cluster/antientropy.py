@@ -95,11 +95,15 @@ class AntiEntropy(Probing):
         if not isinstance(only, str) and msg.get("from") != self.name:  # a full exchange
             self._now_synced(now)
         self._collect()
+        # "nets": the networks whose rows we serve as complete: only those we are in and
+        # have all the rows of ourselves (a host outside a network has none of them, a
+        # host that has just restarted only its own; the asker prunes by what we lack)
         if isinstance(only, str):
             return {
                 "t": "ppr",
                 "from": self.name,
-                "nets": [only] if only in self.networks else [],
+                "only": only,
+                "nets": [only] if self._serves(only) else [],
                 "state": self._net_state(now, only),
             }
         asked = msg.get("nets")
@@ -108,22 +112,48 @@ class AntiEntropy(Probing):
         return {
             "t": "ppr",
             "from": self.name,
-            # the networks whose rows we serve: only those we are in (a host outside a
-            # network has none of its rows, and the asker would prune by our silence)
-            "nets": None if nets is None else [n for n in nets if n in self.networks],
+            "nets": None if nets is None else [n for n in nets if self._serves(n)],
             "state": self._state(now, sender, nets),
         }
+
+    def network_ready(self, net: str, synced: bool | None = None) -> bool:
+        """True once `net`'s rows have been fetched from a member that has them all, or
+        every live member in it has answered with its own, or nobody else is in it (known
+        once synced; `synced`: the caller's view, e.g. after a grace time)."""
+        if net in self.ready:
+            return True
+        synced = self.synced if synced is None else synced
+        heard = self.heard.get(net, set())
+        if net in self.networks and synced and all(m.name in heard for m in self._net_peers(net)):
+            self.ready.add(net)  # nobody else is in it, or every one has answered
+            return True
+        return False
+
+    def _serves(self, net: str) -> bool:
+        return net in self.networks and self.network_ready(net)
 
     def on_stream_reply(self, now: float, src: str, msg: dict[str, Any]) -> None:
         self._refuted = False
         self._merge_state(now, msg.get("state") or {})
         self._answer_refutation(src)
+        self._collect()  # the replier's subscription row is merged: the networks it is in
+        replier = str(msg.get("from"))
+        inside = self.networks & self.interest.by_node.get(replier, frozenset())
         state = msg.get("state")
-        if isinstance(state, dict) and "members" in state and msg.get("from") != self.name:
-            self._now_synced(now)  # a full exchange, not a network's
+        full = isinstance(state, dict) and "members" in state  # not one network's rows
+        # a network's rows are complete when a member that has them all says so (an
+        # older replier echoes every network asked: only those it is in count) ...
         served = msg.get("nets")
         if isinstance(served, list):
-            self.ready |= self.networks & {str(n) for n in served[:4096]}
+            self.ready |= inside & {str(n) for n in served[:4096]}
+        # ... or when every live member in it has answered with its own rows (the hosts
+        # of a network that all restarted at once: none has them all, together they do)
+        carried = inside if full else inside & {str(msg.get("only"))}
+        for net in carried:
+            self.heard.setdefault(net, set()).add(replier)
+            self.network_ready(net)
+        if full and replier != self.name:
+            self._now_synced(now)
         self._collect()
 
     def _merge_state(self, now: float, state: dict[str, Any]) -> None:

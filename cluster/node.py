@@ -89,21 +89,11 @@ class GossipNode(AntiEntropy):
             return
         self.networks.discard(net)
         self.ready.discard(net)
+        self.heard.pop(net, None)
         self.resync.pop(net, None)
         self.publish(now, SUBSCRIPTIONS, self.name, subscription(self.networks), stamp)
         self.table.drop_where(lambda r: self._network_of(r.scope) == net and r.owner != self.name)
         self.queue.discard_net(net, keep=lambda item: item.payload.get("o") == self.name)
-
-    def network_ready(self, net: str, synced: bool | None = None) -> bool:
-        """True once `net`'s rows have been fetched from a member in it, or nobody else is
-        in it (known once synced; `synced`: the caller's view, e.g. after a grace time)."""
-        if net in self.ready:
-            return True
-        synced = self.synced if synced is None else synced
-        if net in self.networks and synced and not self._net_peers(net):
-            self.ready.add(net)
-            return True
-        return False
 
     def withdraw(self, now: float, scope: str, key: str, stamp: int | None = None) -> None:
         self.local.pop((scope, key), None)

@@ -86,6 +86,7 @@ class NodeState:
         self.networks: set[str] = set()  # the networks this host takes part in
         self.interest = Interest()  # the networks every other host takes part in
         self.ready: set[str] = set()  # joined networks whose rows have been fetched
+        self.heard: dict[str, set[str]] = {}  # joined network -> members that answered
         self.resync: dict[str, float] = {}  # joined network -> time of its second fetch
         self.foreign_rows = 0  # rows of networks we are not in, received and not stored
 

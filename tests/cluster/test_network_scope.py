@@ -147,3 +147,35 @@ def test_a_restarted_host_is_not_ready_for_a_network_after_a_sync_with_a_host_ou
     took = sim.run_while(lambda: not a.network_ready("x"), limit=10, check_every=0.005)
     assert took <= GossipConfig.lan().net_resync + 0.1, took
     assert "on-b" in keys(a, "x")
+
+
+def test_two_hosts_restarted_together_wait_for_every_live_member_of_the_network() -> None:
+    """a, b and d are in x; a and b restart at once, and d is unreachable from them for
+    a while. b is in x but holds only its own rows: it must not serve x to a as complete
+    (a would prune d's live container), and a is ready only once d has answered too."""
+    sim = SimNetwork(seed=5)
+    a, b, c, d = (sim.add_node(n) for n in "abcd")
+    for n in (a, b, d):
+        n.join_network(sim.now, "x")
+    sim.join_all(via=2)
+    sim.run_while(lambda: any(len(x.alive_members()) < 4 for x in (a, b, c, d)), limit=30)
+    d.publish(sim.now, "peer/x", "on-d", {"ip": "10.0.0.4"})
+    b.publish(sim.now, "peer/x", "on-b", {"ip": "10.0.0.3"})
+    sim.run_while(lambda: "on-d" not in keys(a, "x") or "on-d" not in keys(b, "x"), limit=2)
+    sim.crash(a)
+    sim.crash(b)
+    sim.run_for(0.3)
+    a, b = sim.restart(a), sim.restart(b)
+    for n in (a, b):
+        n.join_network(sim.now, "x")
+    b.publish(sim.now, "peer/x", "on-b", {"ip": "10.0.0.3"})
+    sim.blocked = lambda s, t: "d:" in s + t and ("a:" in s + t or "b:" in s + t)
+    sim.start(b, [c.addr])
+    sim.run_for(0.05)
+    sim.start(a, [c.addr])
+    sim.run_for(3.0)  # syncs through c, fetches x from b (and tries d), resyncs
+    assert a.synced and "on-b" in keys(a, "x")
+    assert not a.network_ready("x") and not b.network_ready("x"), "d's rows are missing"
+    sim.heal()
+    sim.run_while(lambda: not (a.network_ready("x") and b.network_ready("x")), limit=40)
+    assert {"on-b", "on-d"} <= keys(a, "x") and {"on-b", "on-d"} <= keys(b, "x")
