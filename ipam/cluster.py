@@ -218,11 +218,15 @@ class ClusterGuard:
             f"{votes} of {total} hosts granted block {b} ({answered} of "
             f"{total - 1} others answered), {need} are needed"
         )
-        old = sorted(n for (n, _), r in zip(others, replies, strict=True) if r and "ipv6" not in r)
+        # a build from before IPv6 refused with exactly {"granted": False} (its IPv4 parse
+        # failed); later builds send their voters, and this one "ipv6" too
+        old = sorted(
+            n for (n, _), r in zip(others, replies, strict=True) if r == {"granted": False}
+        )
         if subnet.version == 6 and old:
             why += (
-                f"; {', '.join(old)} run a pyoverlay from before IPv6, which refuses every "
-                "IPv6 block: upgrade them, then retry"
+                f"; {', '.join(old)} {'runs' if len(old) == 1 else 'run'} a pyoverlay from "
+                "before IPv6, which refuses every IPv6 block: upgrade, then retry"
             )
         return False, why
 

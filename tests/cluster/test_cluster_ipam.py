@@ -188,23 +188,27 @@ async def test_ipv6_addresses_come_from_blocks_each_host_claims(tmp_path: Path) 
 
 
 async def test_hosts_from_before_ipv6_are_named_when_an_ipv6_claim_fails(tmp_path: Path) -> None:
-    """Two of three voters upgraded back to a version without IPv6 (it refuses every IPv6
-    block, as 0131fd0's did): h0 uses its block, then says which hosts to upgrade."""
+    """h1 went back to a version without IPv6 (it refuses every IPv6 block, as 0131fd0's
+    did); h2 refuses too, as a build that knows IPv6 but not the flag would (a block
+    promised elsewhere): h0 uses its block, then names h1 only."""
     c = await make(3, tmp_path, subnet="fd00:41::/64")
 
     async def before_ipv6(body: dict[str, Any]) -> dict[str, Any]:
         return {"granted": False}  # IPv4Network(body["subnet"]) raised: refused
 
+    async def refuses(body: dict[str, Any]) -> dict[str, Any]:
+        return {"granted": False, "voters": ["h0", "h1", "h2"]}
+
     await c.alloc("h0")  # h0 owns a block of 256 now
-    for name in ("h1", "h2"):
-        c.guard(name).handle_claim = before_ipv6  # type: ignore[method-assign]
+    c.guard("h1").handle_claim = before_ipv6  # type: ignore[method-assign]
+    c.guard("h2").handle_claim = refuses  # type: ignore[method-assign]
     results = await c.alloc("h0", 300)
     errors = [r for r in results if isinstance(r, Exception)]
     assert 250 <= len(results) - len(errors) < 256  # what its block had left
     assert errors and all(isinstance(e, Conflict) for e in errors)
     text = str(errors[0])
-    assert "1 of 3 hosts granted" in text and "h1, h2 run a pyoverlay from before IPv6" in text
-    assert "upgrade them" in text
+    assert "1 of 3 hosts granted" in text and "; h1 runs a pyoverlay from before IPv6" in text
+    assert "h2" not in text.split("granted")[1] and "upgrade, then retry" in text
     assert not c.duplicates()
 
 
