@@ -197,13 +197,13 @@ def paired(
     ratio says little)."""
     ma, mb = statistics.median(a), statistics.median(b)
     (a25, a75), (b25, b75) = iqr(a), iqr(b)
-    return {
+    return {  # the ratio of the two medians (not a median of per-round ratios)
         "rounds": min(len(a), len(b)),
         f"{a_name}_median": round(ma, digits),
         f"{a_name}_iqr": [round(a25, digits), round(a75, digits)],
         f"{b_name}_median": round(mb, digits),
         f"{b_name}_iqr": [round(b25, digits), round(b75, digits)],
-        "ratio": round(ma / mb, 3),
+        "ratio": round(ma / mb, 3) if mb else None,
         "spread_wider_than_gap": max(a75 - a25, b75 - b25) > abs(ma - mb),
         f"{a_name}_runs": [round(x, digits) for x in a],
         f"{b_name}_runs": [round(x, digits) for x in b],

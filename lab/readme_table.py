@@ -24,7 +24,7 @@ def figures(values: dict[str, object]) -> str:
 
 def provenance(root: Path) -> str:
     commit = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(root), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
         check=False,
