@@ -18,14 +18,29 @@ from pyoverlay.cluster.probe import Probing
 class AntiEntropy(Probing):
     def _fetch_network(self, net: str) -> bool:
         peers = self._net_peers(net)
+        heard = self.heard.get(net, set())
+        peers = [m for m in peers if m.name not in heard] or peers  # a new voice first
         if peers:
             self._pushpull(self.rng.choice(peers).addr, net)
         return bool(peers)
 
+    def _full_exchange(self, now: float, peer_synced: object) -> None:
+        """A full state from another member was merged. It makes our table the cluster's
+        if that member's was (an older build does not say: as before, it counts); one
+        that has just restarted too knows little more than we do, so its state counts
+        only `sync_grace` after our start (every host restarted at once: nobody is
+        synced, and by then the union of what every seed answered is the cluster's)."""
+        if self.synced:
+            return
+        if peer_synced is False and now < self.started + self.config.sync_grace:
+            self.pending_sync = True  # tick() makes it count once the grace is over
+            return
+        self._now_synced(now)
+
     def _now_synced(self, now: float) -> None:
-        """A full state from another member was merged. The networks joined before any
-        member was known (a restart joins its networks first) are fetched now from a
-        member in each: a full exchange readies only those its partner is in."""
+        """The networks joined before any member was known (a restart joins its networks
+        first) are fetched now from a member in each: a full exchange readies only those
+        its partner has all the rows of."""
         if self.synced:
             return
         self.synced = True
@@ -74,9 +89,11 @@ class AntiEntropy(Probing):
                 (m.name for m in self.members.by_name.values() if m.addr == msg.get("to")), None
             )
             nets = self.interest.by_node.get(to, frozenset()) if to else self.networks
+            self.asked[str(msg.get("to"))] = set(self.networks)  # what the reply answers
             return {
                 **msg,
                 "nets": sorted(self.networks),
+                "synced": self.synced,
                 "state": self._state(now, to, nets),
             }
         return msg
@@ -92,8 +109,9 @@ class AntiEntropy(Probing):
         self._merge_state(now, msg.get("state") or {})
         self._refuted = False
         only = msg.get("only")
+        was_synced = self.synced  # what we tell the asker: before its state counted
         if not isinstance(only, str) and msg.get("from") != self.name:  # a full exchange
-            self._now_synced(now)
+            self._full_exchange(now, msg.get("synced"))
         self._collect()
         # "nets": the networks whose rows we serve as complete: only those we are in and
         # have all the rows of ourselves (a host outside a network has none of them, a
@@ -113,6 +131,7 @@ class AntiEntropy(Probing):
             "t": "ppr",
             "from": self.name,
             "nets": None if nets is None else [n for n in nets if self._serves(n)],
+            "synced": was_synced,
             "state": self._state(now, sender, nets),
         }
 
@@ -148,12 +167,13 @@ class AntiEntropy(Probing):
             self.ready |= inside & {str(n) for n in served[:4096]}
         # ... or when every live member in it has answered with its own rows (the hosts
         # of a network that all restarted at once: none has them all, together they do)
-        carried = inside if full else inside & {str(msg.get("only"))}
-        for net in carried:
+        asked = self.asked.pop(src, set()) if full else {str(msg.get("only"))}
+        for net in inside & asked:  # a network joined after we asked: not in the reply
             self.heard.setdefault(net, set()).add(replier)
-            self.network_ready(net)
+            if not self.network_ready(net) and not full:
+                self._fetch_network(net)  # on to a member not heard yet
         if full and replier != self.name:
-            self._now_synced(now)
+            self._full_exchange(now, msg.get("synced"))
         self._collect()
 
     def _merge_state(self, now: float, state: dict[str, Any]) -> None:

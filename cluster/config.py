@@ -30,6 +30,9 @@ class GossipConfig:
     # tables whose rows only hosts in the network keep (scoping.py); () = the old way
     network_tables: tuple[str, ...] = NETWORK_TABLES
     net_resync: float = 2.0  # a network joined is fetched again after this (rows in flight)
+    # a full exchange with a member that is not synced itself (it restarted too) makes us
+    # synced only this long after our start: by then every seed has answered
+    sync_grace: float = 3.0
     reconnect_interval: float = 2.0
     tombstone_ttl: float = 1800.0
     dead_rows_ttl: float = 1800.0

@@ -51,6 +51,7 @@ class GossipNode(AntiEntropy):
 
     def start(self, now: float, seeds: Iterable[str]) -> None:
         """Join: a full state exchange with every seed."""
+        self.started = now
         self.seeds = [s for s in seeds if s != self.addr]
         for s in self.seeds:
             self._pushpull(s)
@@ -118,6 +119,7 @@ class GossipNode(AntiEntropy):
             self.next_reconnect,
             self.next_reap,
             *self.resync.values(),
+            *([self.started + self.config.sync_grace] if self.pending_sync else []),
         ]
         if self.queue or self.large:  # an idle node does not wake up 5 times a second
             times.append(self.next_gossip)
@@ -161,10 +163,14 @@ class GossipNode(AntiEntropy):
                 peers = self._net_peers(net)
                 if peers and not any(m.addr == partner for m in peers):
                     self._pushpull(self.rng.choice(peers).addr, net)
+        if self.pending_sync and now >= self.started + self.config.sync_grace:
+            self.pending_sync = False
+            self._now_synced(now)
         for net, at in list(self.resync.items()):
             if now >= at:
                 del self.resync[net]
-                self._fetch_network(net)
+                if self._fetch_network(net) and not self.network_ready(net):
+                    self.resync[net] = now + self.config.net_resync  # until it is
         if now >= self.next_reconnect:
             self.next_reconnect = now + self.config.reconnect_interval
             self._reconnect()

@@ -87,6 +87,9 @@ class NodeState:
         self.interest = Interest()  # the networks every other host takes part in
         self.ready: set[str] = set()  # joined networks whose rows have been fetched
         self.heard: dict[str, set[str]] = {}  # joined network -> members that answered
+        self.asked: dict[str, set[str]] = {}  # push-pull partner -> the networks we named
+        self.started = now
+        self.pending_sync = False  # a full exchange with an unsynced member, in the grace
         self.resync: dict[str, float] = {}  # joined network -> time of its second fetch
         self.foreign_rows = 0  # rows of networks we are not in, received and not stored
 

@@ -291,6 +291,7 @@ class GossipRuntime:
         """Send what the node wants sent, hand events to the driver, re-arm the timer."""
         self._save_life()
         self._flush()
+        self._mark_synced({})  # synced in a tick (node.pending_sync)
         events = self.node.events()
         scopes = {e.scope for e in events if isinstance(e, RowEvent)}
         members = [e for e in events if isinstance(e, MemberEvent)]
@@ -345,10 +346,11 @@ class GossipRuntime:
         return m.addr if m is not None else src
 
     def _mark_synced(self, msg: dict[str, Any]) -> None:
-        """A full state from a live member was merged: the table is as good as the cluster's."""
+        """A full state from a synced member was merged (or, every host having restarted,
+        the grace after our start is over): the table is as good as the cluster's."""
         if self.node.synced and not self.synced.is_set():
             self.synced.set()
-            log.info("gossip synced", node=str(msg.get("from")))
+            log.info("gossip synced", node=str(msg.get("from", "the seeds, after the grace")))
 
     async def _pushpull(self, addr: str, msg: dict[str, Any]) -> None:
         reply = await self.transport.exchange(addr, msg, self.config.stream_timeout)

@@ -69,6 +69,7 @@ class SimNetwork:
     def join_all(self, via: int = 0) -> None:
         nodes = list(self.nodes.values())
         seed = nodes[via].addr
+        nodes[via].synced = True  # as the runtime starts a host with no seeds: the first
         for n in nodes:
             if n.addr != seed:
                 n.start(self.now, [seed])

@@ -179,3 +179,29 @@ def test_two_hosts_restarted_together_wait_for_every_live_member_of_the_network(
     sim.heal()
     sim.run_while(lambda: not (a.network_ready("x") and b.network_ready("x")), limit=40)
     assert {"on-b", "on-d"} <= keys(a, "x") and {"on-b", "on-d"} <= keys(b, "x")
+
+
+def test_a_restarted_member_syncs_another_only_after_the_grace() -> None:
+    """Two hosts restarted at once know little more than each other: an exchange between
+    them makes neither synced before `sync_grace` (their tables could miss hosts that
+    neither has heard from yet); one with a synced member does at once."""
+    sim = SimNetwork(seed=7)
+    a, b, c = (sim.add_node(n) for n in "abc")
+    sim.join_all(via=2)
+    sim.run_while(lambda: any(len(x.alive_members()) < 3 for x in (a, b, c)), limit=30)
+    sim.crash(a)
+    sim.crash(b)
+    sim.run_for(0.3)
+    a, b = sim.restart(a), sim.restart(b)
+    sim.blocked = lambda s, t: "c:" in s + t  # c is out of reach for now
+    sim.start(b, [a.addr, c.addr])
+    sim.start(a, [b.addr, c.addr])
+    grace = GossipConfig.lan().sync_grace
+    sim.run_for(grace - 0.5)
+    assert not a.synced and not b.synced  # they exchanged, but neither was synced
+    sim.run_for(1.0)
+    assert a.synced and b.synced  # every seed that could answer did: the union counts
+    d = sim.restart(sim.add_node("d"))
+    sim.heal()
+    sim.start(d, [c.addr])
+    sim.run_while(lambda: not d.synced, limit=0.2, check_every=0.005)  # c is synced
