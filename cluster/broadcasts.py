@@ -42,6 +42,9 @@ class Broadcasts:
     def __contains__(self, key: Key) -> bool:
         return key in self._items
 
+    def get(self, key: Key) -> Item | None:
+        return self._items.get(key)
+
     def nets(self) -> list[str]:
         """Networks with updates waiting."""
         return list(self._nets)

@@ -70,6 +70,7 @@ class GossipNode(AntiEntropy):
     ) -> None:
         self.local[(scope, key)] = value
         self._enqueue_row(self.table.write(now, scope, key, value, stamp), now)
+        self._tell_network(now, ("r", scope, key))
         self._gossip(now)  # now, not at the next tick: a new container should be reachable at once
         self._collect()
 
@@ -102,6 +103,7 @@ class GossipNode(AntiEntropy):
         if cur is not None and cur.value is None:
             return
         self._enqueue_row(self.table.write(now, scope, key, None, stamp), now)
+        self._tell_network(now, ("r", scope, key))
         self._gossip(now)
         self._collect()
 
@@ -123,6 +125,8 @@ class GossipNode(AntiEntropy):
         ]
         if self.queue or self.large:  # an idle node does not wake up 5 times a second
             times.append(self.next_gossip)
+        if self.direct:
+            times.append(self.direct_at)
         if self.probe and not self.probe.acked and not self.probe.indirect:
             times.append(self.probe.timeout_at)
         times += [r.deadline for r in self.relays.values()]
@@ -144,6 +148,8 @@ class GossipNode(AntiEntropy):
                 self.outbox.append(Send(r.origin, {"t": "nack", "seq": r.seq, "from": self.name}))
         for u in self.members.expire(now):
             self._enqueue(("m", u["n"]), "m", u)
+        if self.direct and now >= self.direct_at:
+            self._send_direct(now)
         if now >= self.next_gossip:
             self.next_gossip = now + self.config.gossip_interval
             self._gossip(now)

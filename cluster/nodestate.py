@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from pyoverlay.cluster.broadcasts import Broadcasts
+from pyoverlay.cluster.broadcasts import Broadcasts, Item
 from pyoverlay.cluster.config import GossipConfig
 from pyoverlay.cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent, Members
 from pyoverlay.cluster.scoping import SUBSCRIPTIONS, Interest, network_of
@@ -65,6 +65,10 @@ class NodeState:
         # updates too large for a packet: spread by stream to `gossip_nodes` members per
         # round, as many rounds as a packet update would be retransmitted
         self.large = Broadcasts()
+        # our own network rows not yet sent straight to their network's members (a
+        # burst within a gossip interval goes in one round, many rows per packet)
+        self.direct: dict[str, dict[tuple[str, ...], Item]] = {}
+        self.direct_at = now  # no straight send before this (one round per interval)
         self.never_fit = 0  # updates larger than a stream may carry: dropped
         self.outbox: list[Send] = []
         self.malformed = 0  # updates that were valid JSON but not valid pyoverlay

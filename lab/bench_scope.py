@@ -73,7 +73,7 @@ def _run(hosts: int, scoped: bool, seed: int) -> dict[str, float]:
     while queue or (pending and sim.now - t0 < 80):
         while queue and t0 + queue[0][0] <= sim.now:
             _, h, net, key = queue.pop(0)
-            nodes[h].publish(sim.now, f"peer/{net}", key, {"ip": "10.0.0.2", "mac": "02:42"})
+            sim.publish(nodes[h], f"peer/{net}", key, {"ip": "10.0.0.2", "mac": "02:42"})
             pending[(net, key)] = sim.now
         sim.run_for(0.05)
         for net, key in [

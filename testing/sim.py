@@ -99,6 +99,12 @@ class SimNetwork:
         node.start(self.now, seeds)
         self._flush(node)
 
+    def publish(self, node: GossipNode, scope: str, key: str, value: dict[str, Any]) -> None:
+        """`node` writes a row now, and what that sends leaves at once (as the runtime
+        sends after every call), not at the node's next timer."""
+        node.publish(self.now, scope, key, value)
+        self._flush(node)
+
     def stall(self, node: GossipNode, seconds: float) -> None:
         self.stalled[node.addr] = self.now + seconds
 
