@@ -176,6 +176,7 @@ def _explain(lab: Lab, way: Way) -> None:
             (*sbox, "cat", "/proc/net/ip_vs"),
             (*sbox, "iptables-save"),
             (*sbox, "ip", "-br", "addr"),
+            (*sbox, "sysctl", "net.ipv4.ip_forward", "net.ipv4.vs.conntrack"),
             ("cat", "/proc/net/nf_conntrack"),
         ):
             r = h.run(*cmd, check=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from netprobe import SERVER, TCP_LOOP, UDP_LOOP
+from netprobe import BULK_CLIENT, BULK_SERVER, SERVER, TCP_LOOP, UDP_LOOP
 
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.servicelb import meshrules as mesh
@@ -25,6 +25,8 @@ CLIENT = f"{UL}.9"
 TASK = IPv4Address("172.18.0.2")
 PORT = mesh.PublishedPort("tcp", 1080, 7000)
 UDP = mesh.PublishedPort("udp", 1053, 7053)
+BULK = mesh.PublishedPort("tcp", 1081, 7001)  # reads a connection to EOF, says how much
+BULK_BYTES = 1 << 20
 
 
 def sh(*cmd: str) -> str:
@@ -53,6 +55,14 @@ class Cluster:
             timeout=120,
         )
         return out.stdout.split("\n")[:-1]
+
+    def fetch(self, from_ns: str, to: IPv4Address) -> str:
+        """BULK_BYTES sent over one connection to the published BULK port (full-size
+        segments from the client): how many bytes the task says it read, or "error ..."."""
+        cmd = ["ip", "netns", "exec", self.ns(from_ns), sys.executable, "-c", BULK_CLIENT]
+        out = subprocess.run([*cmd, str(to), str(BULK.published), str(BULK_BYTES)], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        return out.stdout.strip()
 
 
 @contextmanager
@@ -103,6 +113,13 @@ def mesh_nodes(prefix: str) -> Iterator[Cluster]:
             )
             servers.append(server)
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            bulk = subprocess.Popen(
+                ["ip", "netns", "exec", task, sys.executable, "-c", BULK_SERVER],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            servers.append(bulk)
+            assert bulk.stdout is not None and bulk.stdout.readline().strip() == "ready"
         yield c
     finally:
         for server in servers:
@@ -118,7 +135,7 @@ def view(node: str, local: bool = True, remote: bool = True, secure: bool = Fals
     other = [a for n, a in NODES.items() if n != node]
     return mesh.balance(
         mesh.MeshInput(
-            ports={"web": (PORT, UDP)},
+            ports={"web": (PORT, UDP, BULK)},
             local={"web": (TASK,)} if local else {},
             remote={"web": tuple(other)} if remote else {},
             members=tuple(other),

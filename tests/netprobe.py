@@ -21,6 +21,36 @@ while True:
     c, peer = s.accept()
     c.sendall(f"{label or c.getsockname()[0]} {peer[0]}\\n".encode()); c.close()
 """
+# bulk data from the client: each TCP connection on port 7001 is read to EOF, and
+# answered with the number of bytes read
+BULK_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7001)); s.listen(8); print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(60)
+    got = 0
+    try:
+        while data := c.recv(65536):
+            got += len(data)
+        c.sendall(str(got).encode())
+    except OSError:
+        pass
+    c.close()
+"""
+# argv: address, port, bytes to send; prints what the server says it read, or "error
+# ..." (a stall is an error after 30 s without progress)
+BULK_CLIENT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+    c.sendall(b"x" * int(sys.argv[3]))
+    c.shutdown(socket.SHUT_WR)
+    print(c.recv(100).decode() or "closed", flush=True)
+except OSError as exc:
+    print(f"error {exc}", flush=True)
+"""
 # argv: count, address, port
 TCP_LOOP = """
 import socket, sys

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from meshnodes import NODES, UDP, Cluster, mesh_nodes, program, sh, view
+from meshnodes import BULK_BYTES, NODES, UDP, Cluster, mesh_nodes, program, sh, view
 
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.secure import sa as ipsec
@@ -114,7 +114,12 @@ async def test_an_encrypted_services_hop_between_nodes_is_esp_or_nothing(
     answers = cluster.connect("c", A, 10)
     udp = cluster.connect("c", A, 5, UDP)
     own = cluster.connect("a", A, 3)  # node a's own connection (output path)
+    # bulk data: full-size segments plus ESP exceed the underlay MTU, and the client
+    # never learns the path MTU behind the NAT: without the hop's lowered MSS this
+    # stalled at 0 bytes while connection setup worked
+    bulk = cluster.fetch("c", A)
     lines = wire.stop()
+    assert bulk == str(BULK_BYTES), bulk
     assert answers == [f"task-b {A}"] * 10, answers  # b's task sees node a's address
     assert udp == [f"task-b {A}"] * 5, udp
     assert own == [f"task-b {A}"] * 3, own

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
-from meshnodes import CLIENT, NODES, UDP, Cluster, mesh_nodes, program, sh, view
+from meshnodes import BULK_BYTES, CLIENT, NODES, UDP, Cluster, mesh_nodes, program, sh, view
 
 from pyoverlay.driver.kernel.nft import Nft
 from pyoverlay.driver.servicelb import meshrules as mesh
@@ -46,6 +46,8 @@ async def test_a_published_port_answers_on_every_node_over_every_task(
         # UDP too, each datagram from a new source port: a new flow, balanced alike
         datagrams = cluster.connect("c", address, 40, UDP)
         assert set(datagrams) == {f"task-{node} {CLIENT}", f"task-{other} {address}"}, datagrams
+        # bulk data (full-size segments) through the node, to whichever task
+        assert [cluster.fetch("c", address) for _ in range(4)] == [str(BULK_BYTES)] * 4
     # a node's own connection to loopback is left alone (refused here: nobody listens)
     assert cluster.connect("a", IPv4Address("127.0.0.1"), 2) == ["refused", "refused"]
     # from a node itself, to its own address and to the other node's
