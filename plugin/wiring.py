@@ -130,7 +130,11 @@ def make_gossip(settings: PluginSettings, parts: Parts, syncer: PeerSyncer) -> G
     if any(a == "--gossip-key" or a.startswith("--gossip-key=") for a in sys.argv):
         log.warning("--gossip-key on the command line is visible in `ps`; use --gossip-key-file")
     driver = parts.driver
-    config = replace(GossipConfig.lan(), pushpull_interval=settings.gossip_pushpull)
+    config = replace(
+        GossipConfig.lan(),
+        pushpull_interval=settings.gossip_pushpull,
+        probe_interval=settings.gossip_probe_interval,
+    )
     last_known = JsonDocument(settings.state_dir / MEMBERS_FILE)
     runtime: GossipRuntime | None = None
 

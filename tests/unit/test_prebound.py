@@ -271,6 +271,7 @@ def test_a_wrong_value_on_the_host_side_still_exits_so_dockerd_retries(tmp_path:
         ("--log-format", "xml"),
         ("--vxlan-port", "99999"),
         ("--network-setup", "slow"),
+        ("--gossip-probe-interval", "0.1"),
     ],
 )
 def test_every_settings_error_reads_in_plugin_setting_names(flag: str, value: str) -> None:
@@ -287,3 +288,20 @@ def test_every_settings_error_reads_in_plugin_setting_names(flag: str, value: st
     env = "PYOVERLAY_" + flag[2:].replace("-", "_").upper()
     assert "--" not in text and text.startswith(env), text
     assert f"{env} (" not in text and "=" not in text.split(" ")[0], text
+
+
+def test_the_probe_interval_setting_and_bad_values_name_the_range() -> None:
+    import argparse
+
+    from pyoverlay.core.errors import InvalidOption
+    from pyoverlay.plugin import settings
+
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    assert settings.from_namespace(parser.parse_args([])).gossip_probe_interval == 0.5
+    got = settings.from_namespace(parser.parse_args(["--gossip-probe-interval", "1"]))
+    assert got.gossip_probe_interval == 1.0
+    for bad in ("0.1", "6", "fast"):
+        with pytest.raises(InvalidOption) as exc:
+            settings.from_namespace(parser.parse_args(["--gossip-probe-interval", bad]))
+        assert str(exc.value) == f"--gossip-probe-interval {bad!r} must be a number from 0.5 to 5"
