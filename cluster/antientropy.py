@@ -45,6 +45,8 @@ class AntiEntropy(Probing):
             return
         self.synced = True
         self._collect()  # the subscriptions just merged: who is in which network
+        if self.direct:
+            self._send_direct(now)  # our rows written before we knew who is in our networks
         for net in sorted(self.networks - self.ready):
             if net not in self.resync and self._fetch_network(net):
                 self.resync[net] = now + self.config.net_resync

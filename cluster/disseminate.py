@@ -70,22 +70,33 @@ class Dissemination(NodeState):
             msg["ru"] = ru
         return msg
 
-    def _tell_network(self, now: float, key: tuple[str, ...]) -> None:
+    def _tell_network(self, now: float, key: tuple[str, ...]) -> bool:
         """A network row we wrote ourselves (a container started or stopped here) goes
         straight to the network's live members, at once unless a straight round went out
-        within the last gossip interval (then with the next round: a burst, say a restart
-        re-announcing every container, costs one round of packets, not one per row)."""
+        within the last gossip interval (then with the next round: a burst costs one round
+        of packets, not one per row). False: it does not go straight (a global row, or
+        one too large for a packet: it goes by stream), and no older version of it will."""
         item = self.queue.get(key)
         if item is None or item.net is None or self.config.direct_fanout <= 0:
-            return  # a global row, or one too large for a packet (it goes by stream)
+            for pending in self.direct.values():
+                pending.pop(key, None)
+            return False
         self.direct.setdefault(item.net, {})[key] = item  # (gossip may spend it meanwhile)
         if now >= self.direct_at:
             self._send_direct(now)
+        return True
 
     def _send_direct(self, now: float) -> None:
+        """One straight round. A network with no member known yet keeps its rows until we
+        are synced (a restart re-announces its containers before gossip has started: they
+        go out once the first exchange has told us who is in which network)."""
         self.direct_at = now + self.config.gossip_interval
         budget = self.config.packet_budget - PACKET_OVERHEAD
-        for net, items in self.direct.items():
+        for net, items in list(self.direct.items()):
+            peers = self._net_peers(net)
+            if not peers and not self.synced:
+                continue
+            del self.direct[net]
             packets: list[list[dict[str, Any]]] = []
             used = budget
             for i in items.values():
@@ -94,13 +105,11 @@ class Dissemination(NodeState):
                     used = 0
                 packets[-1].append(i.payload)
                 used += i.size
-            peers = self._net_peers(net)
             if len(peers) > self.config.direct_fanout:
                 peers = self.rng.sample(peers, self.config.direct_fanout)
             for m in peers:
                 for ru in packets:
                     self.outbox.append(Send(m.addr, {"t": "gossip", "from": self.name, "ru": ru}))
-        self.direct.clear()
 
     def _gossip(self, now: float) -> None:
         if self.large:

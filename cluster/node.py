@@ -70,8 +70,10 @@ class GossipNode(AntiEntropy):
     ) -> None:
         self.local[(scope, key)] = value
         self._enqueue_row(self.table.write(now, scope, key, value, stamp), now)
-        self._tell_network(now, ("r", scope, key))
-        self._gossip(now)  # now, not at the next tick: a new container should be reachable at once
+        # now, not at the next tick: a new container should be reachable at once (a
+        # network row straight to its members; anything else with a gossip round)
+        if not self._tell_network(now, ("r", scope, key)):
+            self._gossip(now)
         self._collect()
 
     def join_network(self, now: float, net: str, stamp: int | None = None) -> None:
@@ -103,8 +105,8 @@ class GossipNode(AntiEntropy):
         if cur is not None and cur.value is None:
             return
         self._enqueue_row(self.table.write(now, scope, key, None, stamp), now)
-        self._tell_network(now, ("r", scope, key))
-        self._gossip(now)
+        if not self._tell_network(now, ("r", scope, key)):
+            self._gossip(now)
         self._collect()
 
     def leave(self, now: float) -> None:

@@ -87,8 +87,9 @@ SETTINGS = (
     Setting(
         "gossip-probe-interval",
         "0.5",
-        "seconds between failure-detection probes (one random host each): a crashed host's "
-        "entries go about 7x this later (0.5: ~3.5 s); 1 halves gossip's idle packets and CPU",
+        "seconds between failure-detection probes (one random host each), 0.5 to 2: crash "
+        "detection scales with it (0.5: a crashed host's entries go ~3.5 s later on a few "
+        "hosts); 1 halves gossip's idle packets and CPU",
     ),
     Setting(
         "reconcile-interval",
@@ -260,7 +261,7 @@ def from_namespace(ns: argparse.Namespace) -> PluginSettings:
         gossip_key=ns.gossip_key,
         gossip_key_file=ns.gossip_key_file,
         gossip_pushpull=_seconds("--gossip-pushpull", ns.gossip_pushpull),
-        gossip_probe_interval=_number("--gossip-probe-interval", ns.gossip_probe_interval, 0.5, 5),
+        gossip_probe_interval=_number("--gossip-probe-interval", ns.gossip_probe_interval, 0.5, 2),
         reconcile_interval=_seconds("--reconcile-interval", ns.reconcile_interval),
         scope=ns.scope,
         docker_host=ns.docker_host,
