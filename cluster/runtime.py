@@ -90,7 +90,9 @@ class GossipRuntime:
         self._save_life()
         # silent hosts (hostcheck.py): members suspect or dead, and the hosts of the last
         # life (`expected`: name -> (gossip addr, vtep)) not heard from yet in this one
-        self.checks = HostChecks(config.probe_interval, HOST_CHECK_TIMEOUT)
+        # (at most every HOST_CHECK_TIMEOUT whatever the probe interval: a check that
+        # times out is followed at once by the next, which hostcheck.py's timing assumes)
+        self.checks = HostChecks(min(config.probe_interval, HOST_CHECK_TIMEOUT), HOST_CHECK_TIMEOUT)
         self.expected = dict(expected or {})
         self.on_kept = on_kept or (lambda: None)
         self._checks_wake = asyncio.Event()
