@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 from pyroute2 import AsyncIPRoute, NetlinkError, netns
+from pyroute2 import config as pyroute2_config
 
 from pyoverlay.core.errors import InvalidOption, KernelError, PyoverlayError
 from pyoverlay.driver.core.interfaces import (
@@ -58,6 +59,12 @@ from pyoverlay.driver.kernel import rtnl
 from pyoverlay.driver.kernel.entries import GONE, PeerEntryAdapter
 from pyoverlay.driver.kernel.netns import NetnsThread
 from pyoverlay.driver.overlay.plan import NAMESPACE_PATTERN
+
+# pyroute2 makes a namespace in a forked child and gives it 2 s to answer; a busy machine
+# (CI's IPsec tier: an emulated CPU beside other tiers) took longer, and the container's
+# create failed ("create namespace ...: no response from the child"). Docker waits
+# longer than this for the whole call.
+pyroute2_config.default_communicate_timeout = 20
 
 log = structlog.get_logger("pyoverlay.kernel")
 T = TypeVar("T")
