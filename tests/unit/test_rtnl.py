@@ -65,3 +65,14 @@ def test_ipv6_neighbours_are_what_pyroute2_sends_and_read_back() -> None:
     done = nb.HEADER.pack(20, nb.NLMSG_DONE, 0, 1, 0) + bytes(4)
     got, finished = nb.parse_dump(as_dumped + done)
     assert finished and got == [nb.Dumped(9, nb.NUD_PERMANENT, IP6, MAC)]
+
+
+def test_pyroute2s_forked_namespace_helpers_get_time_on_a_busy_host() -> None:
+    """pyroute2 makes a namespace (and opens a socket in one) in a forked child that it
+    gives 2 s by default; on a busy host that failed a `docker run` (CI-36). The kernel
+    adapter gives it 20 s (pyroute2 reads the setting at each call)."""
+    from pyroute2 import config
+
+    import pyoverlay.driver.kernel.links  # noqa: F401  (sets it on import)
+
+    assert config.default_communicate_timeout >= 20
