@@ -339,7 +339,11 @@ def test_killed_task_leaves_every_hosts_rules_within_2s(
     )
     took = time.monotonic() - removed
     print(f"killed task out of every host's rules {took:.2f} s after Docker removed it")
-    assert took <= 2.0, took
+    # gone, and soon: not left for a reconcile (10 s) or a push-pull (30 s). The bound is
+    # not a speed goal: idle it takes well under a second, but CI-37 (a busy loop on each
+    # core beside two emulated VMs) measured 2.65 s, much of it this test's own polling
+    # of three hosts' rules through nsenter and nft
+    assert took <= 5.0, took
     answers = hostnames_via(h1, client, vip, 60)
     assert len(answers) == 60 and victim_name not in answers, answers
 
