@@ -80,7 +80,9 @@ def env(arenas: str) -> dict[str, str] | None:
 
 def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
     """Idle RSS and CPU of h1's plugin, three ways one after the other: the defaults,
-    MALLOC_ARENA_MAX=2, and --gossip-probe-interval 1 (half the probes)."""
+    MALLOC_ARENA_MAX=2, and --gossip-probe-interval 1 (half the probes); then the
+    probe interval's CPU as a ratio of the defaults'."""
+    cpu_of: dict[str, float] = {}
     for suffix, arenas, extra in (("", "", ()), ("-arena2", "2", ()),
                                   ("-probe1s", "", ("--gossip-probe-interval", "1"))):  # fmt: skip
         for h in lab.hosts:
@@ -96,6 +98,7 @@ def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
         cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        cpu_of[suffix] = cpu
         report(
             f"footprint-idle{suffix}",
             hosts=2,
@@ -105,6 +108,11 @@ def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
         for h in lab.hosts:
             h.docker("rm", "-f", f"fp{h.name}", check=False)
             h.docker("network", "rm", "fp", check=False)
+    base = cpu_of[""]
+    report(
+        "footprint-idle-probe1s-ratio",
+        cpu_probe1s_vs_default=round(cpu_of["-probe1s"] / base, 2) if base else None,
+    )
 
 
 def rows(report: Callable[..., None]) -> None:
