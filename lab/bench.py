@@ -30,7 +30,9 @@ three hosts
                    large header and 4 MiB, in a loop: plugin RSS growth, and `docker run -d`
                    during the attack vs before it (ratio)
   footprint        plugin RSS and CPU at idle (a network with a container on each host), with
-                   default malloc arenas and MALLOC_ARENA_MAX=2; RSS holding 5,000 rows; the
+                   default malloc arenas and MALLOC_ARENA_MAX=2; CPU with the default probe
+                   interval vs --gossip-probe-interval 1, alternated (median + IQR);
+                   RSS holding 5,000 rows; the
                    managed plugin (its own rootfs) idle beside dockerd's RSS, and what each
                    package it imports adds
 swarm (two hosts, a real swarm, the managed plugin)

@@ -2,7 +2,9 @@
 
 * idle (two lab hosts, one network with a container on each, gossip synced,
   the default timings): the plugin's RSS and CPU over 30 s, with glibc's default malloc arenas and
-  with MALLOC_ARENA_MAX=2 (what the Dockerfile and the systemd unit set);
+  with MALLOC_ARENA_MAX=2 (what the Dockerfile and the systemd unit set); then
+  the CPU with the default probe interval and with --gossip-probe-interval 1,
+  alternated round by round;
 * managed: the same idle shape with the plugin as `docker plugin install` runs it
   (its own root filesystem, only the runtime packages), beside dockerd's RSS on
   the same host; and what each package the plugin imports adds, measured in that
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 
 from lab.hosts import IMAGE, Host, Lab, managed_plugin_pid, wait_for
-from lab.measure import cpu_seconds, rss_mib
+from lab.measure import cpu_seconds, paired, rss_mib
 
 ROWS_SCRIPT = r"""
 import json, random, pyoverlay.plugin.server
@@ -78,40 +80,54 @@ def env(arenas: str) -> dict[str, str] | None:
     return {"MALLOC_ARENA_MAX": arenas} if arenas else None
 
 
-def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0) -> None:
-    """Idle RSS and CPU of h1's plugin, three ways one after the other: the defaults,
-    MALLOC_ARENA_MAX=2, and --gossip-probe-interval 1 (half the probes); then the
-    probe interval's CPU as a ratio of the defaults'."""
-    cpu_of: dict[str, float] = {}
-    for suffix, arenas, extra in (("", "", ()), ("-arena2", "2", ()),
-                                  ("-probe1s", "", ("--gossip-probe-interval", "1"))):  # fmt: skip
-        for h in lab.hosts:
-            h.stop_plugin()
-            h.start_plugin(*_defaults(lab.default_plugin_args(h)), *extra, env=env(arenas))
-        h1 = lab.hosts[0]
-        for h in lab.hosts:
-            h.create_network("fp", "100.9.0.0/24")
-            h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
+def _idle_once(
+    lab: Lab, arenas: str, extra: tuple[str, ...], seconds: float
+) -> tuple[float, float]:
+    """Plugins restarted with these settings, the network "fp" with a container on each
+    host, h1 programmed: h1's plugin's (RSS MiB, CPU fraction of a core) over `seconds`."""
+    for h in lab.hosts:
+        h.stop_plugin()
+        h.start_plugin(*_defaults(lab.default_plugin_args(h)), *extra, env=env(arenas))
+    h1 = lab.hosts[0]
+    for h in lab.hosts:
+        h.create_network("fp", "100.9.0.0/24")
+        h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
+    try:
         wait_for("h1 programmed h2's container", partial(_peers_ok, lab, h1), timeout=30)
         pid = h1.plugin_pid
         assert pid is not None
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
         cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-        cpu_of[suffix] = cpu
-        report(
-            f"footprint-idle{suffix}",
-            hosts=2,
-            rss_mib=round(rss_mib(pid), 1),
-            cpu_pct=round(cpu * 100, 2),
-        )
+        return rss_mib(pid), cpu
+    finally:
         for h in lab.hosts:
             h.docker("rm", "-f", f"fp{h.name}", check=False)
             h.docker("network", "rm", "fp", check=False)
-    base = cpu_of[""]
+
+
+PROBE_1S = ("--gossip-probe-interval", "1")
+
+
+def idle(lab: Lab, report: Callable[..., None], seconds: float = 30.0, rounds: int = 3) -> None:
+    """Idle RSS and CPU of h1's plugin: the defaults and MALLOC_ARENA_MAX=2 (one window
+    each); then the defaults and --gossip-probe-interval 1 (half the probes) alternated
+    for `rounds` windows of `seconds` each: CPU medians, spread and ratio."""
+    for suffix, arenas in (("", ""), ("-arena2", "2")):
+        rss, cpu = _idle_once(lab, arenas, (), seconds)
+        report(
+            f"footprint-idle{suffix}", hosts=2, rss_mib=round(rss, 1), cpu_pct=round(cpu * 100, 2)
+        )
+    cpu_of: dict[str, list[float]] = {"default": [], "probe1s": []}
+    for _ in range(rounds):
+        for name, extra in (("probe1s", PROBE_1S), ("default", ())):
+            cpu_of[name].append(_idle_once(lab, "", extra, seconds)[1] * 100)
     report(
-        "footprint-idle-probe1s-ratio",
-        cpu_probe1s_vs_default=round(cpu_of["-probe1s"] / base, 2) if base else None,
+        "footprint-idle-probe1s",
+        hosts=2,
+        unit="% of a core",
+        seconds=seconds,
+        **paired("probe1s", cpu_of["probe1s"], "default", cpu_of["default"], digits=2),
     )
 
 

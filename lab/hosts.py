@@ -97,18 +97,33 @@ def sh(
     return r
 
 
+# how much longer than here waits that include host work take: the labs in the IPsec
+# tier's emulated VM set PYOVERLAY_LAB_SLOW (Lab.slow), and so does the VM tier, whose
+# VmCluster has its own `slow` for timeouts (here: how far apart wait_for polls)
+SLOW = float(os.environ.get("PYOVERLAY_LAB_SLOW", "1"))
+
+
 def wait_for(what: str, cond: object, timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll cond() until true; a command failing or hanging inside it counts as false."""
+    """Poll cond() until true; a command failing or hanging inside it counts as false.
+
+    Under emulation (SLOW > 1) polls are SLOW times further apart and at least as far
+    apart as a check takes: a check spawns processes (nsenter, docker, curl), and
+    polling every 50 ms there took the CPU from what it waited for (a restarted plugin
+    took 160 s to start in the IPsec tier, 20 s alone)."""
     assert callable(cond)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        began = time.monotonic()
         try:
             if cond():
                 return
         except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError) as exc:
             last = exc
-        time.sleep(interval)
+        pause = interval
+        if SLOW > 1:
+            pause = max(interval * SLOW, time.monotonic() - began)
+        time.sleep(pause)
     why = f" (last error: {last})" if last else ""
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{why}")
 
@@ -661,9 +676,7 @@ def start_seed_app(
 class Lab:
     """N Docker hosts on one underlay bridge, all named with `prefix`."""
 
-    # how much longer than here waits that include host work take: VMs (and the labs in
-    # the IPsec tier's emulated VM, which sets PYOVERLAY_LAB_SLOW) take more
-    slow = float(os.environ.get("PYOVERLAY_LAB_SLOW", "1"))
+    slow = SLOW  # (VmCluster: its own)
 
     def __init__(
         self,

@@ -170,6 +170,12 @@ class Scratch:
         self.made.append((host, "container", name))
         return host.docker("run", "-d", "--name", name, *args).stdout.strip()
 
+    def forget(self, host: Host) -> None:
+        """Leave what was made on `host` to the lab's teardown: its plugin is gone for
+        good, and each docker call that would reach it waits out dockerd's retries (kill
+        its dockerd too once done with it, or the teardown's `docker rm -f` waits)."""
+        self.made = [m for m in self.made if m[0] is not host]
+
     def cleanup(self) -> None:
         for host, kind, name in reversed(self.made):
             if host.dockerd_pid is None:
