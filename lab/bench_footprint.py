@@ -89,10 +89,10 @@ def _idle_once(
         h.stop_plugin()
         h.start_plugin(*_defaults(lab.default_plugin_args(h)), *extra, env=env(arenas))
     h1 = lab.hosts[0]
-    for h in lab.hosts:
-        h.create_network("fp", "100.9.0.0/24")
-        h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
     try:
+        for h in lab.hosts:
+            h.create_network("fp", "100.9.0.0/24")
+            h.docker("run", "-d", "--name", f"fp{h.name}", "--network", "fp", IMAGE, "sleep", "600")
         wait_for("h1 programmed h2's container", partial(_peers_ok, lab, h1), timeout=30)
         pid = h1.plugin_pid
         assert pid is not None

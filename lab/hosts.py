@@ -104,26 +104,27 @@ SLOW = float(os.environ.get("PYOVERLAY_LAB_SLOW", "1"))
 
 
 def wait_for(what: str, cond: object, timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll cond() until true; a command failing or hanging inside it counts as false.
+    """Poll cond() until true, a last time at the deadline; a command failing or hanging
+    inside it counts as false.
 
-    Under emulation (SLOW > 1) polls are SLOW times further apart and at least as far
-    apart as a check takes: a check spawns processes (nsenter, docker, curl), and
-    polling every 50 ms there took the CPU from what it waited for (a restarted plugin
-    took 160 s to start in the IPsec tier, 20 s alone)."""
+    Under emulation (SLOW > 1) polls are at least 0.05 s x SLOW apart, and at least as far
+    apart as a check takes: a check spawns processes (nsenter, docker, curl, ssh), and
+    polling every 50 ms there takes CPU from what it waits for."""
     assert callable(cond)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
+    while True:
         began = time.monotonic()
         try:
             if cond():
                 return
         except (subprocess.SubprocessError, OSError, ValueError, KeyError, IndexError) as exc:
             last = exc
-        pause = interval
-        if SLOW > 1:
-            pause = max(interval * SLOW, time.monotonic() - began)
-        time.sleep(pause)
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        pause = interval if SLOW == 1 else max(interval, 0.05 * SLOW, now - began)
+        time.sleep(min(pause, deadline - now))
     why = f" (last error: {last})" if last else ""
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{why}")
 
