@@ -29,7 +29,7 @@ def polls(slow: float, monkeypatch: pytest.MonkeyPatch, cost: float = 0.0) -> in
 def test_polls_every_50ms_here_and_further_apart_under_emulation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert polls(1, monkeypatch) >= 12  # 20 at 50 ms (a busy machine sleeps longer)
+    assert polls(1, monkeypatch) >= 8  # 20 at 50 ms (a busy machine sleeps longer)
     assert 2 <= polls(8, monkeypatch) <= 4  # 0.4 s apart, and one at the deadline
     # a check that costs 0.3 s: 0.4 s apart still, never back to back
     assert polls(8, monkeypatch, cost=0.3) <= 3
